@@ -1,0 +1,79 @@
+# llmrelay: every task a developer or CI runs. `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.deps-stamp
+PY_DIRS := python tests benches
+
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "maturin>=1.5,<2"
+	@# the dev extra's packages, read from pyproject.toml (one list, not two)
+	$(BIN)/python -c "import tomllib;print('\n'.join(tomllib.load(open('pyproject.toml','rb'))['project']['optional-dependencies']['dev']))" > $(VENV)/dev-reqs.txt
+	$(BIN)/python -c "import tomllib;print('\n'.join(tomllib.load(open('pyproject.toml','rb'))['project']['dependencies']))" >> $(VENV)/dev-reqs.txt
+	$(BIN)/python -m pip install -q -r $(VENV)/dev-reqs.txt
+	touch $(STAMP)
+
+.PHONY: venv
+venv: $(STAMP) ## create .venv with maturin and the dev dependencies
+
+.PHONY: build
+build: $(STAMP) ## build the extension (debug) into .venv
+	PIP_QUIET=1 $(BIN)/maturin develop -q
+
+.PHONY: build-release
+build-release: $(STAMP) ## build the extension (release, optimised) into .venv
+	PIP_QUIET=1 $(BIN)/maturin develop -q --release
+
+.PHONY: format
+format: $(STAMP) ## format Rust and Python sources in place
+	cargo fmt
+	$(BIN)/ruff format $(PY_DIRS)
+	$(BIN)/ruff check --fix $(PY_DIRS)
+
+.PHONY: lint
+lint: $(STAMP) ## rustfmt, clippy, ruff (check only)
+	cargo fmt --check
+	cargo clippy --all-targets --all-features -- -D warnings
+	$(BIN)/ruff check $(PY_DIRS)
+	$(BIN)/ruff format --check $(PY_DIRS)
+
+.PHONY: typecheck
+typecheck: build ## mypy --strict on the package, and the stub checked against the built module
+	$(BIN)/mypy
+	$(BIN)/python -m mypy.stubtest llmrelay._core
+
+.PHONY: test-rust
+test-rust: ## cargo test (no Python needed)
+	cargo test -q
+
+.PHONY: test-python
+test-python: build ## pytest (builds the extension first)
+	$(BIN)/pytest
+
+.PHONY: test
+test: lint test-rust typecheck test-python ## every check and test: what CI runs
+
+.PHONY: bench
+bench: build-release ## benchmarks: criterion for the core, pytest-benchmark from Python
+	cargo bench --bench core -- --warm-up-time 1 --measurement-time 2
+	$(BIN)/pytest benches --benchmark-enable --benchmark-columns=min,median,mean,ops -p no:randomly
+
+.PHONY: demo
+demo: bench ## the main job (until the service lands: the core's benchmark suite)
+
+.PHONY: clean
+clean: ## remove build outputs and the virtualenv
+	cargo clean
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .benchmarks .hypothesis
+	find python -name '*.so' -delete
+
+.PHONY: help
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  %-14s %s\n", $$1, $$2}'

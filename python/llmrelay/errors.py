@@ -1,0 +1,187 @@
+"""The exceptions llmrelay raises.
+
+Every failure a caller can see is one of these, so one ``except LLMRelayError``
+catches them all, and each subclasses the matching stdlib class where one
+exists, so existing ``except ValueError`` / ``except TimeoutError`` clauses keep
+working::
+
+    LLMRelayError
+    ├── ConfigError (ValueError)             a bad setting, named with its value
+    ├── InvalidRequestError (ValueError)     a bad call argument, named by field
+    ├── ProviderError                        the provider answered with a failure
+    │   ├── RateLimitError                   429; ``retry_after`` in seconds
+    │   ├── AuthenticationError              401 / 403
+    │   ├── ProviderTimeoutError (TimeoutError)
+    │   ├── ProviderUnavailableError         5xx, 529, resets, streams cut short
+    │   ├── ProviderResponseError            a reply that breaks the wire protocol
+    │   ├── ContextLengthError               the prompt exceeds the model's window
+    │   └── ContentFilterError               refused by the provider's filter
+    ├── CircuitOpenError                     the deployment's breaker is open
+    ├── QueueFullError                       the scheduler's queue is full
+    └── AllProvidersFailedError              every candidate failed; see ``attempts``
+
+No exception carries an API key: messages are built from provider names,
+models, status codes and request ids only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "AllProvidersFailedError",
+    "Attempt",
+    "AuthenticationError",
+    "CircuitOpenError",
+    "ConfigError",
+    "ContentFilterError",
+    "ContextLengthError",
+    "InvalidRequestError",
+    "LLMRelayError",
+    "ProviderError",
+    "ProviderResponseError",
+    "ProviderTimeoutError",
+    "ProviderUnavailableError",
+    "QueueFullError",
+    "RateLimitError",
+]
+
+
+class LLMRelayError(Exception):
+    """Base class of every error llmrelay raises."""
+
+    #: Whether retrying the same request may succeed.
+    retryable: bool = False
+
+
+class ConfigError(LLMRelayError, ValueError):
+    """A configuration value is invalid; the message names the parameter and value."""
+
+
+class InvalidRequestError(LLMRelayError, ValueError):
+    """A call's arguments are invalid; the message names the field."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class ProviderError(LLMRelayError):
+    """A provider answered with a failure (or did not answer at all)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        provider: str | None = None,
+        model: str | None = None,
+        status_code: int | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.provider = provider
+        self.model = model
+        self.status_code = status_code
+        self.request_id = request_id
+
+    def __str__(self) -> str:
+        base = super().__str__()
+        parts = [
+            f"{name}={value}"
+            for name, value in (
+                ("provider", self.provider),
+                ("model", self.model),
+                ("status", self.status_code),
+                ("request_id", self.request_id),
+            )
+            if value is not None
+        ]
+        return f"{base} ({', '.join(parts)})" if parts else base
+
+
+class RateLimitError(ProviderError):
+    """The provider refused for rate (HTTP 429); ``retry_after`` is in seconds if known."""
+
+    retryable = True
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kw: object) -> None:
+        super().__init__(message, **kw)  # type: ignore[arg-type]
+        self.retry_after = retry_after
+
+
+class AuthenticationError(ProviderError):
+    """The credential was rejected (HTTP 401 or 403)."""
+
+
+class ProviderTimeoutError(ProviderError, TimeoutError):
+    """The provider did not answer in time (connect, read, stream idle or total)."""
+
+    retryable = True
+
+
+class ProviderUnavailableError(ProviderError):
+    """The provider failed transiently: 5xx, 529 overloaded, reset, or a stream cut short."""
+
+    retryable = True
+
+
+class ProviderResponseError(ProviderError):
+    """The provider's reply does not follow its wire protocol (bad JSON, wrong content type)."""
+
+    retryable = True
+
+
+class ContextLengthError(ProviderError):
+    """The request does not fit the model's context window."""
+
+
+class ContentFilterError(ProviderError):
+    """The provider's content filter refused the request or the answer."""
+
+
+class CircuitOpenError(LLMRelayError):
+    """The deployment's circuit breaker is open; calls fail fast until it half-opens."""
+
+    retryable = True
+
+    def __init__(
+        self, message: str, *, deployment: str | None = None, retry_after: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.deployment = deployment
+        self.retry_after = retry_after
+
+
+class QueueFullError(LLMRelayError):
+    """The scheduler's queue is at capacity; the request was refused at once."""
+
+    retryable = True
+
+    def __init__(self, message: str, *, capacity: int | None = None) -> None:
+        super().__init__(message)
+        self.capacity = capacity
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One try of a request: where it went and how it failed."""
+
+    provider: str
+    model: str
+    error: LLMRelayError
+
+
+class AllProvidersFailedError(LLMRelayError):
+    """Every candidate deployment failed; ``attempts`` lists what was tried, in order."""
+
+    def __init__(self, message: str, *, attempts: list[Attempt] | None = None) -> None:
+        self.attempts: list[Attempt] = list(attempts or [])
+        detail = "; ".join(
+            f"{a.provider}/{a.model}: {type(a.error).__name__}: {a.error}" for a in self.attempts
+        )
+        super().__init__(f"{message}: {detail}" if detail else message)
+
+    @property
+    def last_error(self) -> LLMRelayError | None:
+        """The error of the final attempt, if any attempt was made."""
+        return self.attempts[-1].error if self.attempts else None
