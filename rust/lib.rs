@@ -17,3 +17,4 @@ pub mod error;
 mod bindings;
 
 pub use error::{Error, Result};
+pub mod limiter;
