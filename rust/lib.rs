@@ -17,4 +17,5 @@ pub mod error;
 mod bindings;
 
 pub use error::{Error, Result};
+pub mod breaker;
 pub mod limiter;

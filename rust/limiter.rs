@@ -166,7 +166,9 @@ pub struct RateLimiter {
 
 impl std::fmt::Debug for Shard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Shard").field("cells", &self.cells.len()).finish()
+        f.debug_struct("Shard")
+            .field("cells", &self.cells.len())
+            .finish()
     }
 }
 
@@ -175,7 +177,11 @@ impl RateLimiter {
     /// (`f64::INFINITY`: never).
     pub fn new(idle_ttl_s: f64, clock: SharedClock) -> Result<Self> {
         if idle_ttl_s.is_nan() || idle_ttl_s <= 0.0 {
-            return Err(Error::config("idle_ttl_s", idle_ttl_s, "must be a number > 0"));
+            return Err(Error::config(
+                "idle_ttl_s",
+                idle_ttl_s,
+                "must be a number > 0",
+            ));
         }
         let shards = (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect();
         Ok(Self {
@@ -205,7 +211,11 @@ impl RateLimiter {
     pub fn configure(&self, key: &str, rate_per_s: f64, burst: f64) -> Result<()> {
         positive("rate_per_s", rate_per_s)?;
         if !(burst.is_finite() && burst >= 1.0) {
-            return Err(Error::config("burst", burst, "must be a finite number >= 1"));
+            return Err(Error::config(
+                "burst",
+                burst,
+                "must be a finite number >= 1",
+            ));
         }
         let now_ns = self.clock.now_ns();
         let now = now_ns as f64;
@@ -217,7 +227,9 @@ impl RateLimiter {
                 cell.tat = now + booked * cell.interval;
             }
             None => {
-                shard.cells.insert(key.into(), Cell::new(rate_per_s, burst, now_ns));
+                shard
+                    .cells
+                    .insert(key.into(), Cell::new(rate_per_s, burst, now_ns));
             }
         }
         Ok(())
@@ -274,13 +286,16 @@ impl RateLimiter {
     /// checked first, so a bad item books nothing; then each key is booked
     /// on its own (not atomically across keys). A caller that gives up
     /// refunds each key.
-    pub fn reserve_many<'a>(&self, items: impl IntoIterator<Item = (&'a str, f64)> + Clone) -> Result<f64> {
+    pub fn reserve_many<'a>(
+        &self,
+        items: impl IntoIterator<Item = (&'a str, f64)> + Clone,
+    ) -> Result<f64> {
         for (_, cost) in items.clone() {
             check_cost("cost", cost)?;
         }
-        Ok(items
-            .into_iter()
-            .fold(0.0, |delay, (key, cost)| f64::max(delay, self.book(key, cost))))
+        Ok(items.into_iter().fold(0.0, |delay, (key, cost)| {
+            f64::max(delay, self.book(key, cost))
+        }))
     }
 
     /// Settle a booking of `estimated` that really cost `actual`: give back

@@ -9,7 +9,10 @@ const K: &str = "dep/model:rpm";
 
 fn limiter(ttl_s: f64) -> (RateLimiter, ManualClock) {
     let clock = ManualClock::new(1_000_000_000);
-    (RateLimiter::new(ttl_s, Arc::new(clock.clone())).unwrap(), clock)
+    (
+        RateLimiter::new(ttl_s, Arc::new(clock.clone())).unwrap(),
+        clock,
+    )
 }
 
 fn close(a: f64, b: f64) -> bool {
@@ -144,7 +147,9 @@ fn reserve_many_returns_max_delay_and_validates_first() {
     lim.configure("a", 1.0, 1.0).unwrap();
     lim.configure("b", 1.0, 1.0).unwrap();
     lim.reserve("b", 1.0).unwrap();
-    let d = lim.reserve_many([("a", 1.0), ("b", 2.0), ("free", 9.0)]).unwrap();
+    let d = lim
+        .reserve_many([("a", 1.0), ("b", 2.0), ("free", 9.0)])
+        .unwrap();
     assert!(close(d, 2.0));
     assert!(lim.reserve_many([("a", 1.0), ("b", -1.0)]).is_err());
     assert!(close(lim.try_acquire("a", 1.0).unwrap(), 1.0)); // nothing more booked on a
@@ -187,7 +192,11 @@ fn concurrent_callers_never_overadmit() {
         let handles: Vec<_> = (0..4)
             .map(|_| {
                 let lim = &lim;
-                s.spawn(move || (0..100).filter(|_| lim.try_acquire(K, 1.0).unwrap() == 0.0).count())
+                s.spawn(move || {
+                    (0..100)
+                        .filter(|_| lim.try_acquire(K, 1.0).unwrap() == 0.0)
+                        .count()
+                })
             })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).sum()
