@@ -135,6 +135,9 @@ impl Config {
         }
         at_least_one("minimum_calls", self.minimum_calls)?;
         at_least_one("window_size", self.window_size)?;
+        if self.window_size > MAX_WINDOW {
+            return Err(Error::config("window_size", self.window_size, "must be <= 1048576"));
+        }
         positive("open_duration_s", self.open_duration_s)?;
         let m = self.open_backoff_multiplier;
         if !(m.is_finite() && m >= 1.0) {
@@ -212,6 +215,9 @@ pub struct Stats {
     /// Seconds until an open breaker half-opens (0 unless open).
     pub retry_after_s: f64,
 }
+
+/// Largest `window_size` accepted (the ring buffer is one byte per call).
+pub const MAX_WINDOW: usize = 1 << 20;
 
 const FAILED: u8 = 1;
 const SLOW: u8 = 2;
