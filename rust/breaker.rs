@@ -136,7 +136,11 @@ impl Config {
         at_least_one("minimum_calls", self.minimum_calls)?;
         at_least_one("window_size", self.window_size)?;
         if self.window_size > MAX_WINDOW {
-            return Err(Error::config("window_size", self.window_size, "must be <= 1048576"));
+            return Err(Error::config(
+                "window_size",
+                self.window_size,
+                "must be <= 1048576",
+            ));
         }
         positive("open_duration_s", self.open_duration_s)?;
         let m = self.open_backoff_multiplier;

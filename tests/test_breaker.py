@@ -171,7 +171,7 @@ def test_bad_config_is_named(kw: dict[str, Any], needle: str) -> None:
 
 def test_bad_record_is_named() -> None:
     b, _ = make()
-    with pytest.raises(errors.InvalidRequestError, match="outcome=\"boom\""):
+    with pytest.raises(errors.InvalidRequestError, match='outcome="boom"'):
         b.record("boom")
     with pytest.raises(errors.InvalidRequestError, match="duration_s=-1"):
         b.record("success", -1.0)

@@ -185,9 +185,7 @@ def test_wrong_types_raise_type_error() -> None:
 @given(
     rate=st.floats(0.5, 50.0),
     burst=st.floats(1.0, 20.0),
-    steps=st.lists(
-        st.tuples(st.floats(0.0, 0.4), st.booleans(), st.floats(0.0, 1.0)), max_size=40
-    ),
+    steps=st.lists(st.tuples(st.floats(0.0, 0.4), st.booleans(), st.floats(0.0, 1.0)), max_size=40),
 )
 def test_never_admits_more_than_burst_plus_rate(
     rate: float, burst: float, steps: list[tuple[float, bool, float]]
