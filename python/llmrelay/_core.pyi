@@ -2,7 +2,12 @@
 
 from typing import Literal, final
 
-__all__ = ["ManualClock", "__version__", "RateLimiter", "CircuitBreaker"]
+__all__ = [
+    "CircuitBreaker",
+    "ManualClock",
+    "RateLimiter",
+    "__version__",
+]
 
 __version__: str
 
