@@ -339,10 +339,11 @@ impl CircuitBreaker {
         &self.cfg
     }
 
-    /// Lock the state, applying the lazy OPEN -> HALF_OPEN transition.
-    fn lock(&self, now_ns: u64) -> parking_lot::MutexGuard<'_, Inner> {
+    /// Lock the state, applying the lazy OPEN -> HALF_OPEN transition. The
+    /// clock is read only when the breaker is open.
+    fn lock(&self) -> parking_lot::MutexGuard<'_, Inner> {
         let mut g = self.inner.lock();
-        if g.state == State::Open && now_ns >= g.open_until_ns {
+        if g.state == State::Open && self.clock.now_ns() >= g.open_until_ns {
             g.state = State::HalfOpen;
             g.probes_issued = 0;
             g.probes = Tally::default();
@@ -351,7 +352,8 @@ impl CircuitBreaker {
         g
     }
 
-    fn open(&self, g: &mut Inner, now_ns: u64, via: Transition) {
+    fn open(&self, g: &mut Inner, via: Transition) {
+        let now_ns = self.clock.now_ns();
         g.trips = g.trips.saturating_add(1);
         let factor = self
             .cfg
@@ -365,7 +367,7 @@ impl CircuitBreaker {
 
     /// Permission for one call: `true` if it may go.
     pub fn try_acquire(&self) -> bool {
-        let mut g = self.lock(self.clock.now_ns());
+        let mut g = self.lock();
         match g.state {
             State::Closed => true,
             State::Open => false,
@@ -398,8 +400,7 @@ impl CircuitBreaker {
                 detail: format!("duration_s={duration_s} must be a finite number >= 0"),
             });
         }
-        let now_ns = self.clock.now_ns();
-        let mut g = self.lock(now_ns);
+        let mut g = self.lock();
         let bits = match outcome {
             Outcome::Ignored => {
                 if g.state == State::HalfOpen && g.probes_issued > g.probes.calls {
@@ -428,7 +429,7 @@ impl CircuitBreaker {
                 g.window.add(bits, 1);
                 let judged = self.cfg.minimum_calls.min(self.cfg.window_size);
                 if g.window.calls >= judged && g.window.trips(&self.cfg) {
-                    self.open(g, now_ns, Transition::ClosedToOpen);
+                    self.open(g, Transition::ClosedToOpen);
                 }
             }
             State::HalfOpen => {
@@ -438,7 +439,7 @@ impl CircuitBreaker {
                 g.probes.add(bits, 1);
                 if g.probes.calls >= self.cfg.half_open_max_calls {
                     if g.probes.trips(&self.cfg) {
-                        self.open(&mut g, now_ns, Transition::HalfOpenToOpen);
+                        self.open(&mut g, Transition::HalfOpenToOpen);
                     } else {
                         Self::clear(&mut g);
                         g.state = State::Closed;
@@ -467,28 +468,26 @@ impl CircuitBreaker {
 
     /// The current state (after the lazy OPEN -> HALF_OPEN transition).
     pub fn state(&self) -> State {
-        self.lock(self.clock.now_ns()).state
+        self.lock().state
     }
 
     /// Seconds until an open breaker half-opens; 0 unless open.
     pub fn retry_after_s(&self) -> f64 {
-        let now = self.clock.now_ns();
-        let g = self.lock(now);
+        let g = self.lock();
         match g.state {
-            State::Open => clock::ns_to_secs(g.open_until_ns - now),
+            State::Open => clock::ns_to_secs(g.open_until_ns.saturating_sub(self.clock.now_ns())),
             _ => 0.0,
         }
     }
 
     /// Transition counts, in the order of [`Transition::ALL`].
     pub fn transitions(&self) -> Transitions {
-        self.lock(self.clock.now_ns()).transitions
+        self.lock().transitions
     }
 
     /// A snapshot for metrics.
     pub fn stats(&self) -> Stats {
-        let now = self.clock.now_ns();
-        let g = self.lock(now);
+        let g = self.lock();
         let w = g.window;
         Stats {
             state: g.state,
@@ -499,7 +498,9 @@ impl CircuitBreaker {
             slow_call_rate: Tally::rate(w.slow, w.calls),
             trips: g.trips,
             retry_after_s: match g.state {
-                State::Open => clock::ns_to_secs(g.open_until_ns - now),
+                State::Open => {
+                    clock::ns_to_secs(g.open_until_ns.saturating_sub(self.clock.now_ns()))
+                }
                 _ => 0.0,
             },
         }
@@ -507,7 +508,7 @@ impl CircuitBreaker {
 
     /// Probe permits handed out and not yet recorded (0 unless half-open).
     pub fn probes_in_flight(&self) -> usize {
-        let g = self.lock(self.clock.now_ns());
+        let g = self.lock();
         match g.state {
             State::HalfOpen => g.probes_issued - g.probes.calls,
             _ => 0,

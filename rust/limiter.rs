@@ -29,7 +29,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 use parking_lot::Mutex;
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
-use crate::clock::{self, SharedClock};
+use crate::clock::{self, Clock, SharedClock};
 use crate::error::{positive, Error, Result};
 
 const SHARDS: usize = 16;
@@ -121,10 +121,13 @@ impl Shard {
     }
 
     /// Count a call; every `SWEEP_EVERY` calls, sweep if a quarter TTL passed.
-    fn tick(&mut self, now_ns: u64, ttl_ns: u64) {
+    fn tick(&mut self, clock: &dyn Clock, ttl_ns: u64) {
         self.ops = self.ops.wrapping_add(1);
-        if self.ops % SWEEP_EVERY == 0 && now_ns.saturating_sub(self.last_sweep_ns) >= ttl_ns / 4 {
-            self.sweep(now_ns, ttl_ns);
+        if self.ops % SWEEP_EVERY == 0 {
+            let now_ns = clock.now_ns();
+            if now_ns.saturating_sub(self.last_sweep_ns) >= ttl_ns / 4 {
+                self.sweep(now_ns, ttl_ns);
+            }
         }
     }
 }
@@ -196,11 +199,24 @@ impl RateLimiter {
     }
 
     /// Run `f` on the cell of `key` if it is configured; `None` otherwise.
+    /// The clock is read under the shard's lock, so each cell sees time
+    /// move forward; an unconfigured key costs no clock read.
     fn with_cell<T>(&self, key: &str, f: impl FnOnce(&mut Cell, f64) -> T) -> Option<T> {
-        let now_ns = self.clock.now_ns();
+        self.with_cell_at(key, &mut None, f)
+    }
+
+    /// [`Self::with_cell`] reading the clock at most once into `now` (shared
+    /// by the keys of one `reserve_many`).
+    fn with_cell_at<T>(
+        &self,
+        key: &str,
+        now: &mut Option<u64>,
+        f: impl FnOnce(&mut Cell, f64) -> T,
+    ) -> Option<T> {
         let mut shard = self.shard(key).lock();
-        shard.tick(now_ns, self.ttl_ns);
+        shard.tick(&*self.clock, self.ttl_ns);
         let cell = shard.cells.get_mut(key)?;
+        let now_ns = *now.get_or_insert_with(|| self.clock.now_ns());
         cell.last_ns = cell.last_ns.max(now_ns);
         Some(f(cell, now_ns as f64))
     }
@@ -266,11 +282,11 @@ impl RateLimiter {
     /// Always books; FIFO per key. A cost above the burst is allowed.
     pub fn reserve(&self, key: &str, cost: f64) -> Result<f64> {
         check_cost("cost", cost)?;
-        Ok(self.book(key, cost))
+        Ok(self.book(key, cost, &mut None))
     }
 
-    fn book(&self, key: &str, cost: f64) -> f64 {
-        self.with_cell(key, |cell, now| {
+    fn book(&self, key: &str, cost: f64, now: &mut Option<u64>) -> f64 {
+        self.with_cell_at(key, now, |cell, now| {
             let (go, tat) = cell.go_time(now, cost);
             cell.tat = tat;
             if go <= now + EPS_NS {
@@ -293,8 +309,9 @@ impl RateLimiter {
         for (_, cost) in items.clone() {
             check_cost("cost", cost)?;
         }
+        let mut now = None;
         Ok(items.into_iter().fold(0.0, |delay, (key, cost)| {
-            f64::max(delay, self.book(key, cost))
+            f64::max(delay, self.book(key, cost, &mut now))
         }))
     }
 

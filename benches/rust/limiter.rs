@@ -37,6 +37,11 @@ pub fn benches(c: &mut Criterion) {
     g.bench_function("try_acquire_refuse", |b| {
         b.iter(|| tight.try_acquire(black_box(key), 1.0))
     });
+    let manual = RateLimiter::new(600.0, std::sync::Arc::new(clock::ManualClock::new(0))).unwrap();
+    manual.configure(key, 1e12, 1e12).unwrap();
+    g.bench_function("try_acquire_manual_clock", |b| {
+        b.iter(|| manual.try_acquire(black_box(key), 0.0))
+    });
     g.bench_function("unconfigured", |b| {
         b.iter(|| lim.try_acquire(black_box("nope"), 1.0))
     });

@@ -1,6 +1,7 @@
 //! `RateLimiter` for Python: a frozen wrapper over [`crate::limiter::RateLimiter`].
 
 use pyo3::prelude::*;
+use pyo3::types::PyString;
 
 use super::clock::{pick, PyManualClock};
 use crate::limiter::RateLimiter;
@@ -39,10 +40,12 @@ impl PyRateLimiter {
     }
 
     /// Book on every `(key, cost)` (each key on its own); the largest delay.
-    fn reserve_many(&self, items: Vec<(String, f64)>) -> PyResult<f64> {
-        Ok(self
-            .inner
-            .reserve_many(items.iter().map(|(k, c)| (k.as_str(), *c)))?)
+    fn reserve_many(&self, items: Vec<(Bound<'_, PyString>, f64)>) -> PyResult<f64> {
+        let items = items
+            .iter()
+            .map(|(k, c)| Ok((k.to_str()?, *c)))
+            .collect::<PyResult<Vec<(&str, f64)>>>()?;
+        Ok(self.inner.reserve_many(items.iter().copied())?)
     }
 
     /// Give back (`actual < estimated`) or charge the difference.
