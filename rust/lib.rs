@@ -9,6 +9,8 @@
 //! | --- | --- |
 //! | [`clock`] | monotonic and manual time sources |
 //! | [`error`] | the one error enum |
+//! | [`limiter`] | keyed GCRA rate limiter with FIFO reservations |
+//! | [`breaker`] | circuit breaker on a count-based sliding window |
 
 pub mod clock;
 pub mod error;
@@ -17,3 +19,5 @@ pub mod error;
 mod bindings;
 
 pub use error::{Error, Result};
+pub mod breaker;
+pub mod limiter;

@@ -3,15 +3,21 @@
 
 use pyo3::prelude::*;
 
+mod breaker;
 mod clock;
 mod error;
+mod limiter;
 
+pub use breaker::PyCircuitBreaker;
 pub use clock::PyManualClock;
+pub use limiter::PyRateLimiter;
 
 /// The extension module `llmrelay._core`.
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<PyManualClock>()?;
+    m.add_class::<PyRateLimiter>()?;
+    m.add_class::<PyCircuitBreaker>()?;
     Ok(())
 }
