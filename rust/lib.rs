@@ -9,9 +9,11 @@
 //! | --- | --- |
 //! | [`clock`] | monotonic and manual time sources |
 //! | [`error`] | the one error enum |
+//! | [`metrics`] | counters, gauges and latency histograms per series |
 
 pub mod clock;
 pub mod error;
+pub mod metrics;
 
 #[cfg(feature = "python")]
 mod bindings;

@@ -5,13 +5,16 @@ use pyo3::prelude::*;
 
 mod clock;
 mod error;
+mod metrics;
 
 pub use clock::PyManualClock;
+pub use metrics::PyMetrics;
 
 /// The extension module `llmrelay._core`.
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<PyManualClock>()?;
+    m.add_class::<PyMetrics>()?;
     Ok(())
 }
