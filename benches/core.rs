@@ -8,6 +8,8 @@ use _core::clock::{Clock, ManualClock, SystemClock};
 mod breaker;
 #[path = "rust/limiter.rs"]
 mod limiter;
+#[path = "rust/metrics.rs"]
+mod metrics;
 
 fn clocks(c: &mut Criterion) {
     let mut g = c.benchmark_group("clock");
@@ -17,5 +19,11 @@ fn clocks(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, clocks, limiter::benches, breaker::benches);
+criterion_group!(
+    benches,
+    clocks,
+    limiter::benches,
+    breaker::benches,
+    metrics::benches
+);
 criterion_main!(benches);

@@ -11,9 +11,11 @@
 //! | [`error`] | the one error enum |
 //! | [`limiter`] | keyed GCRA rate limiter with FIFO reservations |
 //! | [`breaker`] | circuit breaker on a count-based sliding window |
+//! | [`metrics`] | counters, gauges and latency histograms per series |
 
 pub mod clock;
 pub mod error;
+pub mod metrics;
 
 #[cfg(feature = "python")]
 mod bindings;

@@ -7,10 +7,12 @@ mod breaker;
 mod clock;
 mod error;
 mod limiter;
+mod metrics;
 
 pub use breaker::PyCircuitBreaker;
 pub use clock::PyManualClock;
 pub use limiter::PyRateLimiter;
+pub use metrics::PyMetrics;
 
 /// The extension module `llmrelay._core`.
 #[pymodule]
@@ -19,5 +21,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyManualClock>()?;
     m.add_class::<PyRateLimiter>()?;
     m.add_class::<PyCircuitBreaker>()?;
+    m.add_class::<PyMetrics>()?;
     Ok(())
 }
