@@ -9,9 +9,13 @@
 //! | --- | --- |
 //! | [`clock`] | monotonic and manual time sources |
 //! | [`error`] | the one error enum |
+//! | [`scheduler`] | priority admission, bounded queue, AIMD concurrency slots |
+//! | [`dedup`] | in-flight request joining with a short result window |
 
 pub mod clock;
 pub mod error;
+pub mod scheduler;
+pub mod dedup;
 
 #[cfg(feature = "python")]
 mod bindings;
