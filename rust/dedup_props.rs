@@ -112,7 +112,11 @@ impl Harness {
         assert_eq!(self.d.in_flight(), self.leader.len());
         assert!(self.d.len() <= self.d.max_entries);
         let st = self.d.state.lock();
-        let done = st.map.values().filter(|e| matches!(e, Entry::Done { .. })).count();
+        let done = st
+            .map
+            .values()
+            .filter(|e| matches!(e, Entry::Done { .. }))
+            .count();
         assert_eq!(st.done_order.len(), done, "stale expiry records");
     }
 

@@ -37,7 +37,10 @@ fn leader_then_followers_then_complete_wakes_all() {
     assert_eq!((d.in_flight(), d.waiting(), d.len()), (1, 0, 1));
     // No window: the next join leads again.
     assert!(matches!(d.join("k"), Join::Leader(_)));
-    assert_eq!(d.complete("other", other, "w".into()).unwrap(), Vec::<u64>::new());
+    assert_eq!(
+        d.complete("other", other, "w".into()).unwrap(),
+        Vec::<u64>::new()
+    );
     let s = d.stats();
     assert_eq!((s.joins_leader, s.joins_follower, s.completions), (3, 2, 2));
 }
@@ -71,7 +74,10 @@ fn transient_failure_promotes_oldest_follower() {
     let f2 = follower(d.join("k"));
     assert_eq!(d.fail("k", l, true).unwrap(), (Some(f1), vec![]));
     assert_eq!(d.waiting(), 1);
-    assert!(d.complete("k", l, "late".into()).is_err(), "old leader lost the lead");
+    assert!(
+        d.complete("k", l, "late".into()).is_err(),
+        "old leader lost the lead"
+    );
     assert_eq!(d.complete("k", f1, "v".into()).unwrap(), vec![f2]);
     // Transient failure with nobody left removes the entry.
     let l = leader(d.join("k"));
@@ -87,7 +93,10 @@ fn permanent_failure_returns_every_follower() {
     let f: Vec<u64> = (0..3).map(|_| follower(d.join("k"))).collect();
     assert_eq!(d.fail("k", l, false).unwrap(), (None, f));
     assert_eq!((d.len(), d.waiting(), d.in_flight()), (0, 0, 0));
-    assert!(matches!(d.join("k"), Join::Leader(_)), "failures are not windowed");
+    assert!(
+        matches!(d.join("k"), Join::Leader(_)),
+        "failures are not windowed"
+    );
 }
 
 #[test]
@@ -111,7 +120,11 @@ fn wrong_ticket_or_key_is_an_error_and_changes_nothing() {
     let (d, _) = dedup(0.0, 10);
     let l = leader(d.join("k"));
     let f = follower(d.join("k"));
-    assert!(d.complete("k", f, "x".into()).unwrap_err().to_string().contains(&f.to_string()));
+    assert!(d
+        .complete("k", f, "x".into())
+        .unwrap_err()
+        .to_string()
+        .contains(&f.to_string()));
     assert!(d.complete("other", l, "x".into()).is_err());
     assert!(d.fail("k", 999, true).is_err());
     assert!(d.fail("k", f, false).is_err());

@@ -13,9 +13,9 @@
 //! | [`dedup`] | in-flight request joining with a short result window |
 
 pub mod clock;
+pub mod dedup;
 pub mod error;
 pub mod scheduler;
-pub mod dedup;
 
 #[cfg(feature = "python")]
 mod bindings;

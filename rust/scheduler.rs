@@ -108,7 +108,11 @@ impl SchedulerConfig {
     /// Check every field; the error names the parameter and its value.
     pub fn validate(&self) -> Result<()> {
         if self.max_concurrency < 1 {
-            return Err(Error::config("max_concurrency", self.max_concurrency, "must be >= 1"));
+            return Err(Error::config(
+                "max_concurrency",
+                self.max_concurrency,
+                "must be >= 1",
+            ));
         }
         if self.min_concurrency < 1 || self.min_concurrency > self.max_concurrency {
             return Err(Error::config(
@@ -216,6 +220,7 @@ struct State {
     next_ticket: u64,
     /// Bumped by every multiplicative decrease.
     epoch: u64,
+    latency_samples: u64,
     stats: SchedulerStats,
 }
 
@@ -257,6 +262,7 @@ impl PriorityScheduler {
             tickets: TicketMap::default(),
             next_ticket: 1,
             epoch: 0,
+            latency_samples: 0,
             stats: SchedulerStats {
                 max_queue: cfg.max_queue,
                 ..SchedulerStats::default()
@@ -283,7 +289,13 @@ impl PriorityScheduler {
         if st.queued == 0 && st.in_flight < st.slots() {
             let ticket = st.take_ticket();
             let epoch = st.epoch;
-            st.tickets.insert(ticket, Slot::Running { waited_ns: 0, epoch });
+            st.tickets.insert(
+                ticket,
+                Slot::Running {
+                    waited_ns: 0,
+                    epoch,
+                },
+            );
             st.in_flight += 1;
             st.stats.granted_total += 1;
             return Ok((ticket, true));
@@ -325,12 +337,12 @@ impl PriorityScheduler {
         st.stats.released_total += 1;
         match outcome {
             Outcome::Success => {
-                let e = &mut st.stats.latency_ewma_s;
-                *e = if *e == 0.0 {
+                st.stats.latency_ewma_s = if st.latency_samples == 0 {
                     latency_s
                 } else {
-                    *e + 0.1 * (latency_s - *e)
+                    st.stats.latency_ewma_s + 0.1 * (latency_s - st.stats.latency_ewma_s)
                 };
+                st.latency_samples += 1;
                 if self.cfg.adaptive && busy as f64 >= st.limit / 2.0 {
                     let next = (st.limit + self.cfg.increase_step / st.limit)
                         .min(self.cfg.max_concurrency as f64);
@@ -397,7 +409,8 @@ impl PriorityScheduler {
             let (ticket, enq_ns) = st.pop_best(now, self.aging_ns);
             let waited_ns = now.saturating_sub(enq_ns);
             let epoch = st.epoch;
-            st.tickets.insert(ticket, Slot::Running { waited_ns, epoch });
+            st.tickets
+                .insert(ticket, Slot::Running { waited_ns, epoch });
             st.in_flight += 1;
             st.stats.granted_total += 1;
             let w = clock::ns_to_secs(waited_ns);

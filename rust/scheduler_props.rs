@@ -53,7 +53,11 @@ impl Harness {
 
     fn grant(&mut self, tickets: &[u64]) {
         for &t in tickets {
-            assert_eq!(self.model.get(&t), Some(&Model::Queued), "granted non-queued {t}");
+            assert_eq!(
+                self.model.get(&t),
+                Some(&Model::Queued),
+                "granted non-queued {t}"
+            );
             assert!(self.granted.insert(t), "ticket {t} granted twice");
             self.model.insert(t, Model::Running);
         }
@@ -141,7 +145,10 @@ impl Harness {
         if granted_any {
             assert!(st.in_flight <= st.slots(), "granted beyond the limit");
         }
-        assert!(st.queued == 0 || st.in_flight >= st.slots(), "idle slot with a queue");
+        assert!(
+            st.queued == 0 || st.in_flight >= st.slots(),
+            "idle slot with a queue"
+        );
         let lim = st.limit;
         assert!(lim >= self.s.cfg.min_concurrency as f64);
         assert!(lim <= self.s.cfg.max_concurrency as f64);

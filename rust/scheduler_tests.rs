@@ -108,14 +108,28 @@ fn queue_full_rejects_at_once_and_zero_means_never_queue() {
 #[test]
 fn bad_priority_outcome_ticket_and_latency() {
     let (s, _) = sched(fixed(1));
-    assert!(s.acquire(10).unwrap_err().to_string().contains("priority=10"));
+    assert!(s
+        .acquire(10)
+        .unwrap_err()
+        .to_string()
+        .contains("priority=10"));
     let (t, _) = s.acquire(0).unwrap();
     let (q, _) = s.acquire(0).unwrap();
-    assert!(s.release(999, Outcome::Success, 0.0).unwrap_err().to_string().contains("999"));
-    assert!(s.release(q, Outcome::Success, 0.0).is_err(), "queued is not running");
+    assert!(s
+        .release(999, Outcome::Success, 0.0)
+        .unwrap_err()
+        .to_string()
+        .contains("999"));
+    assert!(
+        s.release(q, Outcome::Success, 0.0).is_err(),
+        "queued is not running"
+    );
     let e = s.release(t, Outcome::Success, f64::NAN).unwrap_err();
     assert!(e.to_string().contains("latency_s"));
-    assert!(Outcome::parse("bogus").unwrap_err().to_string().contains("outcome"));
+    assert!(Outcome::parse("bogus")
+        .unwrap_err()
+        .to_string()
+        .contains("outcome"));
     // The failed calls changed nothing.
     assert_eq!((s.in_flight(), s.queued()), (1, 1));
 }
@@ -128,7 +142,11 @@ fn cancel_queued_running_and_unknown() {
     let (c, _) = s.acquire(0).unwrap();
     assert_eq!(s.cancel(b), Vec::<u64>::new());
     assert_eq!(s.cancel(b), Vec::<u64>::new(), "idempotent");
-    assert_eq!(s.cancel(a), vec![c], "cancelling a running ticket frees its slot");
+    assert_eq!(
+        s.cancel(a),
+        vec![c],
+        "cancelling a running ticket frees its slot"
+    );
     assert_eq!(s.cancel(12345), Vec::<u64>::new());
     assert_eq!(s.cancel(c), Vec::<u64>::new());
     assert_eq!((s.in_flight(), s.queued()), (0, 0));
@@ -206,7 +224,10 @@ fn rising_limit_grants_queued_in_order() {
     };
     let (s, clock) = sched(cfg);
     s.acquire(0).unwrap();
-    let q: Vec<u64> = [2u8, 1, 2].iter().map(|&p| s.acquire(p).unwrap().0).collect();
+    let q: Vec<u64> = [2u8, 1, 2]
+        .iter()
+        .map(|&p| s.acquire(p).unwrap().0)
+        .collect();
     clock.advance_secs(0.25);
     assert_eq!(s.set_limit(3.7).unwrap(), vec![q[1], q[0]]);
     assert_eq!(s.limit(), 3.7);
@@ -214,7 +235,11 @@ fn rising_limit_grants_queued_in_order() {
     assert_eq!(s.set_limit(100.0).unwrap(), vec![q[2]]);
     assert_eq!(s.limit(), 8.0);
     assert!(s.set_limit(0.0).is_err());
-    assert!(s.set_limit(f64::NAN).unwrap_err().to_string().contains("limit=NaN"));
+    assert!(s
+        .set_limit(f64::NAN)
+        .unwrap_err()
+        .to_string()
+        .contains("limit=NaN"));
     assert_eq!(s.set_limit(0.2).unwrap(), Vec::<u64>::new());
     assert_eq!(s.limit(), 1.0, "clamped to min_concurrency");
     assert_eq!(s.stats().max_wait_s, 0.25);
@@ -231,18 +256,69 @@ fn non_adaptive_ignores_outcomes() {
 #[test]
 fn config_errors_name_param_and_value() {
     let bad = [
-        (SchedulerConfig { max_concurrency: 0, ..Default::default() }, "max_concurrency=0"),
-        (SchedulerConfig { min_concurrency: 65, ..Default::default() }, "min_concurrency=65"),
-        (SchedulerConfig { min_concurrency: 0, ..Default::default() }, "min_concurrency=0"),
         (
-            SchedulerConfig { initial_concurrency: Some(65), ..Default::default() },
+            SchedulerConfig {
+                max_concurrency: 0,
+                ..Default::default()
+            },
+            "max_concurrency=0",
+        ),
+        (
+            SchedulerConfig {
+                min_concurrency: 65,
+                ..Default::default()
+            },
+            "min_concurrency=65",
+        ),
+        (
+            SchedulerConfig {
+                min_concurrency: 0,
+                ..Default::default()
+            },
+            "min_concurrency=0",
+        ),
+        (
+            SchedulerConfig {
+                initial_concurrency: Some(65),
+                ..Default::default()
+            },
             "initial_concurrency=65",
         ),
-        (SchedulerConfig { aging_s: 0.0, ..Default::default() }, "aging_s=0"),
-        (SchedulerConfig { aging_s: f64::INFINITY, ..Default::default() }, "aging_s=inf"),
-        (SchedulerConfig { decrease_factor: 1.0, ..Default::default() }, "decrease_factor=1"),
-        (SchedulerConfig { decrease_factor: f64::NAN, ..Default::default() }, "decrease_factor=NaN"),
-        (SchedulerConfig { increase_step: -1.0, ..Default::default() }, "increase_step=-1"),
+        (
+            SchedulerConfig {
+                aging_s: 0.0,
+                ..Default::default()
+            },
+            "aging_s=0",
+        ),
+        (
+            SchedulerConfig {
+                aging_s: f64::INFINITY,
+                ..Default::default()
+            },
+            "aging_s=inf",
+        ),
+        (
+            SchedulerConfig {
+                decrease_factor: 1.0,
+                ..Default::default()
+            },
+            "decrease_factor=1",
+        ),
+        (
+            SchedulerConfig {
+                decrease_factor: f64::NAN,
+                ..Default::default()
+            },
+            "decrease_factor=NaN",
+        ),
+        (
+            SchedulerConfig {
+                increase_step: -1.0,
+                ..Default::default()
+            },
+            "increase_step=-1",
+        ),
     ];
     for (cfg, needle) in bad {
         let e = PriorityScheduler::new(cfg, crate::clock::system()).unwrap_err();
@@ -260,6 +336,10 @@ fn tombstones_stay_bounded() {
         s.cancel(t);
     }
     let st = s.state.lock();
-    assert!(st.queues[3].len() <= 2 * st.live[3] + 33, "len {}", st.queues[3].len());
+    assert!(
+        st.queues[3].len() <= 2 * st.live[3] + 33,
+        "len {}",
+        st.queues[3].len()
+    );
     assert_eq!(st.queues[3].front().unwrap().0, keep);
 }

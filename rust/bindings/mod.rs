@@ -4,7 +4,9 @@
 use pyo3::prelude::*;
 
 mod clock;
+mod dedup;
 mod error;
+mod scheduler;
 
 pub use clock::PyManualClock;
 
@@ -13,5 +15,7 @@ pub use clock::PyManualClock;
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<PyManualClock>()?;
+    scheduler::register(m)?;
+    dedup::register(m)?;
     Ok(())
 }
