@@ -4,6 +4,11 @@ use criterion::{criterion_group, criterion_main, Criterion};
 
 use _core::clock::{Clock, ManualClock, SystemClock};
 
+#[path = "rust/dedup.rs"]
+mod dedup;
+#[path = "rust/scheduler.rs"]
+mod scheduler;
+
 fn clocks(c: &mut Criterion) {
     let mut g = c.benchmark_group("clock");
     g.bench_function("system_now", |b| b.iter(|| SystemClock.now_ns()));
@@ -12,5 +17,5 @@ fn clocks(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, clocks);
+criterion_group!(benches, clocks, scheduler::benches, dedup::benches);
 criterion_main!(benches);

@@ -74,8 +74,7 @@ def test_aging_lets_priority_nine_overtake_priority_zero_stream() -> None:
             break
     assert served_at is not None, "priority 9 starved"
     assert 15 <= served_at <= 20
-    step = served_at
-    assert s.queue_wait_s(low) == pytest.approx((step + 1) * 0.5)
+    assert s.queue_wait_s(low) == pytest.approx((served_at + 1) * 0.5)
 
 
 def test_queue_full_is_immediate_and_typed() -> None:
