@@ -6,10 +6,14 @@ use _core::clock::{Clock, ManualClock, SystemClock};
 
 #[path = "rust/breaker.rs"]
 mod breaker;
+#[path = "rust/dedup.rs"]
+mod dedup;
 #[path = "rust/limiter.rs"]
 mod limiter;
 #[path = "rust/metrics.rs"]
 mod metrics;
+#[path = "rust/scheduler.rs"]
+mod scheduler;
 
 fn clocks(c: &mut Criterion) {
     let mut g = c.benchmark_group("clock");
@@ -24,6 +28,8 @@ criterion_group!(
     clocks,
     limiter::benches,
     breaker::benches,
-    metrics::benches
+    metrics::benches,
+    scheduler::benches,
+    dedup::benches
 );
 criterion_main!(benches);

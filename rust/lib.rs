@@ -12,10 +12,14 @@
 //! | [`limiter`] | keyed GCRA rate limiter with FIFO reservations |
 //! | [`breaker`] | circuit breaker on a count-based sliding window |
 //! | [`metrics`] | counters, gauges and latency histograms per series |
+//! | [`scheduler`] | priority admission, bounded queue, AIMD concurrency slots |
+//! | [`dedup`] | in-flight request joining with a short result window |
 
 pub mod clock;
+pub mod dedup;
 pub mod error;
 pub mod metrics;
+pub mod scheduler;
 
 #[cfg(feature = "python")]
 mod bindings;

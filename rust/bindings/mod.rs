@@ -5,9 +5,11 @@ use pyo3::prelude::*;
 
 mod breaker;
 mod clock;
+mod dedup;
 mod error;
 mod limiter;
 mod metrics;
+mod scheduler;
 
 pub use breaker::PyCircuitBreaker;
 pub use clock::PyManualClock;
@@ -22,5 +24,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyRateLimiter>()?;
     m.add_class::<PyCircuitBreaker>()?;
     m.add_class::<PyMetrics>()?;
+    scheduler::register(m)?;
+    dedup::register(m)?;
     Ok(())
 }
