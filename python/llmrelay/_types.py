@@ -211,7 +211,7 @@ class Message(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 def _message(d: Any, field: str) -> Message:
     if isinstance(d, Message):
-        if d.role not in _ROLES:
+        if type(d.role) is not str or d.role not in _ROLES:
             raise _bad(f"{field}.role", d.role, "one of system, user, assistant, tool")
         if d.role == "tool" and not d.tool_call_id:
             raise _bad(f"{field}.tool_call_id", d.tool_call_id, "the id of the answered tool call")
@@ -219,6 +219,8 @@ def _message(d: Any, field: str) -> Message:
     if not isinstance(d, Mapping):
         raise _bad(field, d, "a message dict or Message")
     role = d.get("role")
+    if type(role) is not str:
+        raise _bad(f"{field}.role", role, "one of system, user, assistant, tool")
     content = d.get("content")
     # fast path: the common {"role": ..., "content": "..."} message
     if len(d) == 2 and type(content) is str and role in _ROLES and role != "tool":
