@@ -10,7 +10,7 @@ field path (``messages[1].role``, ``params.temperature``) and the bad value.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import msgspec
 
@@ -210,6 +210,12 @@ class Message(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 
 def _message(d: Any, field: str) -> Message:
+    # fast path: the common {"role": ..., "content": "..."} message
+    if type(d) is dict and len(d) == 2:
+        role = d.get("role")
+        content = d.get("content")
+        if type(content) is str and (role == "user" or role == "system" or role == "assistant"):
+            return Message(role=role, content=content)
     if isinstance(d, Message):
         if type(d.role) is not str or d.role not in _ROLES:
             raise _bad(f"{field}.role", d.role, "one of system, user, assistant, tool")
@@ -222,9 +228,6 @@ def _message(d: Any, field: str) -> Message:
     if type(role) is not str:
         raise _bad(f"{field}.role", role, "one of system, user, assistant, tool")
     content = d.get("content")
-    # fast path: the common {"role": ..., "content": "..."} message
-    if len(d) == 2 and type(content) is str and role in _ROLES and role != "tool":
-        return Message(role=role, content=content)
     if role not in _ROLES:
         raise _bad(f"{field}.role", role, "one of system, user, assistant, tool")
     for key in d:
@@ -256,7 +259,7 @@ def _message(d: Any, field: str) -> Message:
     if content is None and not (role == "assistant" and tool_calls):
         raise _bad(f"{field}.content", content, "content (None only with assistant tool_calls)")
     return Message(
-        role=role,
+        role=cast(Role, role),
         content=content,
         name=name,
         tool_calls=tool_calls,
@@ -272,7 +275,18 @@ def to_messages(messages: str | Sequence[Mapping[str, Any] | Message]) -> list[M
         raise _bad("messages", messages, "a string or a list of messages")
     if not messages:
         raise InvalidRequestError("messages=[]: expected at least one message", field="messages")
-    return [_message(m, f"messages[{i}]") for i, m in enumerate(messages)]
+    out: list[Message] = []
+    append = out.append
+    for m in messages:
+        # fast path: the common {"role": ..., "content": "..."} message
+        if type(m) is dict and len(m) == 2:
+            role = m.get("role")
+            content = m.get("content")
+            if type(content) is str and (role == "user" or role == "system" or role == "assistant"):
+                append(Message(role=role, content=content))
+                continue
+        append(_message(m, f"messages[{len(out)}]"))
+    return out
 
 
 class Usage(msgspec.Struct, kw_only=True, frozen=True):
