@@ -223,9 +223,9 @@ async def test_stream_closed_when_consumer_stops_or_is_cancelled() -> None:
     reply, stream = stream_reply([STREAM])
     async with Server(reply).client() as client:
         agen = adapter().stream(client, build_request("hi", None, {}), "gpt-4o")
-        first = await anext(agen)  # type: ignore[call-overload]
+        first = await anext(agen)
         assert first.text == "Hel"
-        await agen.aclose()  # type: ignore[attr-defined]
+        await agen.aclose()
     assert stream.closed
 
     reply, stream = stream_reply([sse(chunk({"content": "a"}))], hang=True)
@@ -410,3 +410,20 @@ def test_repr_hides_key_and_no_key_no_auth_header() -> None:
 def test_rate_limit_info_from_headers() -> None:
     info = adapter().rate_limit_info(httpx.Headers({"x-ratelimit-remaining-requests": "3"}))
     assert info.requests_remaining == 3
+
+
+async def test_wording_classifies_only_where_the_status_does_not() -> None:
+    body = {
+        "error": {
+            "message": "no permission to use rate_limit tools",
+            "type": "invalid_request_error",
+        }
+    }
+    async with Server(error_reply(400, body)).client() as client:
+        with pytest.raises(errors.ProviderError) as info:
+            await adapter().chat(client, build_request("hi", None, {}), "gpt-4o")
+    assert type(info.value) is errors.ProviderError
+    assert str(info.value) == (
+        "no permission to use rate_limit tools "
+        "(provider=dep, model=gpt-4o, status=400, request_id=req_123)"
+    )

@@ -159,7 +159,8 @@ def test_entry_point_discovery(
         return eps
 
     monkeypatch.setattr(importlib.metadata, "entry_points", fake_entry_points)
-    monkeypatch.setattr(_registry, "_discovered", False)
+    monkeypatch.setattr(_registry, "_started", False)
+    monkeypatch.setattr(_registry, "_done", False)
     with caplog.at_level(logging.WARNING, logger="llmrelay.providers"):
         kinds = list_providers()
         list_providers()
@@ -185,7 +186,8 @@ def test_entry_point_listing_failure_is_a_warning(
         raise RuntimeError("broken metadata")
 
     monkeypatch.setattr(importlib.metadata, "entry_points", fail)
-    monkeypatch.setattr(_registry, "_discovered", False)
+    monkeypatch.setattr(_registry, "_started", False)
+    monkeypatch.setattr(_registry, "_done", False)
     with caplog.at_level(logging.WARNING, logger="llmrelay.providers"):
         assert "openai" in list_providers()
     assert "broken metadata" in caplog.text
@@ -198,5 +200,6 @@ def test_unknown_kind_triggers_discovery(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setattr(
         importlib.metadata, "entry_points", lambda *, group: [FakeEntryPoint("late", lambda: late)]
     )
-    monkeypatch.setattr(_registry, "_discovered", False)
+    monkeypatch.setattr(_registry, "_started", False)
+    monkeypatch.setattr(_registry, "_done", False)
     assert get_provider("testlate") is late

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from typing import Any, ClassVar, Protocol
 
 import httpx
@@ -192,8 +192,8 @@ class ProviderAdapter:
         *,
         timeout: httpx.Timeout | None = None,  # noqa: ASYNC109
         stream_idle_s: float | None = None,
-    ) -> AsyncIterator[ChatChunk]:
-        """Stream a chat answer as chunks.
+    ) -> AsyncGenerator[ChatChunk, None]:
+        """Stream a chat answer as chunks (an async generator: ``aclose()`` it if you stop early).
 
         A stream cut before its end marker raises ProviderUnavailableError; no bytes
         for ``stream_idle_s`` seconds raises ProviderTimeoutError. The reply is
@@ -226,7 +226,7 @@ class ProviderAdapter:
                     break
                 except TimeoutError:
                     raise ProviderTimeoutError(
-                        f"{self.deployment}: no stream data for {stream_idle_s}s",
+                        f"no stream data for {stream_idle_s}s",
                         provider=self.deployment,
                         model=model,
                         status_code=resp.status_code,
@@ -237,12 +237,12 @@ class ProviderAdapter:
                     yield chunk
             if not decoder.done:
                 raise ProviderUnavailableError(
-                    f"{self.deployment}: stream ended before its end marker",
+                    "stream ended before its end marker",
                     provider=self.deployment,
                     model=model,
                     status_code=resp.status_code,
                 )
         finally:
             with contextlib.suppress(Exception):
-                await byte_iter.aclose()  # type: ignore[attr-defined]
+                await byte_iter.aclose()  # type: ignore[attr-defined]  # httpx gives a generator
             await resp.aclose()

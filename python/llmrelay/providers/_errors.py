@@ -100,24 +100,25 @@ def error_from_payload(
         "status_code": status,
         "request_id": request_id_of(hdrs),
     }
-    label = f"{provider}: " + (message or (f"HTTP {status}" if status else "error"))
-    if status == 429 or "rate_limit" in words:
+    label = message or (f"HTTP {status}" if status else "error event in the stream")
+    in_stream = status is None
+    if status == 429 or (in_stream and "rate_limit" in words):
         err = RateLimitError(label, retry_after=parse_rate_limit_headers(hdrs).retry_after_s, **ctx)
         if "insufficient_quota" in words:
             err.retryable = False  # out of credit: waiting will not help
         return err
-    if status in (401, 403) or "authentication" in words or "permission" in words:
+    if status in (401, 403) or (in_stream and ("authentication" in words or "permission" in words)):
         return AuthenticationError(label, **ctx)
     if status == 408:
         return ProviderTimeoutError(label, **ctx)
     transient = "overloaded" in words or "server_error" in words or "api_error" in words
-    if (status is not None and status >= 500) or (status is None and transient):
+    if (status is not None and status >= 500) or (in_stream and transient):
         return ProviderUnavailableError(label, **ctx)
     if any(w in words for w in _CONTEXT_WORDS):
         return ContextLengthError(label, **ctx)
     if any(w in words for w in _FILTER_WORDS):
         return ContentFilterError(label, **ctx)
-    if status is None:
+    if in_stream:
         return ProviderUnavailableError(label, **ctx)  # an unknown failure mid-stream
     return ProviderError(label, **ctx)
 
@@ -146,10 +147,10 @@ def error_from_transport(
     detail = scrub(str(exc), secret)
     name = f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
     if isinstance(exc, httpx.TimeoutException):
-        return ProviderTimeoutError(f"{provider}: {name}", provider=provider, model=model)
+        return ProviderTimeoutError(name, provider=provider, model=model)
     if isinstance(exc, (httpx.TransportError, httpx.StreamError)):
-        return ProviderUnavailableError(f"{provider}: {name}", provider=provider, model=model)
-    return ProviderResponseError(f"{provider}: {name}", provider=provider, model=model)
+        return ProviderUnavailableError(name, provider=provider, model=model)
+    return ProviderResponseError(name, provider=provider, model=model)
 
 
 def response_error(
@@ -157,7 +158,7 @@ def response_error(
 ) -> ProviderResponseError:
     """A reply that breaks the wire protocol."""
     return ProviderResponseError(
-        f"{provider}: {text}",
+        text,
         provider=provider,
         model=model,
         status_code=resp.status_code if resp is not None else None,

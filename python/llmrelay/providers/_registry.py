@@ -69,7 +69,9 @@ class ProviderRegistration(msgspec.Struct, kw_only=True, frozen=True):
 
 _lock = threading.Lock()
 _registry: dict[str, ProviderRegistration] = {}
-_discovered = False
+_started = False  # discovery began (re-entrant calls return at once)
+_done = False  # discovery finished
+_discover_lock = threading.RLock()
 
 
 def register_provider(reg: ProviderRegistration, *, replace: bool = False) -> None:
@@ -96,13 +98,20 @@ def unregister_provider(kind: str) -> None:
 
 
 def _discover() -> None:
-    global _discovered
-    if _discovered:
+    global _started, _done
+    if _done:
         return
-    with _lock:
-        if _discovered:
+    with _discover_lock:  # reentrant: a plug-in may call back into the registry
+        if _started:
             return
-        _discovered = True
+        _started = True
+        try:
+            _load_plugins()
+        finally:
+            _done = True
+
+
+def _load_plugins() -> None:
     try:
         from importlib.metadata import entry_points  # lazy: costs ~25 ms to import
 
@@ -164,5 +173,5 @@ def capabilities(kind: str, model: str) -> ModelInfo:
 
 
 def _reset_discovery_for_tests() -> None:
-    global _discovered
-    _discovered = False
+    global _started, _done
+    _started = _done = False
