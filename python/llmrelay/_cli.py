@@ -75,9 +75,10 @@ def _chat(prompt: str, model: str | None, stream: bool) -> int:
 
 
 def _providers() -> int:
-    from llmrelay.providers import list_providers
+    from llmrelay.providers import get_provider, list_providers
 
-    for reg in list_providers():
+    for kind in list_providers():
+        reg = get_provider(kind)
         print(f"{reg.kind}  (default {reg.default_base_url}; key {reg.api_key_env or '-'})")
         for name, info in sorted(reg.models.items()):
             caps = [

@@ -371,7 +371,8 @@ class Engine:
                 self.dedup.leave(hexkey, ticket)
                 raise
             if got is not _PROMOTED:
-                return msgspec.structs.replace(got, attempts=0)
+                joined: ChatResponse = msgspec.structs.replace(got, attempts=0)
+                return joined
             role = _core.DEDUP_LEADER  # the leader gave up; this call leads now
         try:
             resp = await self._orchestrated(p, timeout)
@@ -468,7 +469,7 @@ class Engine:
             [("latency", attempt_latency), ("queue_wait", ctx.queue_wait_s)],
         )
         dep.health.observe(attempt_latency, u.completion_tokens, ok=True)
-        out = msgspec.structs.replace(
+        out: ChatResponse = msgspec.structs.replace(
             resp,
             provider=dep.name,
             latency_s=time.perf_counter() - started,
