@@ -9,7 +9,9 @@
 //! | --- | --- |
 //! | [`clock`] | monotonic and manual time sources |
 //! | [`error`] | the one error enum |
+//! | [`cache`] | memory, disk and hybrid response caches |
 
+pub mod cache;
 pub mod clock;
 pub mod error;
 
