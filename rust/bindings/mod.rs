@@ -3,8 +3,10 @@
 
 use pyo3::prelude::*;
 
+mod cache;
 mod clock;
 mod error;
+mod hybrid_cache;
 
 pub use clock::PyManualClock;
 
@@ -13,5 +15,6 @@ pub use clock::PyManualClock;
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<PyManualClock>()?;
+    cache::register(m)?;
     Ok(())
 }

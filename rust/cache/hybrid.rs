@@ -230,11 +230,18 @@ impl HybridCache {
 
     /// Both tiers: memory, then disk (with promotion).
     pub fn get(&self, key: &[u8]) -> Option<Arc<[u8]>> {
-        if let Some(v) = self.memory.get(key) {
+        self.get_hot(key).or_else(|| self.get_disk(key))
+    }
+
+    /// The first half of [`Self::get`]: a memory hit (counted as a hit), or
+    /// `None` without counting a miss; follow a `None` with
+    /// [`Self::get_disk`].
+    pub fn get_hot(&self, key: &[u8]) -> Option<Arc<[u8]>> {
+        let v = self.memory.get(key);
+        if v.is_some() {
             self.count(true);
-            return Some(v);
         }
-        self.get_disk(key)
+        v
     }
 
     /// The second half of [`Self::get`], for a key that just missed memory:

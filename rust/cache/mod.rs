@@ -20,7 +20,7 @@ mod write_behind;
 mod proptests;
 
 pub use disk::{DiskCache, DiskConfig};
-pub use hybrid::{HybridCache, HybridConfig, Promotion, WriteMode};
+pub use hybrid::{HybridCache, HybridConfig, HybridOptions, Promotion, WriteMode};
 pub use memory::{Eviction, MemoryCache, MemoryConfig};
 
 use crate::error::{Error, Result};
