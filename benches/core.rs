@@ -4,6 +4,9 @@ use criterion::{criterion_group, criterion_main, Criterion};
 
 use _core::clock::{Clock, ManualClock, SystemClock};
 
+#[path = "rust/cache.rs"]
+mod cache;
+
 fn clocks(c: &mut Criterion) {
     let mut g = c.benchmark_group("clock");
     g.bench_function("system_now", |b| b.iter(|| SystemClock.now_ns()));
@@ -12,5 +15,5 @@ fn clocks(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, clocks);
+criterion_group!(benches, clocks, cache::benches);
 criterion_main!(benches);
