@@ -1,5 +1,6 @@
 //! Unit tests of the disk tier (beside `disk.rs`, split out for length).
 
+use std::path::Path;
 use std::sync::Arc;
 
 use super::*;
