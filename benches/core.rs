@@ -6,6 +6,8 @@ use _core::clock::{Clock, ManualClock, SystemClock};
 
 #[path = "rust/breaker.rs"]
 mod breaker;
+#[path = "rust/cache.rs"]
+mod cache;
 #[path = "rust/dedup.rs"]
 mod dedup;
 #[path = "rust/limiter.rs"]
@@ -30,6 +32,7 @@ criterion_group!(
     breaker::benches,
     metrics::benches,
     scheduler::benches,
-    dedup::benches
+    dedup::benches,
+    cache::benches
 );
 criterion_main!(benches);

@@ -14,10 +14,14 @@
 //! | [`metrics`] | counters, gauges and latency histograms per series |
 //! | [`scheduler`] | priority admission, bounded queue, AIMD concurrency slots |
 //! | [`dedup`] | in-flight request joining with a short result window |
+//! | [`cache`] | memory, disk and hybrid response caches |
 
+pub mod breaker;
+pub mod cache;
 pub mod clock;
 pub mod dedup;
 pub mod error;
+pub mod limiter;
 pub mod metrics;
 pub mod scheduler;
 
@@ -25,5 +29,3 @@ pub mod scheduler;
 mod bindings;
 
 pub use error::{Error, Result};
-pub mod breaker;
-pub mod limiter;

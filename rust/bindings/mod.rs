@@ -4,9 +4,11 @@
 use pyo3::prelude::*;
 
 mod breaker;
+mod cache;
 mod clock;
 mod dedup;
 mod error;
+mod hybrid_cache;
 mod limiter;
 mod metrics;
 mod scheduler;
@@ -26,5 +28,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyMetrics>()?;
     scheduler::register(m)?;
     dedup::register(m)?;
+    cache::register(m)?;
     Ok(())
 }
