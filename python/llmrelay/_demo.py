@@ -66,7 +66,7 @@ async def _fake_config(stack: AsyncExitStack, seed: int) -> tuple[LLMServiceConf
     fallback = await stack.enter_async_context(FakeProvider("anthropic", latency_s=0.04))
     local = await stack.enter_async_context(FakeProvider("ollama", latency_s=0.015))
     primary.inject("unavailable", ratio=0.15, seed=seed)
-    primary.inject("rate_limit", ratio=0.1, seed=seed + 1, retry_after_s=0.05)
+    primary.inject("rate_limit", ratio=0.1, seed=seed + 1, retry_after=0.05)
     config = LLMServiceConfig(
         providers=[
             ProviderConfig(
