@@ -228,6 +228,9 @@ class AnthropicDialect(Dialect):
                 "id": m,
                 "display_name": m,
                 "created_at": "2025-10-01T00:00:00Z",
+                "lifecycle": "active",
+                "max_input_tokens": 200_000,
+                "max_tokens": 64_000,
             }
             for m in ex.fake.models
         ]
