@@ -1,4 +1,4 @@
-"""llmrelay.testing: lifecycle, scripts, the request log, rate limits, every fault, the HTTP layer."""
+"""llmrelay.testing: lifecycle, scripts, the request log, rate limits, faults, the HTTP layer."""
 
 from __future__ import annotations
 
@@ -327,9 +327,14 @@ async def test_error_faults(fake: FakeProvider, client: httpx.AsyncClient, kind:
                  "auth": "invalid_api_key"}  # fmt: skip
         assert r.json()["error"]["code"] == codes.get(kind)
     if fake.protocol == "anthropic":
-        types = {"rate_limit": "rate_limit_error", "server_error": "api_error",
-                 "unavailable": "api_error", "overloaded": "overloaded_error",
-                 "context_length": "invalid_request_error", "auth": "authentication_error"}  # fmt: skip
+        types = {
+            "rate_limit": "rate_limit_error",
+            "server_error": "api_error",
+            "unavailable": "api_error",
+            "overloaded": "overloaded_error",
+            "context_length": "invalid_request_error",
+            "auth": "authentication_error",
+        }
         assert r.json()["error"]["type"] == types[kind]
     assert (await chat(client, fake)).status_code == 200  # times=1: only the next request
 
@@ -503,7 +508,7 @@ async def test_official_clients_classify_faults(
                 )
 
 
-# ---- the HTTP layer -------------------------------------------------------------------------------
+# ---- the HTTP layer ---------------------------------------------------------------------------
 
 
 async def raw_exchange(fake: FakeProvider, data: bytes) -> bytes:
@@ -535,8 +540,18 @@ async def test_chunked_request_body_and_expect_continue(fake_ollama: FakeProvide
     chunked = b"".join(b"%x;ext=1\r\n%s\r\n" % (len(p), p) for p in (body[:10], body[10:]))
     head = "POST /api/chat HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n"
     head += "expect: 100-continue\r\nconnection: close\r\n\r\n"
-    out = await raw_exchange(fake_ollama, head.encode() + chunked + b"0\r\nx-trailer: 1\r\n\r\n")
-    assert out.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK") and b"chunky" in out
+    reader, writer = await asyncio.open_connection("127.0.0.1", fake_ollama.port)
+    try:
+        writer.write(head.encode())  # the body waits for the interim response, as a client would
+        interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5.0)
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+        writer.write(chunked[:7])
+        writer.write(chunked[7:] + b"0\r\nx-trailer: 1\r\n\r\n")
+        out = await asyncio.wait_for(reader.read(), 5.0)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    assert out.startswith(b"HTTP/1.1 200 OK") and b"chunky" in out
     assert fake_ollama.requests[0].json == chat_body("ollama", "chunky")
 
 

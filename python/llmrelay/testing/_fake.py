@@ -16,7 +16,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Self
 
@@ -54,9 +53,11 @@ _TERMINAL_ERRORS = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class RecordedRequest:
-    """A request a fake received; ``json`` is None when the body was empty or not JSON."""
+class RecordedRequest(msgspec.Struct, frozen=True):
+    """A request a fake received; ``json`` is None when the body was empty or not JSON.
+
+    ``headers`` has lower-cased names; ``time`` is the fake's clock at arrival.
+    """
 
     method: str
     path: str

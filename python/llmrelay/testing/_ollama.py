@@ -39,9 +39,15 @@ _ERRORS: dict[str, tuple[int, str]] = {
 _DONE_REASON = {"stop": "stop", "length": "length", "tool_calls": "stop"}
 
 
+_second: list[Any] = [0, ""]
+
+
 def _created_at() -> str:
     now = time.time()
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1e6):06d}Z"
+    second = int(now)
+    if second != _second[0]:
+        _second[:] = [second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))]
+    return f"{_second[1]}.{int((now - second) * 1e6):06d}Z"
 
 
 class OllamaDialect(Dialect):

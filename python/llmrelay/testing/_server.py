@@ -1,4 +1,4 @@
-"""A small HTTP/1.1 server on asyncio streams: just what the fake providers need.
+"""A small HTTP/1.1 server on asyncio's protocol API: just what the fake providers need.
 
 Requests: keep-alive, ``Content-Length`` and ``chunked`` bodies, ``Expect: 100-continue``.
 Responses: whole bodies with ``Content-Length``, or streamed bodies with chunked transfer
@@ -11,11 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import struct
-from collections.abc import Awaitable, Callable, Iterable
+import types
+from collections.abc import Callable, Coroutine, Generator, Iterable
+from typing import Any
 
 __all__ = ["HttpRequest", "HttpServer", "Responder"]
+
+_log = logging.getLogger("llmrelay.testing")
 
 MAX_HEAD = 64 * 1024
 MAX_BODY = 64 * 1024 * 1024
@@ -102,40 +107,261 @@ def _parse_head(head: bytes) -> HttpRequest:
     return request
 
 
-async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
+def _parse_chunked(buf: bytearray, pos: int) -> tuple[bytes, int] | None:
+    """Decode a chunked body starting at ``buf[pos]``: (body, end) or None if incomplete."""
     parts: list[bytes] = []
     total = 0
     while True:
-        line = await reader.readuntil(b"\r\n")
+        eol = buf.find(b"\r\n", pos)
+        if eol < 0:
+            if len(buf) - pos > 1024:
+                raise _BadRequest(400, "malformed chunk size")
+            return None
         try:
-            size = int(line.split(b";", 1)[0].strip(), 16)
+            size = int(bytes(buf[pos:eol]).split(b";", 1)[0].strip(), 16)
         except ValueError:
             raise _BadRequest(400, "malformed chunk size") from None
         if size < 0:
             raise _BadRequest(400, "malformed chunk size")
+        pos = eol + 2
         if size == 0:
-            while (await reader.readuntil(b"\r\n")) != b"\r\n":  # trailers, ignored
-                pass
-            return b"".join(parts)
+            while True:  # trailers, ignored, up to the blank line
+                eol = buf.find(b"\r\n", pos)
+                if eol < 0:
+                    return None
+                if eol == pos:
+                    return b"".join(parts), eol + 2
+                pos = eol + 2
         total += size
         if total > MAX_BODY:
             raise _BadRequest(413, "body too large")
-        chunk = await reader.readexactly(size + 2)
-        if chunk[-2:] != b"\r\n":
+        if len(buf) < pos + size + 2:
+            return None
+        if buf[pos + size : pos + size + 2] != b"\r\n":
             raise _BadRequest(400, "malformed chunk")
-        parts.append(chunk[:-2])
+        parts.append(bytes(buf[pos : pos + size]))
+        pos += size + 2
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection: parses requests from its buffer and runs them one at a time.
+
+    A handler runs eagerly inside ``data_received``; only if it has to wait (latency, a
+    hang, a slow consumer) does the rest of it continue in a task. The common request
+    therefore costs no task, no future and no extra turn of the event loop.
+    """
+
+    def __init__(self, server: HttpServer) -> None:
+        self._server = server
+        self._buf = bytearray()
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self._busy = False
+        self._continued = -1
+        self._paused = False
+        self._drain: asyncio.Future[None] | None = None
+        self._eof: asyncio.Future[None] | None = None
+        self._responder: Responder | None = None
+
+    # asyncio.Protocol ------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self._server._conns.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        self._buf += data
+        if not self._busy:
+            self._process()
+
+    def eof_received(self) -> bool:
+        self._wake_eof()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._server._conns.discard(self)
+        self._wake_eof()
+        drain, self._drain = self._drain, None
+        if drain is not None and not drain.done():
+            drain.set_exception(ConnectionResetError("connection lost"))
+            drain.exception()  # retrieved: nobody else may be waiting
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        drain, self._drain = self._drain, None
+        if drain is not None and not drain.done():
+            drain.set_result(None)
+
+    # used by Responder -----------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        if self.closed or self.transport is None or self.transport.is_closing():
+            raise ConnectionResetError("the client closed the connection")
+        self.transport.write(data)
+
+    async def drain(self) -> None:
+        if self._paused and not self.closed:
+            if self._drain is None:
+                self._drain = asyncio.get_running_loop().create_future()
+            await self._drain
+
+    async def wait_eof(self) -> None:
+        if self.closed:
+            return
+        if self._eof is None:
+            self._eof = asyncio.get_running_loop().create_future()
+        await self._eof
+
+    def _wake_eof(self) -> None:
+        eof, self._eof = self._eof, None
+        if eof is not None and not eof.done():
+            eof.set_result(None)
+
+    # request processing ----------------------------------------------------------------------
+
+    def _fail(self, status: int, message: str) -> None:
+        body = message.encode()
+        extra = b"connection: close\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n\r\n"
+        with contextlib.suppress(ConnectionError):
+            self.write(_head(status, (), extra % len(body)) + body)
+        self._close()
+
+    def _close(self) -> None:
+        self._busy = True  # accept nothing more
+        if self.transport is not None:
+            self.transport.close()
+
+    def _next_request(self) -> HttpRequest | None:
+        buf = self._buf
+        end = buf.find(b"\r\n\r\n", 0, MAX_HEAD)
+        if end < 0:
+            if len(buf) >= MAX_HEAD:
+                raise _BadRequest(431, "request head too large")
+            return None
+        request = _parse_head(bytes(buf[: end + 4]))
+        pos = end + 4
+        headers = request.headers
+        te = headers.get("transfer-encoding")
+        length = headers.get("content-length")
+        if te is not None:
+            if te.lower().rsplit(",", 1)[-1].strip() != "chunked":
+                raise _BadRequest(501, f"unsupported transfer-encoding {te!r}")
+            parsed = _parse_chunked(buf, pos)
+            if parsed is None:
+                self._continue_if_expected(request, pos)
+                return None
+            request.body, stop = parsed
+        elif length is not None:
+            try:
+                n = int(length)
+            except ValueError:
+                raise _BadRequest(400, "malformed content-length") from None
+            if n < 0:
+                raise _BadRequest(400, "malformed content-length")
+            if n > MAX_BODY:
+                raise _BadRequest(413, "body too large")
+            stop = pos + n
+            if len(buf) < stop:
+                self._continue_if_expected(request, pos)
+                return None
+            request.body = bytes(buf[pos:stop])
+        else:
+            stop = pos
+        del buf[:stop]
+        self._continued = -1
+        return request
+
+    def _continue_if_expected(self, request: HttpRequest, pos: int) -> None:
+        if self._continued != pos and request.headers.get("expect", "").lower() == "100-continue":
+            self._continued = pos
+            self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+
+    def _process(self) -> None:
+        while not self._busy and not self.closed:
+            try:
+                request = self._next_request()
+            except _BadRequest as exc:
+                return self._fail(exc.status, str(exc))
+            if request is None:
+                return
+            responder = Responder(self, close_after=not request.keep_alive)
+            coro = self._server._handler(request, responder)
+            try:
+                yielded = coro.send(None)
+            except StopIteration:
+                self._after(responder)
+                continue
+            except ConnectionError:
+                return self._close()
+            except Exception:
+                _log.exception("the fake server's handler failed")
+                return self._fail(500, "internal error in the fake server")
+            self._busy = True
+            self._responder = responder
+            task = asyncio.get_running_loop().create_task(_finish(coro, yielded))
+            self._server._tasks.add(task)
+            task.add_done_callback(self._task_done)
+            return
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._server._tasks.discard(task)
+        responder, self._responder = self._responder, None
+        self._busy = False
+        if task.cancelled() or responder is None:
+            return self._close()
+        exc = task.exception()
+        if exc is not None:
+            if not isinstance(exc, ConnectionError):
+                _log.error("the fake server's handler failed", exc_info=exc)
+            return self._close()
+        self._after(responder)
+        if not self._busy and self._buf:
+            self._process()
+
+    def _after(self, responder: Responder) -> None:
+        if not responder.started:  # pragma: no cover - handlers always answer
+            self._fail(500, "no response")
+        elif responder.close_after:
+            self._close()
+
+
+async def _finish(coro: Coroutine[Any, Any, None], yielded: Any) -> None:
+    """Continue, in a task, a coroutine that was started eagerly and then had to wait."""
+    await _resume(coro, yielded)
+
+
+@types.coroutine
+def _resume(coro: Coroutine[Any, Any, None], yielded: Any) -> Generator[Any, Any, None]:
+    while True:
+        try:
+            sent = yield yielded
+        except GeneratorExit:
+            coro.close()
+            raise
+        except BaseException as exc:
+            try:
+                yielded = coro.throw(exc)
+            except StopIteration:
+                return
+        else:
+            try:
+                yielded = coro.send(sent)
+            except StopIteration:
+                return
 
 
 class Responder:
     """Writes the one response to one request (whole, streamed, aborted or never)."""
 
-    __slots__ = ("_reader", "_writer", "close_after", "started")
+    __slots__ = ("_conn", "close_after", "started")
 
-    def __init__(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, close_after: bool
-    ) -> None:
-        self._reader = reader
-        self._writer = writer
+    def __init__(self, conn: _Connection, close_after: bool) -> None:
+        self._conn = conn
         self.close_after = close_after
         self.started = False
 
@@ -152,8 +378,8 @@ class Responder:
             content_type.encode(),
             len(body),
         )
-        self._writer.write(_head(status, headers, extra) + body)
-        await self._writer.drain()
+        self._conn.write(_head(status, headers, extra) + body)
+        await self._conn.drain()
 
     async def send_partial(
         self, status: int, body: bytes, declared_length: int, content_type: str, headers: Headers
@@ -165,51 +391,50 @@ class Responder:
             content_type.encode(),
             declared_length,
         )
-        self._writer.write(_head(status, headers, extra) + body)
-        await self._writer.drain()
+        self._conn.write(_head(status, headers, extra) + body)
+        await self._conn.drain()
 
     async def start_stream(self, status: int, content_type: str, headers: Headers = ()) -> None:
         """Send the head of a chunked response; follow with ``write_chunk`` / ``end_stream``."""
         self.started = True
         extra = (
             b"%scontent-type: %s\r\ncache-control: no-cache\r\ntransfer-encoding: chunked\r\n\r\n"
-            % (
-                self._conn_headers(),
-                content_type.encode(),
-            )
+            % (self._conn_headers(), content_type.encode())
         )
-        self._writer.write(_head(status, headers, extra))
+        self._conn.write(_head(status, headers, extra))
 
     async def write_chunk(self, data: bytes) -> None:
         """Send one chunk of a streamed body (empty data sends nothing)."""
         if data:
-            self._writer.write(b"%x\r\n%s\r\n" % (len(data), data))
-            await self._writer.drain()
+            self._conn.write(b"%x\r\n%s\r\n" % (len(data), data))
+            await self._conn.drain()
 
     async def end_stream(self) -> None:
         """Send the terminating zero-length chunk."""
-        self._writer.write(b"0\r\n\r\n")
-        await self._writer.drain()
+        self._conn.write(b"0\r\n\r\n")
+        await self._conn.drain()
 
     async def hang(self) -> None:
         """Answer nothing; return when the client closes (or be cancelled by ``stop()``)."""
         self.started = True
         self.close_after = True
-        while await self._reader.read(65536):
-            pass
+        await self._conn.wait_eof()
 
     def abort(self) -> None:
         """Close the connection at once with a TCP reset, sending nothing more."""
         self.started = True
         self.close_after = True
-        sock = self._writer.get_extra_info("socket")
+        transport = self._conn.transport
+        if transport is None:  # pragma: no cover - always connected while handling
+            return
+        sock = transport.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError):  # already closed
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
-        self._writer.transport.abort()
+        transport.abort()
 
 
-Handler = Callable[[HttpRequest, Responder], Awaitable[None]]
+Handler = Callable[[HttpRequest, Responder], Coroutine[Any, Any, None]]
 
 
 class HttpServer:
@@ -219,14 +444,15 @@ class HttpServer:
         self._handler = handler
         self._server: asyncio.Server | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._writers: set[asyncio.StreamWriter] = set()
+        self._conns: set[_Connection] = set()
         self.host = ""
         self.port = 0
 
     async def start(self, host: str, port: int) -> None:
         """Bind and start accepting connections (``port=0`` picks a free port)."""
-        self._server = await asyncio.start_server(
-            self._serve, host, port, limit=MAX_HEAD, reuse_address=True
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _Connection(self), host, port, reuse_address=True
         )
         sockname = self._server.sockets[0].getsockname()
         self.host, self.port = sockname[0], sockname[1]
@@ -241,94 +467,14 @@ class HttpServer:
         if server is None:
             return
         server.close()
-        for writer in list(self._writers):
-            writer.transport.abort()
-        tasks = [t for t in self._tasks if not t.done()]
+        tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
+        for conn in list(self._conns):
+            conn.closed = True
+            if conn.transport is not None:
+                conn.transport.abort()
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         await server.wait_closed()
         await asyncio.sleep(0)  # let the transports' close callbacks run
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        self._tasks.add(task)
-        self._writers.add(writer)
-        try:
-            await self._serve_requests(reader, writer)
-        except (ConnectionError, asyncio.IncompleteReadError, asyncio.CancelledError):
-            pass
-        finally:
-            self._writers.discard(writer)
-            self._tasks.discard(task)
-            writer.close()
-
-    async def _serve_requests(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        while self._server is not None:
-            try:
-                head = await reader.readuntil(b"\r\n\r\n")
-            except asyncio.IncompleteReadError:
-                return  # the client closed between requests
-            except asyncio.LimitOverrunError:
-                await _plain_error(writer, 431, "request head too large")
-                return
-            try:
-                request = _parse_head(head)
-                await self._read_body(request, reader, writer)
-            except _BadRequest as exc:
-                await _plain_error(writer, exc.status, str(exc))
-                return
-            except asyncio.LimitOverrunError:
-                await _plain_error(writer, 400, "malformed chunked body")
-                return
-            responder = Responder(reader, writer, close_after=not request.keep_alive)
-            await self._handler(request, responder)
-            if not responder.started:  # pragma: no cover - handlers always answer
-                await responder.send(500, b"no response", "text/plain")
-            if responder.close_after:
-                return
-
-    @staticmethod
-    async def _read_body(
-        request: HttpRequest, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-    ) -> None:
-        headers = request.headers
-        te = headers.get("transfer-encoding")
-        length = headers.get("content-length")
-        if te is None and length is None:
-            return
-        if headers.get("expect", "").lower() == "100-continue":
-            writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
-        if te is not None:
-            if te.lower().rsplit(",", 1)[-1].strip() != "chunked":
-                raise _BadRequest(501, f"unsupported transfer-encoding {te!r}")
-            request.body = await _read_chunked(reader)
-            return
-        assert length is not None
-        try:
-            n = int(length)
-        except ValueError:
-            raise _BadRequest(400, "malformed content-length") from None
-        if n < 0:
-            raise _BadRequest(400, "malformed content-length")
-        if n > MAX_BODY:
-            raise _BadRequest(413, "body too large")
-        if n:
-            request.body = await reader.readexactly(n)
-
-
-async def _plain_error(writer: asyncio.StreamWriter, status: int, message: str) -> None:
-    body = message.encode()
-    writer.write(
-        _head(
-            status,
-            (),
-            b"connection: close\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n\r\n%s"
-            % (len(body), body),
-        )
-    )
-    await writer.drain()
