@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from llmrelay.testing import FakeProvider
 
 from llmrelay import (
     LLMServiceConfig,
     ProviderConfig,
 )
-
-
-class RecordingSleep:
-    """An injected ``sleep`` that records every delay and returns at once."""
-
-    def __init__(self) -> None:
-        self.delays: list[float] = []
-
-    async def __call__(self, delay: float) -> None:
-        self.delays.append(delay)
+from llmrelay.testing import FakeProvider
+from service_helpers import ConfigFactory, RecordingSleep
 
 
 @pytest.fixture
@@ -30,16 +21,14 @@ def recording_sleep() -> RecordingSleep:
 
 
 @pytest.fixture
-async def fakes() -> AsyncIterator[dict[str, FakeProvider]]:
-    async with (
-        FakeProvider("openai") as oa,
-        FakeProvider("anthropic") as an,
-        FakeProvider("ollama") as ol,
+def fakes() -> Iterator[dict[str, FakeProvider]]:
+    """The three fakes, each on its own loop thread, so sync and async tests both work."""
+    with (
+        FakeProvider("openai").run_in_thread() as oa,
+        FakeProvider("anthropic").run_in_thread() as an,
+        FakeProvider("ollama").run_in_thread() as ol,
     ):
         yield {"openai": oa, "anthropic": an, "ollama": ol}
-
-
-ConfigFactory = Callable[..., LLMServiceConfig]
 
 
 @pytest.fixture
@@ -48,30 +37,28 @@ def make_config(fakes: dict[str, FakeProvider]) -> ConfigFactory:
 
     def make(**kw: Any) -> LLMServiceConfig:
         provider_kw: dict[str, dict[str, Any]] = kw.pop("provider_kw", {})
+        base: dict[str, dict[str, Any]] = {
+            "openai": {
+                "kind": "openai",
+                "base_url": fakes["openai"].base_url,
+                "api_key": "sk-test-openai-key",
+                "models": ["gpt-4o-mini"],
+            },
+            "claude": {
+                "kind": "anthropic",
+                "base_url": fakes["anthropic"].base_url,
+                "api_key": "sk-ant-test-key",
+                "models": ["claude-haiku-4-5"],
+            },
+            "local": {
+                "kind": "ollama",
+                "base_url": fakes["ollama"].base_url,
+                "models": ["llama3.2"],
+            },
+        }
         providers = [
-            ProviderConfig(
-                name="openai",
-                kind="openai",
-                base_url=fakes["openai"].base_url,
-                api_key="sk-test-openai-key",
-                models=["gpt-4o-mini"],
-                **provider_kw.get("openai", {}),
-            ),
-            ProviderConfig(
-                name="claude",
-                kind="anthropic",
-                base_url=fakes["anthropic"].base_url,
-                api_key="sk-ant-test-key",
-                models=["claude-haiku-4-5"],
-                **provider_kw.get("claude", {}),
-            ),
-            ProviderConfig(
-                name="local",
-                kind="ollama",
-                base_url=fakes["ollama"].base_url,
-                models=["llama3.2"],
-                **provider_kw.get("local", {}),
-            ),
+            ProviderConfig(name=name, **{**fields, **provider_kw.get(name, {})})
+            for name, fields in base.items()
         ]
         kw.setdefault("default_model", "openai/gpt-4o-mini")
         return LLMServiceConfig(providers=providers, **kw)

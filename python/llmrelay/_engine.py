@@ -648,10 +648,11 @@ class Engine:
                 )
         if self.cache is not None:
             await asyncio.to_thread(self.cache.close)
-        self.runner.stop()
+        if not self.runner.in_loop_thread():
+            self.runner.stop()
 
     def close_sync(self, drain_s: float) -> None:
-        """Close from plain code (runs the async close on the loop thread)."""
+        """Close from plain code (runs the async close on the loop thread, then stops it)."""
         if self.closed:
             return
         self.runner.run(self.aclose(drain_s))

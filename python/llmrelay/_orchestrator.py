@@ -14,6 +14,7 @@ reservation and gives the breaker permit back.
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import time
 from collections.abc import Awaitable, Callable
@@ -34,6 +35,7 @@ from llmrelay.errors import (
     ProviderError,
     ProviderTimeoutError,
     ProviderUnavailableError,
+    QueueFullError,
     RateLimitError,
 )
 
@@ -185,7 +187,8 @@ class RequestOrchestrator:
         self._sleep = sleep
         self._rng = rng or random.Random()
         self._metrics = metrics
-        self.limiter = _core.RateLimiter(clock=clock)
+        # configured once at start: never let the idle sweep forget a configured cell
+        self.limiter = _core.RateLimiter(idle_ttl_s=math.inf, clock=clock)
         self.runtimes: dict[str, DeploymentRuntime] = {}
         for dep in deployments:
             limit = dep.config.max_concurrency or oc.max_concurrency
@@ -402,6 +405,8 @@ class RequestOrchestrator:
                         on_attempt_end(cand, e, time.perf_counter() - t0)
                     ctx.attempts.append(Attempt(cand.deployment.name, cand.model, e))
                     last = e
+                    if isinstance(e, QueueFullError):
+                        raise  # back-pressure is the caller's to handle, at once
                     if isinstance(e, ContextLengthError) and idx + 1 < len(cands):
                         break  # a later candidate may have a larger window
                     if not e.retryable:
