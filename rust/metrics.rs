@@ -124,12 +124,11 @@ impl Series {
             .map(|(k, v)| (k.to_string(), f64::from_bits(v.load(Ordering::Relaxed))))
             .collect();
         gauges.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        // Copy under the lock (a memcpy), summarise outside it.
-        let copies: Vec<(String, Latency)> = (self.histograms.lock().iter())
-            .map(|(k, v)| (k.to_string(), v.clone()))
+        // Summarised under the lock: one pass over the counts, cheaper than
+        // copying a histogram out.
+        let mut histograms: Vec<(String, LatencySummary)> = (self.histograms.lock().iter())
+            .map(|(k, v)| (k.to_string(), v.summary()))
             .collect();
-        let mut histograms: Vec<(String, LatencySummary)> =
-            copies.into_iter().map(|(k, l)| (k, l.summary())).collect();
         histograms.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         SeriesSnapshot {
             provider: key.provider.clone(),
