@@ -28,136 +28,19 @@ mod key;
 mod latency;
 #[cfg(test)]
 mod proptests;
+mod series;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::RwLock;
 
 use crate::error::{Error, Result};
 pub use key::SeriesKey;
 use key::{FastBuild, KeyView};
 pub use latency::{Latency, LatencySummary};
-
-type NameMap<V> = HashMap<Box<str>, V, FastBuild>;
-
-/// The metrics of one (provider, model, deployment).
-#[derive(Debug, Default)]
-pub struct Series {
-    counters: RwLock<NameMap<AtomicU64>>,
-    /// `f64` bit patterns.
-    gauges: RwLock<NameMap<AtomicU64>>,
-    histograms: Mutex<NameMap<Latency>>,
-}
-
-impl Series {
-    fn add_counters<S: AsRef<str>>(&self, items: &[(S, u64)]) {
-        // Indices of names not seen before; allocates only when one exists.
-        let mut missing = Vec::new();
-        {
-            let map = self.counters.read();
-            for (i, (name, n)) in items.iter().enumerate() {
-                match map.get(name.as_ref()) {
-                    Some(c) => {
-                        c.fetch_add(*n, Ordering::Relaxed);
-                    }
-                    None => missing.push(i),
-                }
-            }
-        }
-        if !missing.is_empty() {
-            let mut map = self.counters.write();
-            for i in missing {
-                let (name, n) = &items[i];
-                let name = name.as_ref();
-                match map.get(name) {
-                    Some(c) => c.fetch_add(*n, Ordering::Relaxed),
-                    None => map
-                        .entry(name.into())
-                        .or_default()
-                        .fetch_add(*n, Ordering::Relaxed),
-                };
-            }
-        }
-    }
-
-    fn set_gauge(&self, name: &str, value: f64) {
-        let bits = value.to_bits();
-        if let Some(g) = self.gauges.read().get(name) {
-            g.store(bits, Ordering::Relaxed);
-            return;
-        }
-        let mut map = self.gauges.write();
-        match map.get(name) {
-            Some(g) => g.store(bits, Ordering::Relaxed),
-            None => {
-                map.insert(name.into(), AtomicU64::new(bits));
-            }
-        }
-    }
-
-    fn observe<S: AsRef<str>>(&self, items: &[(S, f64)]) {
-        let mut map = self.histograms.lock();
-        for (name, seconds) in items {
-            let name = name.as_ref();
-            match map.get_mut(name) {
-                Some(l) => l.observe(*seconds),
-                None => map.entry(name.into()).or_default().observe(*seconds),
-            }
-        }
-    }
-
-    fn counter(&self, name: &str) -> u64 {
-        self.counters
-            .read()
-            .get(name)
-            .map_or(0, |c| c.load(Ordering::Relaxed))
-    }
-
-    fn snapshot(&self, key: &SeriesKey) -> SeriesSnapshot {
-        let mut counters: Vec<(String, u64)> = (self.counters.read().iter())
-            .map(|(k, v)| (k.to_string(), v.load(Ordering::Relaxed)))
-            .collect();
-        counters.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        let mut gauges: Vec<(String, f64)> = (self.gauges.read().iter())
-            .map(|(k, v)| (k.to_string(), f64::from_bits(v.load(Ordering::Relaxed))))
-            .collect();
-        gauges.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        // Copy under the lock (a memcpy), summarise outside it.
-        let copies: Vec<(String, Latency)> = (self.histograms.lock().iter())
-            .map(|(k, v)| (k.to_string(), v.clone()))
-            .collect();
-        let mut histograms: Vec<(String, LatencySummary)> =
-            copies.into_iter().map(|(k, l)| (k, l.summary())).collect();
-        histograms.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        SeriesSnapshot {
-            provider: key.provider.clone(),
-            model: key.model.clone(),
-            deployment: key.deployment.clone(),
-            counters,
-            gauges,
-            histograms,
-        }
-    }
-}
-
-/// A plain-data copy of one series, every list sorted by name.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SeriesSnapshot {
-    /// The provider's name.
-    pub provider: String,
-    /// The model's name.
-    pub model: String,
-    /// The deployment's name.
-    pub deployment: String,
-    /// Counter values by name.
-    pub counters: Vec<(String, u64)>,
-    /// Gauge values by name.
-    pub gauges: Vec<(String, f64)>,
-    /// Histogram summaries by name.
-    pub histograms: Vec<(String, LatencySummary)>,
-}
+use series::Series;
+pub use series::SeriesSnapshot;
 
 /// Counters, gauges and latency histograms keyed by series; thread-safe.
 #[derive(Debug, Default)]
@@ -278,12 +161,8 @@ impl Metrics {
 
     /// The value of gauge `name`, if it was ever set.
     pub fn gauge(&self, provider: &str, model: &str, deployment: &str, name: &str) -> Option<f64> {
-        self.find(provider, model, deployment, |s| {
-            let map = s.gauges.read();
-            map.get(name)
-                .map(|g| f64::from_bits(g.load(Ordering::Relaxed)))
-        })
-        .flatten()
+        self.find(provider, model, deployment, |s| s.gauge(name))
+            .flatten()
     }
 
     /// The summary of histogram `name`, if it has observations.
@@ -295,7 +174,7 @@ impl Metrics {
         name: &str,
     ) -> Option<LatencySummary> {
         self.find(provider, model, deployment, |s| {
-            s.histograms.lock().get(name).map(Latency::summary)
+            s.with_histogram(name, Latency::summary)
         })
         .flatten()
     }
@@ -313,7 +192,7 @@ impl Metrics {
     ) -> Result<Vec<u64>> {
         let empty = Latency::new;
         self.find(provider, model, deployment, |s| {
-            s.histograms.lock().get(name).map(|l| l.buckets(bounds_s))
+            s.with_histogram(name, |l| l.buckets(bounds_s))
         })
         .flatten()
         .unwrap_or_else(|| empty().buckets(bounds_s))

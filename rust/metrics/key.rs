@@ -49,9 +49,17 @@ impl KeyView for (&str, &str, &str) {
     }
 }
 
+fn hash_parts<H: Hasher>((p, m, d): (&str, &str, &str), state: &mut H) {
+    // `FastHasher::write` mixes in each slice's length, so part boundaries
+    // matter without separators.
+    state.write(p.as_bytes());
+    state.write(m.as_bytes());
+    state.write(d.as_bytes());
+}
+
 impl Hash for dyn KeyView + '_ {
     fn hash<H: Hasher>(&self, state: &mut H) {
-        self.parts().hash(state);
+        hash_parts(self.parts(), state);
     }
 }
 
@@ -66,7 +74,7 @@ impl Eq for dyn KeyView + '_ {}
 impl Hash for SeriesKey {
     // Must agree with `dyn KeyView`'s hash, so both hash the same tuple.
     fn hash<H: Hasher>(&self, state: &mut H) {
-        self.parts().hash(state);
+        hash_parts(self.parts(), state);
     }
 }
 
@@ -76,61 +84,99 @@ impl<'a> Borrow<dyn KeyView + 'a> for SeriesKey {
     }
 }
 
-const SEED: u64 = 0x9E37_79B9_7F4A_7C15;
+const K0: u64 = 0x243f_6a88_85a3_08d3;
+const K1: u64 = 0x1319_8a2e_0370_7344;
+const K2: u64 = 0xa409_3822_299f_31d0;
 
-/// A multiply-rotate hasher over 8-byte words with a 64-bit finaliser.
+/// Multiply to 128 bits and fold the halves: the mixing step.
+#[inline(always)]
+fn fold(a: u64, b: u64) -> u64 {
+    let r = u128::from(a) * u128::from(b);
+    (r as u64) ^ ((r >> 64) as u64)
+}
+
+#[inline(always)]
+fn read8(b: &[u8], at: usize) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(w)
+}
+
+#[inline(always)]
+fn read4(b: &[u8], at: usize) -> u64 {
+    let mut w = [0u8; 4];
+    w.copy_from_slice(&b[at..at + 4]);
+    u64::from(u32::from_le_bytes(w))
+}
+
+/// Hash `bytes` into `seed`. Short slices (the usual case) take two
+/// overlapping loads and one multiply; the length is mixed in.
+#[inline(always)]
+fn hash_bytes(seed: u64, bytes: &[u8]) -> u64 {
+    let len = bytes.len();
+    let (a, b) = if len <= 16 {
+        if len >= 8 {
+            (read8(bytes, 0), read8(bytes, len - 8))
+        } else if len >= 4 {
+            (read4(bytes, 0), read4(bytes, len - 4))
+        } else if len > 0 {
+            let x = u64::from(bytes[0]) << 16 | u64::from(bytes[len / 2]) << 8;
+            (x | u64::from(bytes[len - 1]), 0)
+        } else {
+            (0, 0)
+        }
+    } else {
+        let mut h = seed;
+        let mut rest = bytes;
+        while rest.len() > 16 {
+            h = fold(read8(rest, 0) ^ K1, read8(rest, 8) ^ h);
+            rest = &rest[16..];
+        }
+        (read8(bytes, len - 16) ^ h, read8(bytes, len - 8))
+    };
+    fold(a ^ K1 ^ len as u64, b ^ seed ^ K2)
+}
+
+/// A small multiply-fold hasher for short strings (the idea of wyhash).
 ///
 /// Not resistant to hash flooding: keys are provider, model and metric names
 /// chosen by the application, not by remote peers.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Clone, Copy)]
 pub struct FastHasher {
     state: u64,
 }
 
-impl FastHasher {
-    #[inline]
-    fn mix(&mut self, word: u64) {
-        self.state = (self.state.rotate_left(5) ^ word).wrapping_mul(SEED);
+impl Default for FastHasher {
+    fn default() -> Self {
+        Self { state: K0 }
     }
 }
 
 impl Hasher for FastHasher {
     #[inline]
     fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for chunk in &mut chunks {
-            let mut word = [0u8; 8];
-            word.copy_from_slice(chunk);
-            self.mix(u64::from_le_bytes(word));
-        }
-        let rest = chunks.remainder();
-        if !rest.is_empty() {
-            let mut word = [0u8; 8];
-            word[..rest.len()].copy_from_slice(rest);
-            self.mix(u64::from_le_bytes(word) ^ ((rest.len() as u64) << 59));
-        }
+        self.state = hash_bytes(self.state, bytes);
     }
 
     #[inline]
     fn write_u8(&mut self, i: u8) {
-        self.mix(u64::from(i));
+        // `str` hashing appends 0xff; lengths already separate strings.
+        self.state ^= u64::from(i);
+    }
+
+    #[inline]
+    fn write_u64(&mut self, i: u64) {
+        self.state = fold(self.state ^ i, K2);
     }
 
     #[inline]
     fn write_usize(&mut self, i: usize) {
-        self.mix(i as u64);
+        self.write_u64(i as u64);
     }
 
     #[inline]
     fn finish(&self) -> u64 {
-        // The murmur3 64-bit finaliser: spreads every input bit over the
-        // high bits, which the hash table uses for its control bytes.
-        let mut h = self.state;
-        h ^= h >> 33;
-        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
-        h ^= h >> 33;
-        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-        h ^ (h >> 33)
+        self.state
     }
 }
 
@@ -160,6 +206,9 @@ mod tests {
         assert_ne!(h(&("ab", "c", "")), h(&("a", "bc", "")));
         assert_ne!(h(&("abcdefgh1", "", "")), h(&("abcdefgh2", "", "")));
         assert_ne!(h(&("\0", "", "")), h(&("", "", "")));
+        let long_a = "a-rather-long-deployment-name-for-x-region";
+        let long_b = "a-rather-long-deployment-name-fOr-x-region";
+        assert_ne!(h(&("p", "m", long_a)), h(&("p", "m", long_b)));
         let owned = SeriesKey::new("p", "m", "d");
         assert_eq!(b.hash_one(&owned), h(&("p", "m", "d")));
     }
