@@ -86,3 +86,11 @@ def test_hybrid_get_2k_disk_hit(benchmark: Any, tmp_path: Path) -> None:
     assert benchmark(c.get, KEYS[7]) == VALUE
     assert c.get_memory(KEYS[7]) is None
     c.close()
+
+
+def test_hybrid_set_2k_write_behind(benchmark: Any, tmp_path: Path) -> None:
+    c = _core.HybridCache(disk_path=str(tmp_path / "wb"), write_mode="write_behind")
+    benchmark(c.set, KEYS[8], VALUE)
+    c.flush()
+    assert c.stats()["disk_entries"] == 1
+    c.close()

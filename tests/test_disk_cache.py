@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -95,6 +96,7 @@ def test_locked_path_in_same_process_degrades(tmp_path: Path) -> None:
 
 HOLD = """
 import sys
+import threading
 from llmrelay import _core
 c = _core.DiskCache(sys.argv[1])
 print("ready" if c.enabled else "failed", flush=True)
@@ -172,3 +174,33 @@ def test_bad_config(tmp_path: Path, kwargs: dict[str, object], needle: str) -> N
             c.set(b"k", b"v", ttl_s=float("nan"))
         finally:
             c.close()
+
+
+@pytest.mark.parametrize("write_mode", ["write_through", "write_behind"])
+def test_hybrid_threads_never_see_a_wrong_value(tmp_path: Path, write_mode: str) -> None:
+    c = _core.HybridCache(
+        memory_max_entries=8,
+        disk_path=str(tmp_path / "h"),
+        disk_max_bytes=50_000,
+        write_mode=write_mode,
+    )
+    failures: list[bytes] = []
+
+    def work(n: int) -> None:
+        for i in range(300):
+            key = bytes([n, i % 40])
+            c.set(key, key * 50)
+            got = c.get(key)
+            if got is not None and got != key * 50:
+                failures.append(key)
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    c.flush()
+    assert failures == []
+    s = c.stats()
+    assert s["disk_bytes"] <= 50_000 and s["disk_errors"] == 0
+    c.close()
