@@ -31,7 +31,14 @@ class ManualClock:
 
 @final
 class RateLimiter:
-    """Keyed GCRA rate limiter; an unconfigured key is unlimited (see rust/limiter.rs)."""
+    """Keyed GCRA rate limiter (see rust/limiter.rs).
+
+    An unconfigured key is unlimited. ``reserve`` always books and is FIFO per key;
+    ``reserve_many`` checks every cost first, then books each key on its own (not
+    atomically) and returns the largest delay. A cell idle for ``idle_ttl_s`` with full
+    capacity is forgotten, and its key is unconfigured until ``configure`` is called
+    again (pass ``idle_ttl_s=math.inf`` to keep cells forever).
+    """
 
     def __new__(
         cls, *, idle_ttl_s: float = 600.0, clock: ManualClock | None = None
@@ -51,7 +58,12 @@ class RateLimiter:
 
 @final
 class CircuitBreaker:
-    """Circuit breaker on a count-based sliding window (see rust/breaker.rs)."""
+    """Circuit breaker on a count-based sliding window (see rust/breaker.rs).
+
+    Every method, reading ``state`` included, first applies the lazy OPEN -> HALF_OPEN
+    transition once the open period is over. Outcomes recorded while OPEN, or while
+    HALF_OPEN with no probe outstanding, are dropped.
+    """
 
     def __new__(
         cls,
