@@ -3,10 +3,10 @@
 from typing import Final, Literal, final
 
 __all__ = [
-    "CircuitBreaker",
     "DEDUP_DONE",
     "DEDUP_FOLLOWER",
     "DEDUP_LEADER",
+    "CircuitBreaker",
     "DiskCache",
     "HybridCache",
     "ManualClock",

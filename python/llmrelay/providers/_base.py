@@ -127,7 +127,7 @@ class ProviderAdapter:
         client: httpx.AsyncClient,
         request: httpx.Request,
         model: str | None,
-        timeout: httpx.Timeout | None,  # noqa: ASYNC109 (an httpx.Timeout, not a deadline)
+        timeout: httpx.Timeout | None,
         *,
         stream: bool = False,
     ) -> httpx.Response:
@@ -166,7 +166,7 @@ class ProviderAdapter:
         client: httpx.AsyncClient,
         request: httpx.Request,
         model: str | None,
-        timeout: httpx.Timeout | None = None,  # noqa: ASYNC109
+        timeout: httpx.Timeout | None = None,
     ) -> tuple[httpx.Response, Any]:
         resp = await self._send(client, request, model, timeout)
         return resp, self._json(resp, model)
@@ -177,7 +177,7 @@ class ProviderAdapter:
         req: ChatRequest,
         model: str,
         *,
-        timeout: httpx.Timeout | None = None,  # noqa: ASYNC109
+        timeout: httpx.Timeout | None = None,
     ) -> ChatResponse:
         """Send a chat request and parse its answer; failures raise typed ProviderErrors."""
         request = self.build_chat_request(req, model, stream=False)
@@ -190,7 +190,7 @@ class ProviderAdapter:
         req: ChatRequest,
         model: str,
         *,
-        timeout: httpx.Timeout | None = None,  # noqa: ASYNC109
+        timeout: httpx.Timeout | None = None,
         stream_idle_s: float | None = None,
     ) -> AsyncGenerator[ChatChunk, None]:
         """Stream a chat answer as chunks (an async generator: ``aclose()`` it if you stop early).
