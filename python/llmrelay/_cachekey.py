@@ -18,7 +18,6 @@ from llmrelay import _core
 __all__ = ["CacheControl", "cache_key", "is_cacheable"]
 
 _encoder = msgspec.json.Encoder(order="sorted")
-_SKIP = frozenset({"stream", "user", "metadata", "model"})
 
 
 class CacheControl(msgspec.Struct, frozen=True, kw_only=True):
@@ -38,10 +37,11 @@ def is_cacheable(req: Any, allow_nondeterministic: bool) -> bool:
 
 
 def cache_key(req: Any, model: str, namespace: str, scope: str) -> bytes:
-    """The 16-byte key of a request for ``model`` in ``namespace`` under ``scope``."""
-    fields = {
-        f: v for f in req.__struct_fields__ if f not in _SKIP and (v := getattr(req, f)) is not None
-    }
-    fields["model"] = model
-    fields["namespace"] = namespace
-    return bytes(_core.cache_key(_encoder.encode(fields), scope))
+    """The 16-byte key of a request for ``model`` in ``namespace`` under ``scope``.
+
+    The request struct encodes its fields in a fixed order and omits defaults;
+    dicts inside it (tools, response format, extra) are encoded with sorted keys.
+    """
+    if req.stream or req.user is not None or req.metadata is not None or req.model is not None:
+        req = msgspec.structs.replace(req, stream=False, user=None, metadata=None, model=None)
+    return bytes(_core.cache_key(_encoder.encode((model, namespace, req)), scope))

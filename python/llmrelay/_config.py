@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -80,6 +79,8 @@ class _Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     @classmethod
     def from_toml(cls: type[_S], path: str | os.PathLike[str]) -> _S:
         """Build from a TOML file."""
+        import tomllib  # only when a file is read: keeps `import llmrelay` light
+
         p = Path(path)
         try:
             data = tomllib.loads(p.read_text(encoding="utf-8"))

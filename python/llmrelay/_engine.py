@@ -724,7 +724,7 @@ def _facts(kind: str, model: str) -> ModelFacts:
 
 
 async def _send_chat(
-    client: httpx.AsyncClient,
+    client: httpx.AsyncClient | None,
     dep: Deployment,
     model: str,
     req: ChatRequest,
@@ -733,8 +733,12 @@ async def _send_chat(
 ) -> ChatResponse:
     """The execute stage: one HTTP exchange, errors typed, rate headers kept on the result."""
     adapter = dep.adapter
+    if getattr(adapter, "in_process", False):
+        direct: ChatResponse = await adapter.chat(None, req, model)
+        return direct
     request = adapter.build_chat_request(req, model, stream=False)
     request.extensions["timeout"] = dep.httpx_timeout(remaining).as_dict()
+    assert client is not None
     try:
         resp = await client.send(request)
     except httpx.TimeoutException as e:

@@ -82,11 +82,15 @@ class Deployment:
         """The adapter kind (openai, anthropic, ollama or a plug-in)."""
         return self.config.provider_kind
 
+    _scope: str | None = field(default=None, repr=False)
+
     @property
     def credential_scope(self) -> str:
         """A stable, non-reversible fingerprint of the credential, for scoping cache entries."""
-        raw = f"{self.kind}\0{self.base_url}\0{self.api_key or ''}".encode()
-        return hashlib.blake2b(raw, digest_size=8, person=b"llmrelay-scope").hexdigest()
+        if self._scope is None:
+            raw = f"{self.kind}\0{self.base_url}\0{self.api_key or ''}".encode()
+            self._scope = hashlib.blake2b(raw, digest_size=8, person=b"llmrelay-scope").hexdigest()
+        return self._scope
 
     def httpx_timeout(self, remaining_s: float | None = None) -> httpx.Timeout:
         """The httpx timeout for one attempt, read capped by the remaining deadline."""

@@ -73,6 +73,10 @@ class Selector:
         self._is_open = is_open
         self._rng = rng or random.Random()
         self._resolve_cache: dict[str, tuple[Candidate, ...]] = {}
+        self._facts_cache: dict[tuple[str, str], ModelFacts] = {}
+        # candidates per (model, needs) when the order is static: (list, smallest window)
+        self._static = strategy.strategy == "priority"
+        self._cand_cache: dict[tuple[str, tuple[str, ...]], tuple[list[Candidate], int]] = {}
 
     @property
     def default_model(self) -> str:
@@ -131,7 +135,25 @@ class Selector:
         needs: Sequence[str] = (),
         est_tokens: int = 0,
     ) -> list[Candidate]:
-        """The ordered candidates for a request: the asked model, then its fallbacks."""
+        """The ordered candidates for a request: the asked model, then its fallbacks.
+
+        The result is shared (memoised when the strategy's order is static):
+        callers must not mutate it.
+        """
+        if self._static:
+            key = (model, tuple(needs))
+            hit = self._cand_cache.get(key)
+            if hit is not None and est_tokens <= hit[1]:
+                return hit[0]
+            out = self._candidates(model, needs, 0)
+            windows = [self.facts(c.deployment.kind, c.model).context_window for c in out]
+            smallest = min((w for w in windows if w is not None), default=2**62)
+            self._cand_cache[key] = (out, smallest)
+            if est_tokens <= smallest:
+                return out
+        return self._candidates(model, needs, est_tokens)
+
+    def _candidates(self, model: str, needs: Sequence[str], est_tokens: int) -> list[Candidate]:
         primary = self._order(list(self.resolve(model)))
         out: list[Candidate] = list(primary)
         fallbacks = self._strategy.fallbacks.get(model)
@@ -162,12 +184,20 @@ class Selector:
         """Candidates whose circuit is not open (order kept)."""
         return [c for c in cands if not self._is_open(c.deployment)]
 
+    def facts(self, kind: str, model: str) -> ModelFacts:
+        """What is known of a model (memoised: the registry does not change under us)."""
+        key = (kind, model)
+        f = self._facts_cache.get(key)
+        if f is None:
+            f = self._facts_cache[key] = self._facts(kind, model)
+        return f
+
     def _capable(self, c: Candidate, required: set[str]) -> bool:
-        f = self._facts(c.deployment.kind, c.model)
+        f = self.facts(c.deployment.kind, c.model)
         return all(getattr(f, cap, None) is not False for cap in required)
 
     def _fits(self, c: Candidate, est_tokens: int) -> bool:
-        window = self._facts(c.deployment.kind, c.model).context_window
+        window = self.facts(c.deployment.kind, c.model).context_window
         return window is None or window >= est_tokens
 
     def _order(self, cands: list[Candidate]) -> list[Candidate]:
@@ -183,7 +213,7 @@ class Selector:
             inf = float("inf")
 
             def price(c: Candidate) -> float:
-                p = self._facts(c.deployment.kind, c.model).cost_per_mtok
+                p = self.facts(c.deployment.kind, c.model).cost_per_mtok
                 return inf if p is None else p
 
             return sorted(cands, key=price)

@@ -26,8 +26,6 @@ models, status codes and request ids only.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 __all__ = [
     "AllProvidersFailedError",
     "Attempt",
@@ -162,13 +160,26 @@ class QueueFullError(LLMRelayError):
         self.capacity = capacity
 
 
-@dataclass(frozen=True, slots=True)
 class Attempt:
     """One try of a request: where it went and how it failed."""
 
-    provider: str
-    model: str
-    error: LLMRelayError
+    __slots__ = ("error", "model", "provider")
+
+    def __init__(self, provider: str, model: str, error: LLMRelayError) -> None:
+        self.provider = provider
+        self.model = model
+        self.error = error
+
+    def __repr__(self) -> str:
+        return f"Attempt(provider={self.provider!r}, model={self.model!r}, error={self.error!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Attempt):
+            return NotImplemented
+        return (self.provider, self.model, self.error) == (other.provider, other.model, other.error)
+
+    def __hash__(self) -> int:
+        return hash((self.provider, self.model, id(self.error)))
 
 
 class AllProvidersFailedError(LLMRelayError):

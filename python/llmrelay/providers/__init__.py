@@ -11,6 +11,7 @@ from __future__ import annotations
 from llmrelay.providers._accumulate import ChunkAccumulator, accumulate_chunks
 from llmrelay.providers._base import ProviderAdapter, StreamDecoder
 from llmrelay.providers._builtins import register_builtins
+from llmrelay.providers._inprocess import EchoAdapter, InProcessAdapter
 from llmrelay.providers._ratelimit import RateLimitInfo, parse_rate_limit_headers
 from llmrelay.providers._registry import (
     ENTRY_POINT_GROUP,
@@ -30,6 +31,8 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "AnthropicAdapter",
     "ChunkAccumulator",
+    "EchoAdapter",
+    "InProcessAdapter",
     "ModelInfo",
     "OllamaAdapter",
     "OpenAIAdapter",

@@ -7,6 +7,7 @@ never "incapable".
 
 from __future__ import annotations
 
+from llmrelay.providers._inprocess import EchoAdapter
 from llmrelay.providers._registry import ModelInfo, ProviderRegistration, register_provider
 from llmrelay.providers.anthropic import AnthropicAdapter
 from llmrelay.providers.ollama import OllamaAdapter
@@ -131,6 +132,17 @@ BUILTINS = (
         base_url_env="OLLAMA_HOST",
         default_model="llama3.2",
         models=OLLAMA_MODELS,
+        requires_api_key=False,
+    ),
+    # in-process, zero latency, no HTTP: for tests, demos and overhead benchmarks
+    ProviderRegistration(
+        kind="echo",
+        adapter_factory=EchoAdapter,
+        default_base_url="http://127.0.0.1:9",
+        api_key_env=None,
+        base_url_env=None,
+        default_model="echo",
+        models={},
         requires_api_key=False,
     ),
 )
