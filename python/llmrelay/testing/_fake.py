@@ -43,14 +43,10 @@ _DIALECTS: dict[str, type[Dialect]] = {
     "ollama": OllamaDialect,
 }
 _decode = msgspec.json.decode
-_TERMINAL_ERRORS = {
-    "rate_limit": "rate_limit",
-    "server_error": "server_error",
-    "unavailable": "unavailable",
-    "overloaded": "overloaded",
-    "context_length": "context_length",
-    "auth": "auth",
-}
+# faults answered with the provider's error of the same name
+_ERROR_FAULTS = frozenset(
+    {"rate_limit", "server_error", "unavailable", "overloaded", "context_length", "auth"}
+)
 
 
 class RecordedRequest(msgspec.Struct, frozen=True):
@@ -451,7 +447,7 @@ class FakeProvider:
                 return responder.abort()
             elif kind == "hang":
                 return await responder.hang()
-            elif kind in _TERMINAL_ERRORS:
+            elif kind in _ERROR_FAULTS:
                 return await self._send_fault(ex, kind, fault.args, len(body))
             else:
                 ex.fault = fault
@@ -480,7 +476,7 @@ class FakeProvider:
             return await dialect.send_error(
                 ex, "rate_limit", args["message"], retry_after=args["retry_after"]
             )
-        await dialect.send_error(ex, _TERMINAL_ERRORS[kind], args["message"])  # type: ignore[arg-type]
+        await dialect.send_error(ex, kind, args["message"])  # type: ignore[arg-type]
 
     def __repr__(self) -> str:
         where = self.url if self._server.running else "stopped"
