@@ -155,6 +155,7 @@ class _Connection(asyncio.BufferedProtocol):
     def __init__(self, server: HttpServer) -> None:
         self._server = server
         self._buf = bytearray()
+        self._discard = False
         self._recv = memoryview(bytearray(RECV_SIZE))
         self.transport: asyncio.Transport | None = None
         self.closed = False
@@ -178,6 +179,8 @@ class _Connection(asyncio.BufferedProtocol):
         return self._recv
 
     def buffer_updated(self, nbytes: int) -> None:
+        if self._discard:
+            return
         self._buf += self._recv[:nbytes]
         if not self._busy:
             self._process()
@@ -236,7 +239,15 @@ class _Connection(asyncio.BufferedProtocol):
         extra = b"connection: close\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n\r\n"
         with contextlib.suppress(ConnectionError):
             self.write(_head(status, (), extra % len(body)) + body)
-        self._close()
+        # a lingering close: closing with unread input would reset the connection and could
+        # destroy the answer in flight, so send FIN, discard what still comes, close soon
+        self._busy = True
+        self._discard = True
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            if transport.can_write_eof():
+                transport.write_eof()
+            asyncio.get_running_loop().call_later(1.0, transport.close)
 
     def _close(self) -> None:
         self._busy = True  # accept nothing more
