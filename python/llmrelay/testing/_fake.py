@@ -308,10 +308,21 @@ class FakeProvider:
     ) -> None:
         """Make requests fail: the next ``times`` ones, a seeded ``ratio`` of them, or all.
 
-        Faults and their arguments: ``rate_limit(retry_after=1.0, message=None)``,
-        ``server_error``, ``unavailable``, ``overloaded``, ``auth`` (``message=None``),
-        ``context_length(limit=128000)``, ``reset``, ``hang``, ``cut_stream(after=1,
-        abrupt=False)``, ``malformed_json``, ``wrong_content_type``, ``slow(delay_s=1.0)``.
+        Faults and their arguments:
+
+        - ``rate_limit(retry_after=1.0, message=None)``: 429 with ``retry-after`` (whole
+          seconds, rounded up) and ``retry-after-ms``; ``retry_after=None`` sends neither.
+        - ``server_error`` (500), ``unavailable`` (503), ``overloaded`` (Anthropic 529,
+          others 503), ``auth`` (401), each with ``message=None`` (the provider's default).
+        - ``context_length(limit=128000)``: 400 with the provider's context-length error.
+        - ``reset``: read the request, then close the socket with a TCP reset.
+        - ``hang``: never answer; ends when the client closes or the fake stops.
+        - ``cut_stream(after=1, abrupt=False)``: send ``after`` stream events, then end the
+          body and close the connection without the protocol's end marker (``abrupt``: reset
+          instead); a non-streamed reply is cut in the middle of its body.
+        - ``malformed_json``: 200 with truncated JSON (or a broken first stream event).
+        - ``wrong_content_type``: 200 ``text/html`` (a proxy's error page).
+        - ``slow(delay_s=1.0)``: answer normally after an extra delay.
         """
         self._faults.add(fault, times, ratio, seed, args)
 
