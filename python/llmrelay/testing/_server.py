@@ -303,7 +303,8 @@ class _Connection(asyncio.BufferedProtocol):
     def _continue_if_expected(self, request: HttpRequest, pos: int) -> None:
         if self._continued != pos and request.headers.get("expect", "").lower() == "100-continue":
             self._continued = pos
-            self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            with contextlib.suppress(ConnectionError):
+                self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def _process(self) -> None:
         while not self._busy and not self.closed:
