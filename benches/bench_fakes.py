@@ -1,14 +1,12 @@
 """Throughput smoke bench of the fake providers: sequential requests through httpx.
 
 Besides the pytest-benchmark figure (client + server round trip), each case prints the
-server's own CPU time per request, read from the fake's thread CPU clock: the fakes are the
-load target of the other benchmarks, so they must cost far less than any client.
+server's own CPU time per request, read from the CPU clock of the fake's process: the fakes
+are the load target of the other benchmarks, so they must cost far less than any client.
 """
 
 from __future__ import annotations
 
-import threading
-import time
 from typing import Any
 
 import httpx
@@ -46,10 +44,13 @@ CASES: dict[str, tuple[str, dict[str, str], dict[str, Any]]] = {
 }
 
 
-def _thread_cpu(name: str) -> float:
-    thread = next(t for t in threading.enumerate() if t.name == name)
-    assert thread.ident is not None
-    return time.clock_gettime(time.pthread_getcpuclockid(thread.ident))
+def _process_cpu_s(pid: int) -> float | None:
+    """Time a process has spent on a CPU, from /proc (None where there is no /proc)."""
+    try:
+        with open(f"/proc/{pid}/schedstat") as f:
+            return int(f.read().split()[0]) / 1e9
+    except OSError:
+        return None
 
 
 def _reply_text(case: str, r: httpx.Response) -> str:
@@ -69,18 +70,21 @@ def _reply_text(case: str, r: httpx.Response) -> str:
 def test_fake_sequential_requests(benchmark: Any, case: str) -> None:
     protocol = case.split("-")[0]
     path, headers, body = CASES[case]
-    fake = FakeProvider(protocol)  # type: ignore[arg-type]
-    with fake.run_in_thread(), httpx.Client(base_url=fake.url, headers=headers) as client:
+    # a subprocess, so that its CPU time is the server's alone (no client, no shared GIL)
+    with (
+        FakeProvider.spawn(protocol) as fake,  # type: ignore[arg-type]
+        httpx.Client(base_url=fake.url, headers=headers) as client,
+    ):
 
         def one() -> httpx.Response:
             return client.post(path, json=body)
 
         r = benchmark(one)
         assert r.status_code == 200 and _reply_text(case, r) == "echo: hello"
-        n = 200
-        before = _thread_cpu(f"llmrelay-fake-{protocol}")
+        n = 1000
+        before = _process_cpu_s(fake.process.pid)
         for _ in range(n):
             assert one().status_code == 200
-        per_request = (_thread_cpu(f"llmrelay-fake-{protocol}") - before) / n
-        print(f"\n{case}: server CPU {per_request * 1e6:.1f} us/request")
-        assert fake.request_count >= n + 1
+        after = _process_cpu_s(fake.process.pid)
+        if before is not None and after is not None:
+            print(f"\n{case}: server CPU {(after - before) / n * 1e6:.1f} us/request")

@@ -89,10 +89,7 @@ class AnthropicDialect(Dialect):
 
     def rate_limit_headers(self, info: RateLimitInfo) -> list[tuple[str, str]]:
         out: list[tuple[str, str]] = []
-        for kind in ("requests", "tokens"):
-            limit = getattr(info, f"limit_{kind}")
-            remaining = getattr(info, f"remaining_{kind}")
-            reset = getattr(info, f"reset_{kind}_s")
+        for kind, limit, remaining, reset in info.by_kind():
             if limit is not None:
                 out.append((f"anthropic-ratelimit-{kind}-limit", str(limit)))
             if remaining is not None:

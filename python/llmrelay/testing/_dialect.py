@@ -16,7 +16,13 @@ import msgspec
 
 from llmrelay.testing._faults import Fault
 from llmrelay.testing._ratelimit import RateLimitInfo
-from llmrelay.testing._script import ChatPlan, EmbeddingScript, ScriptedChat, plan_chat
+from llmrelay.testing._script import (
+    ChatPlan,
+    EmbeddingScript,
+    ScriptedChat,
+    embedding_vector,
+    plan_chat,
+)
 from llmrelay.testing._server import HttpRequest, Responder
 
 if TYPE_CHECKING:
@@ -84,8 +90,14 @@ class Exchange:
         self.fake._count_completion(plan.completion_tokens)
         return plan
 
-    def embedding_script(self) -> EmbeddingScript | None:
-        return self.fake._next_embedding_script()
+    def embeddings(self, texts: list[str], dims: int | None = None) -> list[list[float]]:
+        """The vectors to answer: the next embedding script's, else hashed ones of ``dims``."""
+        script: EmbeddingScript | None = self.fake._next_embedding_script()
+        if script is not None and script.vectors is not None:
+            return [list(v) for v in script.vectors]
+        if script is not None and script.dims is not None:
+            dims = script.dims
+        return [embedding_vector(t, dims or self.fake.embedding_dims) for t in texts]
 
 
 Handler = Callable[[Exchange], Awaitable[None]]

@@ -43,14 +43,10 @@ _DIALECTS: dict[str, type[Dialect]] = {
     "ollama": OllamaDialect,
 }
 _decode = msgspec.json.decode
-_TERMINAL_ERRORS = {
-    "rate_limit": "rate_limit",
-    "server_error": "server_error",
-    "unavailable": "unavailable",
-    "overloaded": "overloaded",
-    "context_length": "context_length",
-    "auth": "auth",
-}
+# faults answered with the provider's error of the same name
+_ERROR_FAULTS = frozenset(
+    {"rate_limit", "server_error", "unavailable", "overloaded", "context_length", "auth"}
+)
 
 
 class RecordedRequest(msgspec.Struct, frozen=True):
@@ -312,10 +308,21 @@ class FakeProvider:
     ) -> None:
         """Make requests fail: the next ``times`` ones, a seeded ``ratio`` of them, or all.
 
-        Faults and their arguments: ``rate_limit(retry_after=1.0, message=None)``,
-        ``server_error``, ``unavailable``, ``overloaded``, ``auth`` (``message=None``),
-        ``context_length(limit=128000)``, ``reset``, ``hang``, ``cut_stream(after=1,
-        abrupt=False)``, ``malformed_json``, ``wrong_content_type``, ``slow(delay_s=1.0)``.
+        Faults and their arguments:
+
+        - ``rate_limit(retry_after=1.0, message=None)``: 429 with ``retry-after`` (whole
+          seconds, rounded up) and ``retry-after-ms``; ``retry_after=None`` sends neither.
+        - ``server_error`` (500), ``unavailable`` (503), ``overloaded`` (Anthropic 529,
+          others 503), ``auth`` (401), each with ``message=None`` (the provider's default).
+        - ``context_length(limit=128000)``: 400 with the provider's context-length error.
+        - ``reset``: read the request, then close the socket with a TCP reset.
+        - ``hang``: never answer; ends when the client closes or the fake stops.
+        - ``cut_stream(after=1, abrupt=False)``: send ``after`` stream events, then end the
+          body and close the connection without the protocol's end marker (``abrupt``: reset
+          instead); a non-streamed reply is cut in the middle of its body.
+        - ``malformed_json``: 200 with truncated JSON (or a broken first stream event).
+        - ``wrong_content_type``: 200 ``text/html`` (a proxy's error page).
+        - ``slow(delay_s=1.0)``: answer normally after an extra delay.
         """
         self._faults.add(fault, times, ratio, seed, args)
 
@@ -451,7 +458,7 @@ class FakeProvider:
                 return responder.abort()
             elif kind == "hang":
                 return await responder.hang()
-            elif kind in _TERMINAL_ERRORS:
+            elif kind in _ERROR_FAULTS:
                 return await self._send_fault(ex, kind, fault.args, len(body))
             else:
                 ex.fault = fault
@@ -480,7 +487,7 @@ class FakeProvider:
             return await dialect.send_error(
                 ex, "rate_limit", args["message"], retry_after=args["retry_after"]
             )
-        await dialect.send_error(ex, _TERMINAL_ERRORS[kind], args["message"])  # type: ignore[arg-type]
+        await dialect.send_error(ex, kind, args["message"])  # type: ignore[arg-type]
 
     def __repr__(self) -> str:
         where = self.url if self._server.running else "stopped"

@@ -20,7 +20,7 @@ from llmrelay.testing._dialect import (
     encode,
     int_param,
 )
-from llmrelay.testing._script import ChatPlan, embedding_vector, estimate_tokens, text_pieces
+from llmrelay.testing._script import ChatPlan, estimate_tokens, text_pieces
 
 __all__ = ["OllamaDialect"]
 
@@ -154,14 +154,7 @@ class OllamaDialect(Dialect):
         inputs = [raw] if isinstance(raw, str) else raw
         if not isinstance(inputs, list) or not all(isinstance(x, str) for x in inputs):
             return await self.send_error(ex, "invalid_request", "invalid input type")
-        script = ex.embedding_script()
-        dims = ex.fake.embedding_dims
-        if script is not None and script.dims is not None:
-            dims = script.dims
-        if script is not None and script.vectors is not None:
-            vectors = [list(v) for v in script.vectors]
-        else:
-            vectors = [embedding_vector(t, dims) for t in inputs]
+        vectors = ex.embeddings(inputs)
         tokens = sum(estimate_tokens(t) for t in inputs)
         await self.send_json(
             ex,

@@ -27,7 +27,6 @@ from llmrelay.testing._dialect import (
 from llmrelay.testing._ratelimit import RateLimitInfo, go_duration
 from llmrelay.testing._script import (
     ChatPlan,
-    embedding_vector,
     estimate_tokens,
     json_pieces,
     text_pieces,
@@ -123,10 +122,7 @@ class OpenAIDialect(Dialect):
 
     def rate_limit_headers(self, info: RateLimitInfo) -> list[tuple[str, str]]:
         out: list[tuple[str, str]] = []
-        for kind in ("requests", "tokens"):
-            limit = getattr(info, f"limit_{kind}")
-            remaining = getattr(info, f"remaining_{kind}")
-            reset = getattr(info, f"reset_{kind}_s")
+        for kind, limit, remaining, reset in info.by_kind():
             if limit is not None:
                 out.append((f"x-ratelimit-limit-{kind}", str(limit)))
             if remaining is not None:
@@ -278,14 +274,7 @@ class OpenAIDialect(Dialect):
         else:
             return await self._missing(ex, "input")
         texts = [x if isinstance(x, str) else " ".join(map(str, x)) for x in inputs]
-        script = ex.embedding_script()
-        dims = int_param(body, "dimensions") or ex.fake.embedding_dims
-        if script is not None and script.dims is not None:
-            dims = script.dims
-        if script is not None and script.vectors is not None:
-            vectors = [list(v) for v in script.vectors]
-        else:
-            vectors = [embedding_vector(t, dims) for t in texts]
+        vectors = ex.embeddings(texts, int_param(body, "dimensions"))
         as_base64 = body.get("encoding_format") == "base64"
         data = [
             {

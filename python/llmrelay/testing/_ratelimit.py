@@ -43,6 +43,13 @@ class RateLimitInfo:
             ):
                 raise ConfigError(f"{name}={value!r}: must be a number >= 0 or None")
 
+    def by_kind(self) -> list[tuple[str, int | None, int | None, float | None]]:
+        """``(kind, limit, remaining, reset_s)`` for ``requests`` and ``tokens``."""
+        return [
+            ("requests", self.limit_requests, self.remaining_requests, self.reset_requests_s),
+            ("tokens", self.limit_tokens, self.remaining_tokens, self.reset_tokens_s),
+        ]
+
 
 def go_duration(seconds: float) -> str:
     """Format like OpenAI's reset headers (Go durations): ``6ms``, ``1.5s``, ``6m0s``."""

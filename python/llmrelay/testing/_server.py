@@ -24,6 +24,7 @@ _log = logging.getLogger("llmrelay.testing")
 
 MAX_HEAD = 64 * 1024
 MAX_BODY = 64 * 1024 * 1024
+RECV_SIZE = 64 * 1024
 
 _REASONS = {
     100: "Continue",
@@ -143,10 +144,10 @@ def _parse_chunked(buf: bytearray, pos: int) -> tuple[bytes, int] | None:
         pos += size + 2
 
 
-class _Connection(asyncio.Protocol):
+class _Connection(asyncio.BufferedProtocol):
     """One client connection: parses requests from its buffer and runs them one at a time.
 
-    A handler runs eagerly inside ``data_received``; only if it has to wait (latency, a
+    A handler runs eagerly inside ``buffer_updated``; only if it has to wait (latency, a
     hang, a slow consumer) does the rest of it continue in a task. The common request
     therefore costs no task, no future and no extra turn of the event loop.
     """
@@ -154,6 +155,8 @@ class _Connection(asyncio.Protocol):
     def __init__(self, server: HttpServer) -> None:
         self._server = server
         self._buf = bytearray()
+        self._discard = False
+        self._recv = memoryview(bytearray(RECV_SIZE))
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self._busy = False
@@ -162,6 +165,7 @@ class _Connection(asyncio.Protocol):
         self._drain: asyncio.Future[None] | None = None
         self._eof: asyncio.Future[None] | None = None
         self._responder: Responder | None = None
+        self._pending: tuple[HttpRequest, int] | None = None
 
     # asyncio.Protocol ------------------------------------------------------------------------
 
@@ -170,8 +174,14 @@ class _Connection(asyncio.Protocol):
         self.transport = transport
         self._server._conns.add(self)
 
-    def data_received(self, data: bytes) -> None:
-        self._buf += data
+    def get_buffer(self, sizehint: int) -> memoryview:
+        # receiving into one reused buffer spares asyncio's 256 KiB allocation per recv()
+        return self._recv
+
+    def buffer_updated(self, nbytes: int) -> None:
+        if self._discard:
+            return
+        self._buf += self._recv[:nbytes]
         if not self._busy:
             self._process()
 
@@ -229,7 +239,15 @@ class _Connection(asyncio.Protocol):
         extra = b"connection: close\r\ncontent-type: text/plain\r\ncontent-length: %d\r\n\r\n"
         with contextlib.suppress(ConnectionError):
             self.write(_head(status, (), extra % len(body)) + body)
-        self._close()
+        # a lingering close: closing with unread input would reset the connection and could
+        # destroy the answer in flight, so send FIN, discard what still comes, close soon
+        self._busy = True
+        self._discard = True
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            if transport.can_write_eof():
+                transport.write_eof()
+            asyncio.get_running_loop().call_later(1.0, transport.close)
 
     def _close(self) -> None:
         self._busy = True  # accept nothing more
@@ -238,13 +256,16 @@ class _Connection(asyncio.Protocol):
 
     def _next_request(self) -> HttpRequest | None:
         buf = self._buf
-        end = buf.find(b"\r\n\r\n", 0, MAX_HEAD)
-        if end < 0:
-            if len(buf) >= MAX_HEAD:
-                raise _BadRequest(431, "request head too large")
-            return None
-        request = _parse_head(bytes(buf[: end + 4]))
-        pos = end + 4
+        if self._pending is not None:  # the head arrived before the body: parsed already
+            request, pos = self._pending
+        else:
+            end = buf.find(b"\r\n\r\n", 0, MAX_HEAD)
+            if end < 0:
+                if len(buf) >= MAX_HEAD:
+                    raise _BadRequest(431, "request head too large")
+                return None
+            request = _parse_head(bytes(buf[: end + 4]))
+            pos = end + 4
         headers = request.headers
         te = headers.get("transfer-encoding")
         length = headers.get("content-length")
@@ -254,6 +275,7 @@ class _Connection(asyncio.Protocol):
             parsed = _parse_chunked(buf, pos)
             if parsed is None:
                 self._continue_if_expected(request, pos)
+                self._pending = (request, pos)
                 return None
             request.body, stop = parsed
         elif length is not None:
@@ -268,18 +290,21 @@ class _Connection(asyncio.Protocol):
             stop = pos + n
             if len(buf) < stop:
                 self._continue_if_expected(request, pos)
+                self._pending = (request, pos)
                 return None
             request.body = bytes(buf[pos:stop])
         else:
             stop = pos
         del buf[:stop]
         self._continued = -1
+        self._pending = None
         return request
 
     def _continue_if_expected(self, request: HttpRequest, pos: int) -> None:
         if self._continued != pos and request.headers.get("expect", "").lower() == "100-continue":
             self._continued = pos
-            self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            with contextlib.suppress(ConnectionError):
+                self.write(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def _process(self) -> None:
         while not self._busy and not self.closed:
