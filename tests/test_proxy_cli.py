@@ -1,0 +1,99 @@
+"""The default service proxy (`llmrelay.llm`), and the `llmrelay` command."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import llmrelay
+from llmrelay import LLMServiceConfig, ProviderConfig
+from llmrelay._cli import main
+from llmrelay._proxy import DefaultServiceProxy
+from llmrelay.errors import ConfigError
+
+ECHO = LLMServiceConfig(providers=[ProviderConfig(name="e", kind="echo")], default_model="e/echo")
+
+
+def test_proxy_builds_on_first_use_from_configure() -> None:
+    proxy = DefaultServiceProxy()
+    proxy.configure(ECHO)
+    assert "not built" in repr(proxy)
+    assert proxy.chat("hi").text == "echo: hi"
+    with pytest.raises(ConfigError, match="already built"):
+        proxy.configure(ECHO)
+    proxy.close()
+    proxy.configure(ECHO.to_dict())  # allowed again once closed
+
+
+def test_proxy_without_config_names_what_to_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("LLMRELAY_CONFIG", "OPENAI_API_KEY", "ANTHROPIC_API_KEY", "OLLAMA_HOST"):
+        monkeypatch.delenv(var, raising=False)
+    proxy = DefaultServiceProxy()
+    with pytest.raises(ConfigError, match="OPENAI_API_KEY"):
+        proxy.chat("hi")
+
+
+def test_module_level_llm_and_configure_exist() -> None:
+    assert isinstance(llmrelay.llm, DefaultServiceProxy)
+    assert callable(llmrelay.configure)
+
+
+def test_proxy_from_toml_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text('default_model = "e/echo"\n[[providers]]\nname = "e"\nkind = "echo"\n')
+    monkeypatch.setenv("LLMRELAY_CONFIG", str(f))
+    proxy = DefaultServiceProxy()
+    assert proxy.chat("toml").text == "echo: toml"
+    proxy.close()
+
+
+def test_cli_providers(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["providers"]) == 0
+    out = capsys.readouterr().out
+    assert "openai" in out and "anthropic" in out and "ollama" in out
+
+
+def test_cli_cache_stats_and_clear(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = str(tmp_path / "c")
+    assert main(["cache", "stats", "--path", path]) == 0
+    assert "entries" in capsys.readouterr().out
+    assert main(["cache", "clear", "--path", path]) == 0
+    assert main(["cache", "stats"]) in (0, 2)
+
+
+def test_cli_chat_with_echo_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text('default_model = "e/echo"\n[[providers]]\nname = "e"\nkind = "echo"\n')
+    monkeypatch.setenv("LLMRELAY_CONFIG", str(f))
+    r = subprocess.run(
+        [sys.executable, "-m", "llmrelay", "chat", "ping"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "echo: ping" in r.stdout
+
+
+def test_cli_demo_small_run() -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "llmrelay", "demo", "--plain", "--no-ollama", "--requests", "60"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "llmrelay demo: 60 calls" in r.stdout
+    assert "openai/gpt-4o-mini" in r.stdout
+
+
+def test_cli_bad_config_is_a_clean_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    f = tmp_path / "bad.toml"
+    f.write_text("[[providers]]\nname = 3\n")
+    monkeypatch.setenv("LLMRELAY_CONFIG", str(f))
+    assert main(["chat", "x"]) == 2
