@@ -492,3 +492,19 @@ async def test_metrics_snapshot_and_prometheus(make_config: ConfigFactory) -> No
         assert "sk-test" not in text
         svc.metrics.reset()
         assert svc.metrics.snapshot().total("requests") == 0
+
+
+async def test_paces_from_provider_headers_before_a_429(
+    make_config: ConfigFactory, fakes: dict[str, FakeProvider], recording_sleep: RecordingSleep
+) -> None:
+    fakes["openai"].set_rate_limit_headers(
+        limit_requests=600, remaining_requests=0, reset_requests_s=5.0
+    )
+    async with LLMService(make_config(), sleep=recording_sleep, clock=_core.ManualClock()) as svc:
+        await svc.achat("first")
+        assert recording_sleep.delays == []
+        await svc.achat("second")
+        # nothing remains until the reset: the second call waited for it, no 429 needed
+        assert len(recording_sleep.delays) == 1
+        assert recording_sleep.delays[0] == pytest.approx(5.0, abs=0.2)
+        assert fakes["openai"].request_count == 2

@@ -272,16 +272,32 @@ class RequestOrchestrator:
                 self.limiter.reconcile(k[dim], float(est), float(actual))
 
     def observe_rate_headers(self, dep: Deployment, info: Any) -> None:
-        """Tighten the deployment's cells from the provider's remaining/limit/reset figures."""
-        k = self.runtimes[dep.name].rate_keys
+        """Pace from the provider's remaining/limit/reset figures, before a 429 happens.
+
+        A dimension with no client-side limit configured gets a cell learned from
+        the headers (``limit`` per minute, as OpenAI and Anthropic report them);
+        then the cell is tightened so no more than ``remaining`` go before the reset.
+        """
         if info is None:
             return
+        rt = self.runtimes[dep.name]
         for dim, pre in (("rpm", "requests"), ("tpm", "tokens")):
             remaining = getattr(info, f"{pre}_remaining", None)
             reset = getattr(info, f"{pre}_reset_s", None)
-            if dim in k and remaining is not None and reset is not None:
-                limit = getattr(info, f"{pre}_limit", None)
-                self.limiter.observe_headers(k[dim], float(remaining), limit, float(reset))
+            if remaining is None or reset is None:
+                continue
+            limit = getattr(info, f"{pre}_limit", None)
+            key = rt.rate_keys.get(dim)
+            if key is None:
+                if not limit or limit <= 0:
+                    continue
+                key = f"{dep.name}:{dim}"
+                self.limiter.configure(key, float(limit) / 60.0, max(1.0, float(limit) / 6.0))
+                rt.rate_keys[dim] = key
+            lim = float(limit) if limit else None
+            self.limiter.observe_headers(
+                key, float(max(0.0, remaining)), lim, float(max(0.0, reset))
+            )
 
     async def _take_slot(self, rt: DeploymentRuntime, priority: int) -> int:
         ticket, granted = rt.scheduler.acquire(priority)
