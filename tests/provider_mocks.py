@@ -110,6 +110,17 @@ ERROR_CASES: list[tuple[int, Any, type[errors.ProviderError]]] = [
         {"error": {"message": "This model's maximum context length is 8192 tokens"}},
         errors.ContextLengthError,
     ),
+    (
+        400,  # llama.cpp's server
+        {
+            "error": {
+                "code": 400,
+                "message": "request (817 tokens) exceeds the available context size",
+                "type": "exceed_context_size_error",
+            }
+        },
+        errors.ContextLengthError,
+    ),
     (400, {"error": {"message": "blocked", "code": "content_filter"}}, errors.ContentFilterError),
     (
         401,

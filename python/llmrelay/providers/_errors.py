@@ -35,6 +35,8 @@ _CONTEXT_WORDS = (
     "context length",
     "context window",
     "too many tokens",
+    "exceed_context_size",  # llama.cpp's server: "exceeds the available context size"
+    "context size",
 )
 _FILTER_WORDS = (
     "content_filter",
