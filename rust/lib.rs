@@ -9,9 +9,14 @@
 //! | --- | --- |
 //! | [`clock`] | monotonic and manual time sources |
 //! | [`error`] | the one error enum |
+//! | [`runtime`] | the one lazily started tokio runtime |
+//! | [`http`], [`http_body`] | the pooled HTTP client behind the default transport |
 
 pub mod clock;
 pub mod error;
+pub mod http;
+pub mod http_body;
+pub mod runtime;
 
 #[cfg(feature = "python")]
 mod bindings;
