@@ -26,7 +26,7 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use parking_lot::Mutex;
 use tokio::task::AbortHandle;
 
-use crate::error::{positive, Error, Result};
+use crate::error::{positive, Result};
 use crate::http_body::BodyStream;
 use crate::runtime;
 
