@@ -221,9 +221,7 @@ async fn pump(mut body: Incoming, shared: Arc<Shared>, idle_timeout: Option<Dura
                 if let Ok(data) = frame.into_data() {
                     batch.push(data);
                 }
-                // Take whatever else is ready now (HTTP/2 often has several
-                // frames buffered) so the reader is woken once for all of it.
-                let end = poll_fn(|cx| Poll::Ready(ready_frames(&mut body, cx, &mut batch))).await;
+                let end = gather(&mut body, &mut batch).await;
                 shared.push_all(batch);
                 if let Some(end) = end {
                     shared.finish(end);
@@ -235,6 +233,26 @@ async fn pump(mut body: Incoming, shared: Arc<Shared>, idle_timeout: Option<Dura
                 return;
             }
         }
+    }
+}
+
+/// Gather the frames that are ready now into `batch`, so the reader is woken
+/// once per burst of data. HTTP/1 hands over one frame per turn of the
+/// connection task, so yield to it between polls until no new frame comes.
+async fn gather(body: &mut Incoming, batch: &mut Vec<Bytes>) -> Option<Result<(), HttpError>> {
+    let mut yielded = false;
+    loop {
+        let before = batch.len();
+        let end = poll_fn(|cx| Poll::Ready(ready_frames(body, cx, batch))).await;
+        if end.is_some() {
+            return end;
+        }
+        let size: usize = batch.iter().map(Bytes::len).sum();
+        if size >= BATCH || (yielded && batch.len() == before) {
+            return None;
+        }
+        tokio::task::yield_now().await;
+        yielded = true;
     }
 }
 

@@ -5,6 +5,7 @@ use pyo3::prelude::*;
 
 mod clock;
 mod error;
+mod http;
 
 pub use clock::PyManualClock;
 
@@ -13,5 +14,12 @@ pub use clock::PyManualClock;
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<PyManualClock>()?;
+    m.add_class::<http::PyHttpClient>()?;
+    m.add_class::<http::PyHttpRequest>()?;
+    m.add_class::<http::PyHttpBody>()?;
+    m.add(
+        "HttpTransportError",
+        m.py().get_type::<http::HttpTransportError>(),
+    )?;
     Ok(())
 }
