@@ -62,7 +62,7 @@ def _settle(fut: asyncio.Future[object], result: object) -> None:
 
 
 def _to_httpx(error: _core.HttpTransportError, request: httpx.Request) -> httpx.TransportError:
-    kind, message = (list(error.args) + ["internal", ""])[:2]
+    kind, message = [*error.args, "internal", ""][:2]
     cls = _ERRORS.get(str(kind), httpx.TransportError)
     return cls(str(message), request=request)
 
@@ -156,9 +156,7 @@ class RustTransport(httpx.AsyncBaseTransport):
         return httpx.Response(
             status,
             headers=headers,
-            stream=httpx.ByteStream(content)
-            if stream is None
-            else _StreamedBody(stream, request),
+            stream=httpx.ByteStream(content) if stream is None else _StreamedBody(stream, request),
             extensions={"http_version": _VERSIONS.get(version) or version.encode()},
         )
 
