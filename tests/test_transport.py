@@ -254,10 +254,32 @@ async def test_transport_used_directly_and_bad_input(server: Server) -> None:
 
 async def test_core_client_rejects_bad_arguments() -> None:
     client = _core.HttpClient()
-    schedule = asyncio.get_running_loop().call_soon_threadsafe
+    queue = _core.Completions()
+    fut = asyncio.get_running_loop().create_future()
     url = "http://127.0.0.1/"
     with pytest.raises(errors.ConfigError, match="timeout_s=0"):
-        client.request("GET", url, [], b"", 0.0, schedule, print)
+        client.request("GET", url, [], b"", 0.0, queue, fut)
     with pytest.raises(_core.HttpTransportError, match="header name"):
-        client.request("GET", url, [(b"a b", b"c")], b"", None, schedule, print)
+        client.request("GET", url, [(b"a b", b"c")], b"", None, queue, fut)
+    assert queue.pending() == 0 and queue.drain() == 0 and not fut.done()
     assert "http2=True" in repr(client)
+
+
+async def test_completions_settle_many_futures_in_one_drain(server: Server) -> None:
+    """Without the loop watching the queue, replies wait in it; one drain settles all."""
+    client = _core.HttpClient()
+    queue = _core.Completions()
+    loop = asyncio.get_running_loop()
+    futs = [loop.create_future() for _ in range(5)]
+    for fut in futs:
+        client.request("GET", f"{server.base}/status/204", [], b"", 5.0, queue, fut)
+    cancelled = loop.create_future()
+    client.request("GET", f"{server.base}/status/204", [], b"", 5.0, queue, cancelled)
+    cancelled.cancel()
+    for _ in range(500):  # bounded: until the runtime queued all six replies
+        if queue.pending() == 6:
+            break
+        await asyncio.sleep(0.01)
+    assert queue.drain() == 6
+    assert [f.result()[0] for f in futs] == [204] * 5
+    assert cancelled.cancelled()

@@ -1,9 +1,10 @@
 """Types of the native core ``llmrelay._core`` (checked by ``mypy.stubtest``)."""
 
-from collections.abc import Callable
+from asyncio import Future
 from typing import final
 
 __all__ = [
+    "Completions",
     "HttpBody",
     "HttpClient",
     "HttpRequest",
@@ -24,8 +25,14 @@ class ManualClock:
 
 # --- HTTP client (transport) ---
 
-_Done = Callable[[object], None]
-_Schedule = Callable[[_Done, object], object]
+@final
+class Completions:
+    """Completes asyncio futures from the runtime; watch ``fileno()`` and call ``drain()``."""
+
+    def __new__(cls) -> Completions: ...
+    def fileno(self) -> int: ...
+    def drain(self) -> int: ...
+    def pending(self) -> int: ...
 
 class HttpTransportError(Exception):
     """A request of ``HttpClient`` failed; ``args`` is ``(kind, message)``."""
@@ -48,8 +55,8 @@ class HttpClient:
         headers: list[tuple[bytes, bytes]],
         body: bytes,
         timeout_s: float | None,
-        schedule: _Schedule,
-        done: _Done,
+        completions: Completions,
+        future: Future[object],
     ) -> HttpRequest: ...
     def close(self) -> None: ...
 
@@ -65,7 +72,7 @@ class HttpBody:
     """A streamed response body; each read returns everything buffered so far."""
 
     def next_chunk(
-        self, schedule: _Schedule, done: _Done, max_bytes: int = 65536
+        self, completions: Completions, future: Future[object], max_bytes: int = 65536
     ) -> bytes | None: ...
     @property
     def buffered(self) -> int: ...

@@ -2,9 +2,11 @@
 
 ``RustTransport`` hands each request to ``_core.HttpClient`` (hyper with a
 connection pool, keep-alive, HTTP/2 by ALPN, rustls TLS) and awaits an asyncio
-future that the runtime completes with ``loop.call_soon_threadsafe``: one
-crossing per response for small bodies, one per burst of data for streamed
-ones. Use it wherever an ``httpx.AsyncClient`` is used::
+future. The runtime queues the result on the loop's ``_core.Completions`` and
+wakes the loop through a socket it watches; the loop then settles every queued
+future at once. The runtime never waits for the GIL; a small response costs
+one crossing, a streamed one a crossing per burst of data. Use it wherever an
+``httpx.AsyncClient`` is used::
 
     client = httpx.AsyncClient(transport=RustTransport())
 
@@ -16,8 +18,8 @@ response head (from sending the request) and for each later piece of the body.
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import AsyncIterator
-from functools import partial
 from typing import Final, TypeAlias, cast
 
 import httpx
@@ -51,14 +53,20 @@ _Reply: TypeAlias = tuple[int, list[tuple[bytes, bytes]], bytes, str, "_core.Htt
 _CHUNK: Final = 64 * 1024
 
 
-def _settle(fut: asyncio.Future[object], result: object) -> None:
-    """Complete ``fut`` with a result from the runtime, unless it was cancelled."""
-    if fut.done():
-        return
-    if isinstance(result, BaseException):
-        fut.set_exception(result)
-    else:
-        fut.set_result(result)
+#: The completion queue of each event loop, registered as a reader on it.
+_QUEUES: Final[weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _core.Completions]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _completions(loop: asyncio.AbstractEventLoop) -> _core.Completions:
+    """The loop's completion queue, created (and watched) on first use."""
+    queue = _QUEUES.get(loop)
+    if queue is None:
+        queue = _core.Completions()
+        loop.add_reader(queue.fileno(), queue.drain)
+        _QUEUES[loop] = queue
+    return queue
 
 
 def _to_httpx(error: _core.HttpTransportError, request: httpx.Request) -> httpx.TransportError:
@@ -78,11 +86,11 @@ class _StreamedBody(httpx.AsyncByteStream):
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         loop = asyncio.get_running_loop()
-        schedule = loop.call_soon_threadsafe
+        queue = _completions(loop)
         while True:
             fut: asyncio.Future[object] = loop.create_future()
             try:
-                ready = self._body.next_chunk(schedule, partial(_settle, fut), _CHUNK)
+                ready = self._body.next_chunk(queue, fut, _CHUNK)
                 chunk = await fut if ready is None else ready
             except asyncio.CancelledError:
                 self._body.close()
@@ -123,6 +131,8 @@ class RustTransport(httpx.AsyncBaseTransport):
             max_idle_per_host=max_idle_per_host,
             http2=http2,
         )
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._queue: _core.Completions | None = None
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         timeout = request.extensions.get("timeout")
@@ -132,6 +142,10 @@ class RustTransport(httpx.AsyncBaseTransport):
         except httpx.RequestNotRead:
             body = await request.aread()
         loop = asyncio.get_running_loop()
+        queue = self._queue
+        if loop is not self._loop or queue is None:
+            queue = self._queue = _completions(loop)
+            self._loop = loop
         fut: asyncio.Future[object] = loop.create_future()
         try:
             pending = self._client.request(
@@ -140,8 +154,8 @@ class RustTransport(httpx.AsyncBaseTransport):
                 request.headers.raw,
                 body,
                 read_timeout,
-                loop.call_soon_threadsafe,
-                partial(_settle, fut),
+                queue,
+                fut,
             )
         except _core.HttpTransportError as e:
             raise _to_httpx(e, request) from None

@@ -1,12 +1,19 @@
-//! `HttpClient`, `HttpRequest`, `HttpBody`: the core's HTTP client, bridged to
-//! asyncio by callbacks. A request runs on the tokio runtime; when its reply
-//! is complete the runtime takes the GIL once and calls
-//! `schedule(done, result)` (pass the loop's `call_soon_threadsafe`), so the
-//! result reaches the event loop's thread without any polling.
+//! `HttpClient`, `HttpRequest`, `HttpBody`, `Completions`: the core's HTTP
+//! client, bridged to asyncio. A request runs on the tokio runtime; its
+//! result is queued on a `Completions` (one per event loop) that wakes the
+//! loop through a socket, and the loop settles the request's future. The
+//! runtime's threads never wait for the GIL.
 
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use parking_lot::Mutex;
+use pyo3::exceptions::PyBaseException;
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
 use pyo3::types::{PyBytes, PyList, PyTuple};
@@ -28,19 +35,113 @@ fn py_error(e: HttpError) -> PyErr {
     HttpTransportError::new_err((e.kind.as_str(), e.message))
 }
 
-/// Where a result goes: `schedule(done, result)` under the GIL.
-struct Callback {
-    schedule: Py<PyAny>,
-    done: Py<PyAny>,
+/// What a finished operation hands back, converted to Python on the loop's thread.
+enum Outcome {
+    Reply(Result<Reply, HttpError>),
+    Chunk(Result<Bytes, HttpError>),
 }
 
-impl Callback {
-    fn fire(self, make: impl FnOnce(Python<'_>) -> PyResult<PyObject>) {
-        Python::with_gil(|py| {
-            let value = make(py).unwrap_or_else(|e| e.into_value(py).into_any());
-            // A closed loop raises here; nobody is waiting then, so drop it.
-            let _ = self.schedule.call1(py, (self.done, value));
-        });
+impl Outcome {
+    fn into_py(self, py: Python<'_>) -> PyResult<PyObject> {
+        match self {
+            Outcome::Reply(Ok(reply)) => reply_to_py(py, reply),
+            Outcome::Chunk(Ok(b)) => Ok(PyBytes::new(py, &b).into_any().unbind()),
+            Outcome::Reply(Err(e)) | Outcome::Chunk(Err(e)) => {
+                Ok(py_error(e).into_value(py).into_any())
+            }
+        }
+    }
+}
+
+/// The queue behind `Completions`: filled by the runtime without the GIL,
+/// drained on the event loop's thread.
+struct Queue {
+    items: Mutex<Vec<(Py<PyAny>, Outcome)>>,
+    /// Written (one byte) when the queue becomes non-empty.
+    wake: UnixStream,
+    /// Watched by the event loop (`loop.add_reader`).
+    watch: UnixStream,
+}
+
+impl Queue {
+    fn push(&self, future: Py<PyAny>, outcome: Outcome) {
+        let was_empty = {
+            let mut items = self.items.lock();
+            items.push((future, outcome));
+            items.len() == 1
+        };
+        if was_empty {
+            // A full socket buffer means a wake-up is pending already.
+            let _ = (&self.wake).write(&[1]);
+        }
+    }
+}
+
+/// Complete `future` with `outcome` unless it is done (cancelled) already.
+fn settle(py: Python<'_>, future: &Bound<'_, PyAny>, outcome: Outcome) -> PyResult<()> {
+    if future.call_method0(intern!(py, "done"))?.is_truthy()? {
+        return Ok(());
+    }
+    let value = outcome.into_py(py)?;
+    let method = if value.bind(py).is_instance_of::<PyBaseException>() {
+        intern!(py, "set_exception")
+    } else {
+        intern!(py, "set_result")
+    };
+    future.call_method1(method, (value,))?;
+    Ok(())
+}
+
+/// Completes asyncio futures from the runtime: the runtime queues results
+/// and writes a byte to a socket the event loop watches; `drain()` (the
+/// loop's reader callback) settles every queued future in one go. The runtime
+/// never takes the GIL, and a burst of replies costs one loop wake-up.
+#[pyclass(name = "Completions", module = "llmrelay._core", frozen)]
+pub struct PyCompletions {
+    queue: Arc<Queue>,
+}
+
+#[pymethods]
+impl PyCompletions {
+    #[new]
+    fn new() -> PyResult<Self> {
+        let (wake, watch) = UnixStream::pair()?;
+        wake.set_nonblocking(true)?;
+        watch.set_nonblocking(true)?;
+        Ok(Self {
+            queue: Arc::new(Queue {
+                items: Mutex::new(Vec::new()),
+                wake,
+                watch,
+            }),
+        })
+    }
+
+    /// The descriptor to watch for readability (`loop.add_reader(fd, drain)`).
+    fn fileno(&self) -> i32 {
+        self.queue.watch.as_raw_fd()
+    }
+
+    /// Settle every queued future (skipping cancelled ones); returns how many.
+    fn drain(&self, py: Python<'_>) -> PyResult<usize> {
+        // Clear the wake-ups first: a push after this writes a new one.
+        let mut sink = [0u8; 64];
+        while matches!((&self.queue.watch).read(&mut sink), Ok(n) if n > 0) {}
+        let items = std::mem::take(&mut *self.queue.items.lock());
+        let count = items.len();
+        let mut first_error = None;
+        for (future, outcome) in items {
+            if let Err(e) = settle(py, future.bind(py), outcome) {
+                first_error.get_or_insert(e);
+            }
+        }
+        // Every future was visited; report the first failure (a bug) if any.
+        first_error.map_or(Ok(count), Err)
+    }
+
+    /// Results queued and not yet drained.
+    fn pending(&self) -> usize {
+        self.queue.items.lock().len()
     }
 }
 
@@ -101,10 +202,11 @@ impl PyHttpClient {
         })
     }
 
-    /// Start a request; `schedule(done, result)` is called once with
-    /// `(status, headers, body, http_version, stream)` or an `HttpTransportError`.
+    /// Start a request; `future` (an asyncio future) gets
+    /// `(status, headers, body, http_version, stream)` or an `HttpTransportError`
+    /// through `completions`.
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (method, url, headers, body, timeout_s, schedule, done))]
+    #[pyo3(signature = (method, url, headers, body, timeout_s, completions, future))]
     fn request(
         &self,
         method: &str,
@@ -112,8 +214,8 @@ impl PyHttpClient {
         headers: Vec<(PyBackedBytes, PyBackedBytes)>,
         body: &[u8],
         timeout_s: Option<f64>,
-        schedule: Py<PyAny>,
-        done: Py<PyAny>,
+        completions: &PyCompletions,
+        future: Py<PyAny>,
     ) -> PyResult<PyHttpRequest> {
         let timeout = match timeout_s {
             Some(t) => Some(Duration::from_secs_f64(positive("timeout_s", t)?)),
@@ -122,14 +224,11 @@ impl PyHttpClient {
         let pairs = headers.iter().map(|(n, v)| (&n[..], &v[..]));
         let req =
             build_request(method, url, pairs, Bytes::copy_from_slice(body)).map_err(py_error)?;
-        let cb = Callback { schedule, done };
+        let queue = completions.queue.clone();
         let abort = self
             .inner
             .spawn(req, timeout, move |result| {
-                cb.fire(|py| match result {
-                    Ok(reply) => reply_to_py(py, reply),
-                    Err(e) => Ok(py_error(e).into_value(py).into_any()),
-                })
+                queue.push(future, Outcome::Reply(result))
             })
             .map_err(py_error)?;
         Ok(PyHttpRequest { abort })
@@ -180,21 +279,18 @@ pub struct PyHttpBody {
 #[pymethods]
 impl PyHttpBody {
     /// The buffered bytes (up to `max_bytes`) now, `b""` at the end; or
-    /// `None`, and later `schedule(done, bytes | HttpTransportError)`.
-    #[pyo3(signature = (schedule, done, max_bytes = 65536))]
+    /// `None`, and `future` later gets the next piece through `completions`.
+    #[pyo3(signature = (completions, future, max_bytes = 65536))]
     fn next_chunk(
         &self,
         py: Python<'_>,
-        schedule: Py<PyAny>,
-        done: Py<PyAny>,
+        completions: &PyCompletions,
+        future: Py<PyAny>,
         max_bytes: usize,
     ) -> PyResult<Option<Py<PyBytes>>> {
-        let cb = Callback { schedule, done };
+        let queue = completions.queue.clone();
         let waiter = Box::new(move |chunk: Result<Bytes, HttpError>| {
-            cb.fire(|py| match chunk {
-                Ok(b) => Ok(PyBytes::new(py, &b).into_any().unbind()),
-                Err(e) => Ok(py_error(e).into_value(py).into_any()),
-            })
+            queue.push(future, Outcome::Chunk(chunk))
         });
         match self.inner.next_or_wait(max_bytes, waiter) {
             None => Ok(None),

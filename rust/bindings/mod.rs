@@ -17,6 +17,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<http::PyHttpClient>()?;
     m.add_class::<http::PyHttpRequest>()?;
     m.add_class::<http::PyHttpBody>()?;
+    m.add_class::<http::PyCompletions>()?;
     m.add(
         "HttpTransportError",
         m.py().get_type::<http::HttpTransportError>(),
