@@ -180,6 +180,9 @@ pub fn version_str(v: Version) -> &'static str {
     }
 }
 
+/// A request's task, ready to spawn on the runtime.
+pub type Job = std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>;
+
 type Pool = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// A pooled HTTP/1.1 + HTTP/2 client; cheap to share, thread-safe, and safe
@@ -233,20 +236,36 @@ impl HttpClient {
     where
         F: FnOnce(std::result::Result<Reply, HttpError>) + Send + 'static,
     {
+        let (rt, job) = self.prepare(req, read_timeout, done)?;
+        Ok(rt.spawn(job).abort_handle())
+    }
+
+    /// The runtime and the task that sends `req` and calls `done`, not yet
+    /// spawned: a caller submitting many requests at once spawns them from
+    /// one task on the runtime, so the runtime is woken once for all.
+    pub fn prepare<F>(
+        &self,
+        req: Request<Full<Bytes>>,
+        read_timeout: Option<Duration>,
+        done: F,
+    ) -> std::result::Result<(tokio::runtime::Handle, Job), HttpError>
+    where
+        F: FnOnce(std::result::Result<Reply, HttpError>) + Send + 'static,
+    {
         let pid = std::process::id();
         let rt = runtime::handle_for(pid)
             .map_err(|e| HttpError::new(HttpErrorKind::Internal, e.to_string()))?;
         let pool = self.pool(pid);
         let guard = DoneGuard(Some(done));
         let inner = rt.clone();
-        let task = rt.spawn(async move {
+        let job = Box::pin(async move {
             let mut guard = guard;
             let result = execute(pool, req, read_timeout, &inner).await;
             if let Some(done) = guard.0.take() {
                 done(result);
             }
         });
-        Ok(task.abort_handle())
+        Ok((rt, job))
     }
 
     /// Send `req` and wait for the reply (for Rust callers and tests).

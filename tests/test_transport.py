@@ -283,3 +283,21 @@ async def test_completions_settle_many_futures_in_one_drain(server: Server) -> N
     assert queue.drain() == 6
     assert [f.result()[0] for f in futs] == [204] * 5
     assert cancelled.cancelled()
+
+
+async def test_abort_before_flush_never_sends(server: Server) -> None:
+    client = _core.HttpClient()
+    loop = asyncio.get_running_loop()
+    queue = _core.Completions(loop.call_soon)
+    fut = loop.create_future()
+    pending = client.request("GET", f"{server.base}/hang", [], b"", 5.0, queue, fut)
+    pending.abort()
+    assert queue.flush() == 1 and queue.flush() == 0
+    for _ in range(500):  # bounded: until the dropped job reported
+        if queue.pending() == 1:
+            break
+        await asyncio.sleep(0.01)
+    assert queue.drain() == 1
+    with pytest.raises(_core.HttpTransportError, match="internal"):
+        fut.result()
+    assert not server.seen.is_set() and not pending.finished()

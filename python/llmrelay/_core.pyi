@@ -1,6 +1,7 @@
 """Types of the native core ``llmrelay._core`` (checked by ``mypy.stubtest``)."""
 
 from asyncio import Future
+from collections.abc import Callable
 from typing import final
 
 __all__ = [
@@ -29,7 +30,10 @@ class ManualClock:
 class Completions:
     """Completes asyncio futures from the runtime; watch ``fileno()`` and call ``drain()``."""
 
-    def __new__(cls) -> Completions: ...
+    def __new__(
+        cls, call_soon: Callable[[Callable[[], object]], object] | None = None
+    ) -> Completions: ...
+    def flush(self) -> int: ...
     def fileno(self) -> int: ...
     def drain(self) -> int: ...
     def pending(self) -> int: ...

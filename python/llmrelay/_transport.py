@@ -2,10 +2,12 @@
 
 ``RustTransport`` hands each request to ``_core.HttpClient`` (hyper with a
 connection pool, keep-alive, HTTP/2 by ALPN, rustls TLS) and awaits an asyncio
-future. The runtime queues the result on the loop's ``_core.Completions`` and
-wakes the loop through a socket it watches; the loop then settles every queued
-future at once. The runtime never waits for the GIL; a small response costs
-one crossing, a streamed one a crossing per burst of data. Use it wherever an
+future. Requests started in one turn of the event loop are handed to the
+runtime together at the end of the turn; the runtime queues each result on the
+loop's ``_core.Completions`` and wakes the loop through a socket it watches,
+and the loop settles every queued future at once. The runtime never waits for
+the GIL; a small response costs one crossing, a streamed one a crossing per
+burst of data. Use it wherever an
 ``httpx.AsyncClient`` is used::
 
     client = httpx.AsyncClient(transport=RustTransport())
@@ -63,7 +65,7 @@ def _completions(loop: asyncio.AbstractEventLoop) -> _core.Completions:
     """The loop's completion queue, created (and watched) on first use."""
     queue = _QUEUES.get(loop)
     if queue is None:
-        queue = _core.Completions()
+        queue = _core.Completions(loop.call_soon)
         loop.add_reader(queue.fileno(), queue.drain)
         _QUEUES[loop] = queue
     return queue

@@ -7,6 +7,7 @@
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,7 +21,7 @@ use pyo3::types::{PyBytes, PyList, PyTuple};
 
 use crate::error::positive;
 use crate::http::{
-    build_request, version_str, HttpClient, HttpConfig, HttpError, Reply, ReplyBody,
+    build_request, version_str, HttpClient, HttpConfig, HttpError, Job, Reply, ReplyBody,
 };
 use crate::http_body::BodyStream;
 
@@ -96,15 +97,58 @@ fn settle(py: Python<'_>, future: &Bound<'_, PyAny>, outcome: Outcome) -> PyResu
 /// and writes a byte to a socket the event loop watches; `drain()` (the
 /// loop's reader callback) settles every queued future in one go. The runtime
 /// never takes the GIL, and a burst of replies costs one loop wake-up.
+///
+/// Given the loop's `call_soon`, it also batches submissions: requests started
+/// during one turn of the loop are spawned together by `flush()` (scheduled
+/// with `call_soon`), from one task on the runtime, so the runtime's thread
+/// is woken once per turn rather than once per request.
 #[pyclass(name = "Completions", module = "llmrelay._core", frozen)]
 pub struct PyCompletions {
     queue: Arc<Queue>,
+    call_soon: Option<Py<PyAny>>,
+    submitted: Mutex<Vec<Submission>>,
+}
+
+/// A request waiting for the next `flush()`.
+struct Submission {
+    rt: tokio::runtime::Handle,
+    job: Job,
+    ctl: Arc<Ctl>,
+}
+
+/// Abort control of a request that may not have been spawned yet.
+#[derive(Default)]
+struct Ctl {
+    aborted: AtomicBool,
+    task: Mutex<Option<tokio::task::AbortHandle>>,
+}
+
+impl Ctl {
+    fn abort(&self) {
+        self.aborted.store(true, Ordering::SeqCst);
+        if let Some(task) = self.task.lock().as_ref() {
+            task.abort();
+        }
+    }
+
+    fn started(&self, task: tokio::task::AbortHandle) {
+        let mut slot = self.task.lock();
+        if self.aborted.load(Ordering::SeqCst) {
+            task.abort();
+        }
+        *slot = Some(task);
+    }
+
+    fn finished(&self) -> bool {
+        self.task.lock().as_ref().is_some_and(|t| t.is_finished())
+    }
 }
 
 #[pymethods]
 impl PyCompletions {
     #[new]
-    fn new() -> PyResult<Self> {
+    #[pyo3(signature = (call_soon = None))]
+    fn new(call_soon: Option<Py<PyAny>>) -> PyResult<Self> {
         let (wake, watch) = UnixStream::pair()?;
         wake.set_nonblocking(true)?;
         watch.set_nonblocking(true)?;
@@ -114,7 +158,28 @@ impl PyCompletions {
                 wake,
                 watch,
             }),
+            call_soon,
+            submitted: Mutex::new(Vec::new()),
         })
+    }
+
+    /// Spawn the requests submitted since the last flush; returns how many.
+    fn flush(&self) -> usize {
+        let batch = std::mem::take(&mut *self.submitted.lock());
+        let Some(first) = batch.first() else {
+            return 0;
+        };
+        let count = batch.len();
+        let rt = first.rt.clone();
+        rt.spawn(async move {
+            for sub in batch {
+                if !sub.ctl.aborted.load(Ordering::SeqCst) {
+                    let task = sub.rt.spawn(sub.job);
+                    sub.ctl.started(task.abort_handle());
+                }
+            }
+        });
+        count
     }
 
     /// The descriptor to watch for readability (`loop.add_reader(fd, drain)`).
@@ -125,8 +190,8 @@ impl PyCompletions {
     /// Settle every queued future (skipping cancelled ones); returns how many.
     fn drain(&self, py: Python<'_>) -> PyResult<usize> {
         // Clear the wake-ups first: a push after this writes a new one.
-        let mut sink = [0u8; 64];
-        while matches!((&self.queue.watch).read(&mut sink), Ok(n) if n > 0) {}
+        let mut sink = [0u8; 256];
+        while matches!((&self.queue.watch).read(&mut sink), Ok(n) if n == sink.len()) {}
         let items = std::mem::take(&mut *self.queue.items.lock());
         let count = items.len();
         let mut first_error = None;
@@ -214,7 +279,7 @@ impl PyHttpClient {
         headers: Vec<(PyBackedBytes, PyBackedBytes)>,
         body: &[u8],
         timeout_s: Option<f64>,
-        completions: &PyCompletions,
+        completions: &Bound<'_, PyCompletions>,
         future: Py<PyAny>,
     ) -> PyResult<PyHttpRequest> {
         let timeout = match timeout_s {
@@ -224,14 +289,34 @@ impl PyHttpClient {
         let pairs = headers.iter().map(|(n, v)| (&n[..], &v[..]));
         let req =
             build_request(method, url, pairs, Bytes::copy_from_slice(body)).map_err(py_error)?;
-        let queue = completions.queue.clone();
-        let abort = self
+        let queue = completions.get().queue.clone();
+        let (rt, job) = self
             .inner
-            .spawn(req, timeout, move |result| {
+            .prepare(req, timeout, move |result| {
                 queue.push(future, Outcome::Reply(result))
             })
             .map_err(py_error)?;
-        Ok(PyHttpRequest { abort })
+        let ctl = Arc::new(Ctl::default());
+        let owner = completions.get();
+        match &owner.call_soon {
+            None => ctl.started(rt.spawn(job).abort_handle()),
+            Some(call_soon) => {
+                let first = {
+                    let mut submitted = owner.submitted.lock();
+                    submitted.push(Submission {
+                        rt,
+                        job,
+                        ctl: ctl.clone(),
+                    });
+                    submitted.len() == 1
+                };
+                if first {
+                    let py = completions.py();
+                    call_soon.call1(py, (completions.getattr(intern!(py, "flush"))?,))?;
+                }
+            }
+        }
+        Ok(PyHttpRequest { ctl })
     }
 
     /// Drop the idle pooled connections.
@@ -254,19 +339,19 @@ impl PyHttpClient {
 /// A request in flight; `abort()` drops it (and its connection) on the runtime.
 #[pyclass(name = "HttpRequest", module = "llmrelay._core", frozen)]
 pub struct PyHttpRequest {
-    abort: tokio::task::AbortHandle,
+    ctl: Arc<Ctl>,
 }
 
 #[pymethods]
 impl PyHttpRequest {
     /// Abort the request; its callback then gets an `internal` error (ignore it).
     fn abort(&self) {
-        self.abort.abort();
+        self.ctl.abort();
     }
 
     /// Whether the request's task has ended.
     fn finished(&self) -> bool {
-        self.abort.is_finished()
+        self.ctl.finished()
     }
 }
 
