@@ -2,6 +2,9 @@
 
 use criterion::{criterion_group, criterion_main, Criterion};
 
+#[path = "rust/http.rs"]
+mod http;
+
 use _core::clock::{Clock, ManualClock, SystemClock};
 
 fn clocks(c: &mut Criterion) {
@@ -12,5 +15,5 @@ fn clocks(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, clocks);
+criterion_group!(benches, clocks, http::benches);
 criterion_main!(benches);
