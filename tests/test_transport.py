@@ -301,3 +301,21 @@ async def test_abort_before_flush_never_sends(server: Server) -> None:
     with pytest.raises(_core.HttpTransportError, match="internal"):
         fut.result()
     assert not server.seen.is_set() and not pending.finished()
+
+
+async def test_https_goes_through_rustls(client: httpx.AsyncClient) -> None:
+    """No network in tests: a plain-text peer makes the TLS handshake fail."""
+
+    async def not_tls(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    listener = await asyncio.start_server(not_tls, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    try:
+        with pytest.raises(httpx.ConnectError):
+            await client.get(f"https://127.0.0.1:{port}/")
+    finally:
+        listener.close()
+        await listener.wait_closed()
