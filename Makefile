@@ -66,7 +66,8 @@ bench: build-release ## benchmarks: criterion for the core, pytest-benchmark fro
 	$(BIN)/pytest benches --benchmark-enable --benchmark-columns=min,median,mean,ops -p no:randomly
 
 .PHONY: demo
-demo: bench ## the main job (until the service lands: the core's benchmark suite)
+demo: build-release ## the main job: a mixed workload through LLMService (fakes, or a local Ollama)
+	$(BIN)/python -m llmrelay demo
 
 .PHONY: clean
 clean: ## remove build outputs and the virtualenv

@@ -7,6 +7,19 @@ mod http;
 
 use _core::clock::{Clock, ManualClock, SystemClock};
 
+#[path = "rust/breaker.rs"]
+mod breaker;
+#[path = "rust/cache.rs"]
+mod cache;
+#[path = "rust/dedup.rs"]
+mod dedup;
+#[path = "rust/limiter.rs"]
+mod limiter;
+#[path = "rust/metrics.rs"]
+mod metrics;
+#[path = "rust/scheduler.rs"]
+mod scheduler;
+
 fn clocks(c: &mut Criterion) {
     let mut g = c.benchmark_group("clock");
     g.bench_function("system_now", |b| b.iter(|| SystemClock.now_ns()));
@@ -15,5 +28,15 @@ fn clocks(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, clocks, http::benches);
+criterion_group!(
+    benches,
+    clocks,
+    limiter::benches,
+    breaker::benches,
+    metrics::benches,
+    scheduler::benches,
+    dedup::benches,
+    cache::benches,
+    http::benches
+);
 criterion_main!(benches);

@@ -1,14 +1,111 @@
-"""llmrelay: one fast, reliable API over many LLM providers, with a native core."""
+"""llmrelay: one fast, reliable API over many LLM providers, with a native core.
+
+Heavy parts (httpx, the providers, the service) load on first use, so
+``import llmrelay`` stays cheap.
+"""
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from llmrelay import errors
+from llmrelay._config import (
+    CacheConfig,
+    CircuitBreakerConfig,
+    DedupConfig,
+    LLMServiceConfig,
+    ModelSelectionStrategy,
+    OrchestratorConfig,
+    ProviderConfig,
+    RateLimitConfig,
+    RequestTimeouts,
+)
+from llmrelay._priority import Priority
 from llmrelay.errors import LLMRelayError
+
+if TYPE_CHECKING:
+    from llmrelay._cachekey import CacheControl
+    from llmrelay._conversation import Conversation
+    from llmrelay._metrics import MetricsSnapshot, ServiceMetrics
+    from llmrelay._proxy import DefaultServiceProxy, configure, llm
+    from llmrelay._service import LLMService
+    from llmrelay._types import (
+        ChatChunk,
+        ChatRequest,
+        ChatResponse,
+        EmbeddingResponse,
+        Message,
+        ToolCall,
+        Usage,
+    )
+    from llmrelay.providers import ProviderRegistration, register_provider
 
 __version__ = "0.1.0"
 
+_LAZY = {
+    "CacheControl": "llmrelay._cachekey",
+    "ChatChunk": "llmrelay._types",
+    "ChatRequest": "llmrelay._types",
+    "ChatResponse": "llmrelay._types",
+    "Conversation": "llmrelay._conversation",
+    "DefaultServiceProxy": "llmrelay._proxy",
+    "EmbeddingResponse": "llmrelay._types",
+    "LLMService": "llmrelay._service",
+    "Message": "llmrelay._types",
+    "MetricsSnapshot": "llmrelay._metrics",
+    "ProviderRegistration": "llmrelay.providers",
+    "ServiceMetrics": "llmrelay._metrics",
+    "ToolCall": "llmrelay._types",
+    "Usage": "llmrelay._types",
+    "configure": "llmrelay._proxy",
+    "llm": "llmrelay._proxy",
+    "register_provider": "llmrelay.providers",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'llmrelay' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
 __all__ = [
+    "CacheConfig",
+    "CacheControl",
+    "ChatChunk",
+    "ChatRequest",
+    "ChatResponse",
+    "CircuitBreakerConfig",
+    "Conversation",
+    "DedupConfig",
+    "DefaultServiceProxy",
+    "EmbeddingResponse",
     "LLMRelayError",
+    "LLMService",
+    "LLMServiceConfig",
+    "Message",
+    "MetricsSnapshot",
+    "ModelSelectionStrategy",
+    "OrchestratorConfig",
+    "Priority",
+    "ProviderConfig",
+    "ProviderRegistration",
+    "RateLimitConfig",
+    "RequestTimeouts",
+    "ServiceMetrics",
+    "ToolCall",
+    "Usage",
     "__version__",
+    "configure",
     "errors",
+    "llm",
+    "register_provider",
 ]

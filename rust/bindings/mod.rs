@@ -3,17 +3,33 @@
 
 use pyo3::prelude::*;
 
+mod breaker;
+mod cache;
 mod clock;
+mod dedup;
 mod error;
 mod http;
+mod hybrid_cache;
+mod limiter;
+mod metrics;
+mod scheduler;
 
+pub use breaker::PyCircuitBreaker;
 pub use clock::PyManualClock;
+pub use limiter::PyRateLimiter;
+pub use metrics::PyMetrics;
 
 /// The extension module `llmrelay._core`.
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_class::<PyManualClock>()?;
+    m.add_class::<PyRateLimiter>()?;
+    m.add_class::<PyCircuitBreaker>()?;
+    m.add_class::<PyMetrics>()?;
+    scheduler::register(m)?;
+    dedup::register(m)?;
+    cache::register(m)?;
     m.add_class::<http::PyHttpClient>()?;
     m.add_class::<http::PyHttpRequest>()?;
     m.add_class::<http::PyHttpBody>()?;

@@ -1,0 +1,767 @@
+"""The engine behind every LLMService view: the pipeline's stages and shared state.
+
+    validate -> select -> cache -> dedup -> orchestrate -> execute -> process
+
+Each stage is a small method. Middleware (``async def mw(request, call_next)``)
+wraps everything after validation, so a user stage sees each call before and
+after it runs, cache hits included.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import msgspec
+
+from llmrelay import _core
+from llmrelay._cachekey import CacheControl, cache_key, is_cacheable
+from llmrelay._config import LLMServiceConfig, ProviderConfig
+from llmrelay._metrics import ServiceMetrics
+from llmrelay._orchestrator import CallContext, RequestOrchestrator
+from llmrelay._pool import Deployment, ProviderPool
+from llmrelay._selection import Candidate, ModelFacts, Selector
+from llmrelay._sync import LoopThread
+from llmrelay._types import (
+    ChatChunk,
+    ChatRequest,
+    ChatResponse,
+    EmbeddingResponse,
+    Usage,
+    build_request,
+)
+from llmrelay.errors import (
+    InvalidRequestError,
+    LLMRelayError,
+    ProviderTimeoutError,
+    ProviderUnavailableError,
+)
+from llmrelay.providers import accumulate_chunks, capabilities, get_provider
+
+__all__ = ["Engine", "Middleware"]
+
+log = logging.getLogger("llmrelay")
+
+NextFn = Callable[[ChatRequest], Awaitable[ChatResponse]]
+Middleware = Callable[[ChatRequest, NextFn], Awaitable[ChatResponse]]
+
+_PROMOTED = object()
+_DEFAULT_OUTPUT_ESTIMATE = 512
+
+
+@dataclass(slots=True)
+class Prepared:
+    """A validated call: the request, its candidates and its cache key."""
+
+    req: ChatRequest
+    model: str
+    priority: int
+    cands: list[Candidate]
+    key: bytes | None
+    cc: CacheControl
+    est_in: int
+    est_out: int
+
+
+def _estimate_input_tokens(req: ChatRequest) -> int:
+    chars = 0
+    for m in req.messages:
+        c = m.content
+        if isinstance(c, str):
+            chars += len(c)
+        elif c:
+            for part in c:
+                chars += len(getattr(part, "text", None) or "") + 1000 * (
+                    getattr(part, "type", "") == "image_url"
+                )
+        chars += 16
+    if req.tools:
+        chars += len(msgspec.json.encode(req.tools))
+    return chars // 4 + 1
+
+
+def _needs(req: ChatRequest, stream: bool) -> list[str]:
+    needs = []
+    if req.tools:
+        needs.append("tools")
+    if req.response_format:
+        needs.append("json_mode")
+    if stream:
+        needs.append("streaming")
+    for m in req.messages:
+        if isinstance(m.content, list) and any(
+            getattr(p, "type", "") == "image_url" for p in m.content
+        ):
+            needs.append("vision")
+            break
+    return needs
+
+
+def _wake_future(fut: asyncio.Future[Any], value: Any, exc: BaseException | None) -> None:
+    if fut.done():
+        return
+    if exc is not None:
+        fut.set_exception(exc)
+    else:
+        fut.set_result(value)
+
+
+def _deliver(fut: asyncio.Future[Any], value: Any, exc: BaseException | None = None) -> None:
+    loop = fut.get_loop()
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if loop is running:
+        _wake_future(fut, value, exc)
+    else:
+        loop.call_soon_threadsafe(_wake_future, fut, value, exc)
+
+
+class Engine:
+    """Shared state of a service and its views."""
+
+    def __init__(
+        self,
+        config: LLMServiceConfig,
+        *,
+        transport: str | Callable[[Any], httpx.AsyncBaseTransport | None] | None,
+        middleware: Sequence[Middleware],
+        clock: _core.ManualClock | None,
+        sleep: Callable[[float], Awaitable[None]] | None,
+    ) -> None:
+        self.config = config
+        self.closed = False
+        self.runner = LoopThread()
+        self.middleware = tuple(middleware)
+        self._clock = clock
+        self.pool = ProviderPool(
+            config,
+            adapter_for=self._adapter_for,
+            default_base_url=lambda kind: get_provider(kind).default_base_url,
+            transport_factory=_transport_factory(transport),
+        )
+        self.metrics = ServiceMetrics(self._live_metrics)
+        self.orchestrator = RequestOrchestrator(
+            config,
+            list(self.pool),
+            metrics=self.metrics,
+            clock=clock,
+            sleep=sleep or asyncio.sleep,
+        )
+        self.selector = Selector(
+            self.pool,
+            config.selection,
+            default_model=config.default_model,
+            facts=_facts,
+            knows=lambda kind, model: model in get_provider(kind).models,
+            is_open=self.orchestrator.is_open,
+        )
+        cc = config.cache
+        self.cache: Any = None
+        if cc.enabled:
+            self.cache = _core.HybridCache(
+                memory_max_entries=cc.memory_max_entries,
+                memory_max_bytes=cc.memory_max_bytes,
+                ttl_s=cc.ttl_s,
+                eviction=cc.eviction,
+                disk_path=cc.disk_path,
+                disk_max_bytes=cc.disk_max_bytes,
+                promotion=cc.promotion,
+                promote_after=cc.promote_after,
+                write_mode=cc.write_mode,
+                clock=clock,
+            )
+            if cc.disk_path and not self.cache.disk_enabled:
+                log.warning(
+                    "llmrelay: disk cache at %s disabled (%s); using memory only",
+                    cc.disk_path,
+                    self.cache.disk_error,
+                )
+        self.dedup: Any = None
+        if config.dedup.enabled:
+            self.dedup = _core.RequestDeduplicator(window_s=config.dedup.window_s, clock=clock)
+        self._dedup_waiters: dict[int, asyncio.Future[Any]] = {}
+        self._decoder = msgspec.msgpack.Decoder(ChatResponse)
+        self._encoder = msgspec.msgpack.Encoder()
+        self._in_flight: set[asyncio.Task[Any]] = set()
+
+    # ---- construction helpers --------------------------------------------------------------
+
+    @staticmethod
+    def _adapter_for(p: ProviderConfig, base_url: str, api_key: str | None) -> Any:
+        reg = get_provider(p.provider_kind)
+        return reg.adapter_factory(
+            deployment=p.name, base_url=base_url, api_key=api_key, headers=dict(p.headers)
+        )
+
+    def _live_metrics(self) -> dict[str, Any]:
+        breakers: dict[str, Any] = {}
+        concurrency: dict[str, dict[str, float]] = {}
+        for name, rt in self.orchestrator.runtimes.items():
+            breakers[name] = {
+                "state": rt.breaker.state,
+                "failure_rate": rt.breaker.failure_rate,
+                "transitions": rt.breaker.transitions(),
+            }
+            concurrency[name] = {
+                "limit": float(rt.scheduler.limit),
+                "in_flight": float(rt.scheduler.in_flight),
+                "queued": float(rt.scheduler.queued),
+            }
+        return {
+            "breakers": breakers,
+            "concurrency": concurrency,
+            "cache": dict(self.cache.stats()) if self.cache is not None else {},
+            "dedup": dict(self.dedup.stats()) if self.dedup is not None else {},
+        }
+
+    def check_open(self) -> None:
+        """Raise if the service is closed."""
+        if self.closed:
+            raise LLMRelayError("the service is closed")
+
+    @staticmethod
+    def check_priority(priority: Any) -> int:
+        """A valid priority (0..=9) or InvalidRequestError naming it."""
+        if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 9:
+            raise InvalidRequestError(
+                f"invalid priority={priority!r}: must be an int in 0..9", field="priority"
+            )
+        return int(priority)
+
+    # ---- validate, select, cache key -------------------------------------------------------
+
+    def prepare(
+        self,
+        messages: Any,
+        model: str | None,
+        priority: Any,
+        cache: Any,
+        params: dict[str, Any],
+        *,
+        stream: bool,
+    ) -> Prepared:
+        """The validate and select stages, and the cache key."""
+        self.check_open()
+        prio = self.check_priority(priority)
+        cc = _cache_control(cache)
+        req = build_request(messages, model, params)
+        name = req.model or self.selector.default_model
+        est_in = _estimate_input_tokens(req)
+        est_out = req.max_tokens or _DEFAULT_OUTPUT_ESTIMATE
+        cands = self.selector.candidates(
+            name, needs=_needs(req, stream), est_tokens=est_in + (req.max_tokens or 0)
+        )
+        key = None
+        if (
+            self.cache is not None
+            and not cc.skip
+            and is_cacheable(req, self.config.cache.cache_nondeterministic)
+        ):
+            ns = cc.namespace if cc.namespace is not None else self.config.namespace
+            key = cache_key(req, name, ns, cands[0].deployment.credential_scope)
+        return Prepared(req, name, prio, cands, key, cc, est_in, est_out)
+
+    def _series(self, p: Prepared) -> tuple[str, str, str]:
+        c = p.cands[0]
+        return c.deployment.kind, c.model, c.deployment.name
+
+    def memory_hit(self, p: Prepared) -> ChatResponse | None:
+        """The memory tier's answer, if any (no loop needed: sync callers use it directly)."""
+        if p.key is None or p.cc.refresh:
+            return None
+        raw = self.cache.get_memory(p.key)
+        if raw is None:
+            return None
+        self.metrics.core.incr(*self._series(p), "cache_hits.memory")
+        resp: ChatResponse = self._decoder.decode(raw)
+        return resp
+
+    def _disk_hit(self, p: Prepared) -> ChatResponse | None:
+        if p.key is None or p.cc.refresh or not self.cache.disk_enabled:
+            return None
+        raw = self.cache.get(p.key)
+        if raw is None:
+            return None
+        self.metrics.core.incr(*self._series(p), "cache_hits.disk")
+        resp: ChatResponse = self._decoder.decode(raw)
+        return resp
+
+    def _store(self, p: Prepared, resp: ChatResponse) -> None:
+        if p.key is None:
+            return
+        stored = msgspec.structs.replace(resp, cached=True, latency_s=0.0, attempts=0)
+        self.cache.set(p.key, self._encoder.encode(stored), p.cc.ttl_s)
+
+    # ---- chat ------------------------------------------------------------------------------
+
+    async def chat(
+        self,
+        messages: Any,
+        model: str | None,
+        priority: Any,
+        timeout: float | None,
+        cache: Any,
+        params: dict[str, Any],
+    ) -> ChatResponse:
+        """The whole pipeline for one non-streamed call."""
+        p = self.prepare(messages, model, priority, cache, params, stream=False)
+        return await self.chat_prepared(p, timeout, memory_checked=False)
+
+    async def chat_prepared(
+        self, p: Prepared, timeout: float | None, *, memory_checked: bool
+    ) -> ChatResponse:
+        """Everything after validation: middleware around cache, dedup and orchestration."""
+        if not self.middleware:
+            return await self._cached(p, timeout, memory_checked)
+
+        async def call(i: int, req: ChatRequest) -> ChatResponse:
+            if i == len(self.middleware):
+                if req is not p.req:
+                    p.req = req
+                    p.key = None  # a changed request is not the cached one
+                return await self._cached(p, timeout, memory_checked)
+            return await self.middleware[i](req, lambda r: call(i + 1, r))
+
+        return await call(0, p.req)
+
+    async def _cached(
+        self, p: Prepared, timeout: float | None, memory_checked: bool
+    ) -> ChatResponse:
+        if p.key is not None:
+            hit = None if memory_checked else self.memory_hit(p)
+            if hit is None:
+                hit = self._disk_hit(p)
+            if hit is not None:
+                return hit
+            self.metrics.core.incr(*self._series(p), "cache_misses")
+        task = asyncio.current_task()
+        if task is not None:
+            self._in_flight.add(task)
+        try:
+            if p.key is not None and self.dedup is not None:
+                return await self._deduped(p, timeout)
+            return await self._orchestrated(p, timeout)
+        finally:
+            if task is not None:
+                self._in_flight.discard(task)
+
+    async def _deduped(self, p: Prepared, timeout: float | None) -> ChatResponse:
+        assert p.key is not None
+        hexkey = p.key.hex()
+        role, ticket, value = self.dedup.join(hexkey)
+        if role == _core.DEDUP_DONE:
+            self.metrics.core.incr(*self._series(p), "dedup_window_hits")
+            resp: ChatResponse = value
+            return resp
+        while role == _core.DEDUP_FOLLOWER:
+            self.metrics.core.incr(*self._series(p), "dedup_joins")
+            fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+            self._dedup_waiters[ticket] = fut
+            try:
+                got = await fut
+            except asyncio.CancelledError:
+                self._dedup_waiters.pop(ticket, None)
+                self.dedup.leave(hexkey, ticket)
+                raise
+            if got is not _PROMOTED:
+                joined: ChatResponse = msgspec.structs.replace(got, attempts=0)
+                return joined
+            role = _core.DEDUP_LEADER  # the leader gave up; this call leads now
+        try:
+            resp = await self._orchestrated(p, timeout)
+        except BaseException as e:
+            transient = isinstance(e, asyncio.CancelledError) or (
+                isinstance(e, LLMRelayError) and e.retryable
+            )
+            new_leader, failed = self.dedup.fail(hexkey, ticket, transient)
+            if new_leader is not None:
+                fut2 = self._dedup_waiters.pop(new_leader, None)
+                if fut2 is not None:
+                    _deliver(fut2, _PROMOTED)
+                else:  # promoted a follower that already left: let the core try again
+                    self.dedup.fail(hexkey, new_leader, True)
+            for t in failed:
+                f = self._dedup_waiters.pop(t, None)
+                if f is not None:
+                    _deliver(f, None, e if isinstance(e, Exception) else LLMRelayError(str(e)))
+            raise
+        for t in self.dedup.complete(hexkey, ticket, resp):
+            f = self._dedup_waiters.pop(t, None)
+            if f is not None:
+                _deliver(f, resp)
+        return resp
+
+    def _deadline(self, timeout: float | None) -> float:
+        total = self.config.timeouts.total_s if timeout is None else timeout
+        if isinstance(total, bool) or not isinstance(total, int | float) or not total > 0:
+            raise InvalidRequestError(f"invalid timeout={timeout!r}: must be > 0", field="timeout")
+        return asyncio.get_running_loop().time() + float(total)
+
+    def _record_attempt(self, cand: Candidate, err: BaseException | None, latency: float) -> None:
+        dep = cand.deployment
+        if err is None:
+            return  # successes are recorded with their usage in _process
+        name = type(err).__name__ if isinstance(err, LLMRelayError) else "Cancelled"
+        self.metrics.core.record(
+            dep.kind,
+            cand.model,
+            dep.name,
+            [("requests", 1), (f"failures.{name}", 1)],
+            [("latency", latency)],
+        )
+        dep.health.observe(latency, 0, ok=False)
+
+    async def _orchestrated(self, p: Prepared, timeout: float | None) -> ChatResponse:
+        ctx = CallContext(p.priority, self._deadline(timeout), p.est_in, p.est_out)
+        started = time.perf_counter()
+        send = self._sender(p, ctx)
+        resp, cand, _ = await self.orchestrator.run(
+            self.selector.usable(p.cands) or p.cands, ctx, send, self._record_attempt
+        )
+        return self._process(p, ctx, cand, resp, started)
+
+    def _sender(self, p: Prepared, ctx: CallContext) -> Callable[[Candidate], Awaitable[Any]]:
+        async def send(cand: Candidate) -> tuple[ChatResponse, float]:
+            dep = cand.deployment
+            remaining = ctx.deadline - asyncio.get_running_loop().time()
+            t0 = time.perf_counter()
+            resp = await _send_chat(
+                self.pool.client(dep),
+                dep,
+                cand.model,
+                p.req,
+                remaining,
+                self.orchestrator.observe_rate_headers,
+            )
+            return resp, time.perf_counter() - t0
+
+        return send
+
+    def _process(
+        self, p: Prepared, ctx: CallContext, cand: Candidate, result: Any, started: float
+    ) -> ChatResponse:
+        resp, attempt_latency = result
+        dep = cand.deployment
+        u: Usage = resp.usage
+        self.orchestrator.reconcile(dep, ctx, u.prompt_tokens, u.completion_tokens)
+        counters = [
+            ("requests", 1),
+            ("successes", 1),
+            ("tokens_in", u.prompt_tokens),
+            ("tokens_out", u.completion_tokens),
+        ]
+        if ctx.retries:
+            counters.append(("retries", ctx.retries))
+        if ctx.fallbacks:
+            counters.append(("fallbacks", ctx.fallbacks))
+        self.metrics.core.record(
+            dep.kind,
+            cand.model,
+            dep.name,
+            counters,
+            [("latency", attempt_latency), ("queue_wait", ctx.queue_wait_s)],
+        )
+        dep.health.observe(attempt_latency, u.completion_tokens, ok=True)
+        out: ChatResponse = msgspec.structs.replace(
+            resp,
+            provider=dep.name,
+            latency_s=time.perf_counter() - started,
+            attempts=len(ctx.attempts) + 1,
+            cached=False,
+        )
+        self._store(p, out)
+        return out
+
+    # ---- streams ---------------------------------------------------------------------------
+
+    async def stream(
+        self,
+        messages: Any,
+        model: str | None,
+        priority: Any,
+        timeout: float | None,
+        cache: Any,
+        params: dict[str, Any],
+    ) -> AsyncIterator[ChatChunk]:
+        """The pipeline for a streamed call (cache replay, no in-flight joining)."""
+        p = self.prepare(messages, model, priority, cache, params, stream=True)
+        if p.key is not None:
+            hit = self.memory_hit(p) or self._disk_hit(p)
+            if hit is not None:
+                for chunk in _replay(hit):
+                    yield chunk
+                return
+            self.metrics.core.incr(*self._series(p), "cache_misses")
+        ctx = CallContext(p.priority, self._deadline(timeout), p.est_in, p.est_out)
+        started = time.perf_counter()
+        idle = self.config.timeouts.stream_idle_s
+
+        async def open_stream(cand: Candidate) -> tuple[ChatChunk | None, Any]:
+            dep = cand.deployment
+            agen = dep.adapter.stream(
+                self.pool.client(dep),
+                p.req,
+                cand.model,
+                timeout=dep.httpx_timeout(ctx.deadline - asyncio.get_running_loop().time()),
+                stream_idle_s=getattr(dep.timeouts, "stream_idle_s", idle),
+            )
+            try:
+                first = await agen.__anext__()
+            except StopAsyncIteration:
+                return None, agen
+            except BaseException:
+                await agen.aclose()
+                raise
+            return first, agen
+
+        (first, agen), cand, lease = await self.orchestrator.run(
+            self.selector.usable(p.cands) or p.cands,
+            ctx,
+            open_stream,
+            self._record_attempt,
+            hold=True,
+        )
+        assert lease is not None
+        chunks: list[ChatChunk] = []
+        err: BaseException | None = None
+        ttft = time.perf_counter() - started
+        try:
+            if first is not None:
+                chunks.append(first)
+                yield first
+            while True:
+                try:
+                    async with asyncio.timeout_at(ctx.deadline):
+                        chunk = await agen.__anext__()
+                except StopAsyncIteration:
+                    break
+                except TimeoutError:
+                    raise ProviderTimeoutError(
+                        "total timeout exceeded mid-stream",
+                        provider=cand.deployment.name,
+                        model=cand.model,
+                    ) from None
+                chunks.append(chunk)
+                yield chunk
+        except BaseException as e:
+            err = e
+            raise
+        finally:
+            await agen.aclose()
+            lease.finish(err)
+            if err is None:
+                self._finish_stream(p, ctx, cand, chunks, started, ttft)
+            else:
+                self._record_attempt(cand, err, time.perf_counter() - started)
+
+    def _finish_stream(
+        self,
+        p: Prepared,
+        ctx: CallContext,
+        cand: Candidate,
+        chunks: list[ChatChunk],
+        started: float,
+        ttft: float,
+    ) -> None:
+        resp = accumulate_chunks(chunks)
+        resp = msgspec.structs.replace(resp, model=resp.model or cand.model)
+        out = self._process(p, ctx, cand, (resp, time.perf_counter() - started), started)
+        dep = cand.deployment
+        self.metrics.core.observe(dep.kind, cand.model, dep.name, "ttft", ttft)
+        _ = out
+
+    # ---- embeddings ------------------------------------------------------------------------
+
+    async def embed(
+        self,
+        inputs: Any,
+        model: str | None,
+        priority: Any,
+        timeout: float | None,
+        params: dict[str, Any],
+    ) -> EmbeddingResponse:
+        """Embeddings through selection and orchestration (not cached)."""
+        self.check_open()
+        prio = self.check_priority(priority)
+        texts = [inputs] if isinstance(inputs, str) else inputs
+        if (
+            not isinstance(texts, Sequence)
+            or not texts
+            or not all(isinstance(t, str) for t in texts)
+        ):
+            raise InvalidRequestError(
+                "invalid inputs: expected a string or a non-empty list of strings", field="inputs"
+            )
+        name = model or self.selector.default_model
+        cands = self.selector.candidates(name)
+        est = sum(len(t) for t in texts) // 4 + 1
+        ctx = CallContext(prio, self._deadline(timeout), est, 0)
+
+        async def send(cand: Candidate) -> EmbeddingResponse:
+            dep = cand.deployment
+            r: EmbeddingResponse = await dep.adapter.embed(
+                self.pool.client(dep), list(texts), cand.model, **params
+            )
+            return r
+
+        resp, cand, _ = await self.orchestrator.run(
+            self.selector.usable(cands) or cands, ctx, send, self._record_attempt
+        )
+        dep = cand.deployment
+        self.metrics.core.record(
+            dep.kind,
+            cand.model,
+            dep.name,
+            [("requests", 1), ("successes", 1), ("tokens_in", resp.usage.prompt_tokens)],
+            [],
+        )
+        return resp
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    async def aclose(self, drain_s: float) -> None:
+        """Drain, cancel what is left, close clients, the cache and the loop thread."""
+        if self.closed:
+            return
+        self.closed = True
+        current = asyncio.current_task()
+        pending = {t for t in self._in_flight if t is not current and not t.done()}
+        if pending:
+            _, still = await asyncio.wait(pending, timeout=drain_s)
+            for t in still:
+                t.cancel()
+            if still:
+                await asyncio.wait(still, timeout=1.0)
+        await self.pool.aclose_loop(asyncio.get_running_loop())
+        if self.runner.started:
+            loop = self.runner.loop
+            if loop is not asyncio.get_running_loop():
+                await asyncio.wrap_future(
+                    asyncio.run_coroutine_threadsafe(self.pool.aclose_loop(loop), loop)
+                )
+        if self.cache is not None:
+            await asyncio.to_thread(self.cache.close)
+        if not self.runner.in_loop_thread():
+            self.runner.stop()
+
+    def close_sync(self, drain_s: float) -> None:
+        """Close from plain code (runs the async close on the loop thread, then stops it)."""
+        if self.closed:
+            return
+        self.runner.run(self.aclose(drain_s))
+        self.runner.stop()
+
+
+def _replay(resp: ChatResponse) -> list[ChatChunk]:
+    """A cached response as a stream: its text, whole tool calls, then finish and usage."""
+    from llmrelay._types import ToolCallDelta
+
+    out = []
+    if resp.text:
+        out.append(ChatChunk(text=resp.text, model=resp.model, provider=resp.provider))
+    if resp.tool_calls:
+        deltas = [
+            ToolCallDelta(
+                index=i,
+                id=tc.id,
+                name=tc.name,
+                arguments_delta=msgspec.json.encode(tc.arguments).decode(),
+            )
+            for i, tc in enumerate(resp.tool_calls)
+        ]
+        out.append(ChatChunk(tool_calls=deltas, model=resp.model, provider=resp.provider))
+    out.append(
+        ChatChunk(
+            finish_reason=resp.finish_reason,
+            usage=resp.usage,
+            model=resp.model,
+            provider=resp.provider,
+        )
+    )
+    return out
+
+
+def _cache_control(cache: Any) -> CacheControl:
+    if cache is None or cache is True:
+        return _DEFAULT_CC
+    if cache is False:
+        return _SKIP_CC
+    if isinstance(cache, CacheControl):
+        return cache
+    if isinstance(cache, Mapping):
+        try:
+            return msgspec.convert(dict(cache), CacheControl)
+        except msgspec.ValidationError as e:
+            raise InvalidRequestError(f"invalid cache: {e}", field="cache") from None
+    raise InvalidRequestError(
+        f"invalid cache={cache!r}: expected a bool or CacheControl", field="cache"
+    )
+
+
+_DEFAULT_CC = CacheControl()
+_SKIP_CC = CacheControl(skip=True)
+
+
+def _facts(kind: str, model: str) -> ModelFacts:
+    info = capabilities(kind, model)
+    cin = getattr(info, "input_cost_per_mtok", None)
+    cout = getattr(info, "output_cost_per_mtok", None)
+    return ModelFacts(
+        tools=info.tools,
+        vision=info.vision,
+        json_mode=info.json_mode,
+        streaming=info.streaming,
+        context_window=info.context_window,
+        cost_per_mtok=(cin + cout) if cin is not None and cout is not None else None,
+    )
+
+
+async def _send_chat(
+    client: httpx.AsyncClient,
+    dep: Deployment,
+    model: str,
+    req: ChatRequest,
+    remaining: float,
+    observe: Callable[[Deployment, Any], None],
+) -> ChatResponse:
+    """The execute stage: one HTTP exchange, errors typed, rate headers kept on the result."""
+    adapter = dep.adapter
+    request = adapter.build_chat_request(req, model, stream=False)
+    request.extensions["timeout"] = dep.httpx_timeout(remaining).as_dict()
+    try:
+        resp = await client.send(request)
+    except httpx.TimeoutException as e:
+        raise ProviderTimeoutError(
+            f"timed out: {type(e).__name__}", provider=dep.name, model=model
+        ) from None
+    except httpx.TransportError as e:
+        raise ProviderUnavailableError(
+            f"transport error: {type(e).__name__}", provider=dep.name, model=model
+        ) from None
+    observe(dep, adapter.rate_limit_info(resp.headers))
+    if resp.status_code >= 400:
+        raise adapter.error_from_response(resp, model, resp.content)
+    out: ChatResponse = adapter.parse_chat_response(resp, model)
+    return out
+
+
+def _transport_factory(
+    transport: str | Callable[[Any], httpx.AsyncBaseTransport | None] | None,
+) -> Callable[[ProviderConfig], httpx.AsyncBaseTransport | None] | None:
+    if transport is None or transport == "default":
+        return None
+    if transport == "httpx":
+        return None
+    if callable(transport):
+        return transport
+    raise InvalidRequestError(
+        f"invalid transport={transport!r}: expected 'default', 'httpx' or a factory",
+        field="transport",
+    )

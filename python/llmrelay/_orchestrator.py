@@ -1,0 +1,432 @@
+"""RequestOrchestrator: the Python driver of the core's scheduler, limiter and breakers.
+
+The core decides and Python waits: ``PriorityScheduler.acquire`` answers "go"
+or a ticket, and the orchestrator parks the caller on a future that a later
+``release``/``cancel`` wakes; ``RateLimiter.reserve_many`` answers a delay the
+caller sleeps on its own loop. One attempt is: reserve rate capacity, take a
+concurrency slot (by priority), ask the breaker, send, classify, release.
+Retries use full-jitter exponential backoff honouring ``Retry-After``, within a
+retry budget per deployment and the call's total deadline; then the next
+candidate. Cancellation at any point releases the slot, refunds the
+reservation and gives the breaker permit back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from llmrelay import _core
+from llmrelay._config import LLMServiceConfig, RateLimitConfig
+from llmrelay._pool import Deployment
+from llmrelay._selection import Candidate
+from llmrelay.errors import (
+    AllProvidersFailedError,
+    Attempt,
+    AuthenticationError,
+    CircuitOpenError,
+    ContextLengthError,
+    LLMRelayError,
+    ProviderError,
+    ProviderTimeoutError,
+    ProviderUnavailableError,
+    QueueFullError,
+    RateLimitError,
+)
+
+__all__ = ["CallContext", "DeploymentRuntime", "Lease", "RequestOrchestrator", "RetryBudget"]
+
+T = TypeVar("T")
+Sleep = Callable[[float], Awaitable[None]]
+
+
+class RetryBudget:
+    """Retries allowed as a share of traffic: each call deposits ``ratio``, a retry costs 1.
+
+    Starts with ``floor`` credits so a quiet deployment can still retry; capped
+    so a long quiet spell cannot bank a retry storm.
+    """
+
+    __slots__ = ("_balance", "_cap", "_ratio")
+
+    def __init__(self, ratio: float, floor: float = 10.0) -> None:
+        self._ratio = ratio
+        self._cap = max(floor, 1.0)
+        self._balance = floor
+
+    def on_call(self) -> None:
+        """Credit one first attempt."""
+        self._balance = min(self._cap, self._balance + self._ratio)
+
+    def try_spend(self) -> bool:
+        """Take one retry if the budget allows it."""
+        if self._balance >= 1.0:
+            self._balance -= 1.0
+            return True
+        return False
+
+
+def _wake(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+@dataclass(eq=False)
+class DeploymentRuntime:
+    """The core objects of one deployment."""
+
+    deployment: Deployment
+    scheduler: Any
+    breaker: Any
+    budget: RetryBudget
+    rate_keys: dict[str, str]
+    waiters: dict[int, asyncio.Future[None]] = field(default_factory=dict)
+
+    def wake(self, tickets: list[int]) -> None:
+        """Wake the callers whose tickets the scheduler just granted (any loop, any thread)."""
+        for t in tickets:
+            fut = self.waiters.pop(t, None)
+            if fut is None:
+                continue
+            loop = fut.get_loop()
+            try:
+                running = asyncio.get_running_loop()
+            except RuntimeError:
+                running = None
+            if loop is running:
+                _wake(fut)
+            else:
+                loop.call_soon_threadsafe(_wake, fut)
+
+
+@dataclass(slots=True)
+class CallContext:
+    """What the orchestrator needs of one call."""
+
+    priority: int
+    deadline: float  # on the loop's clock
+    est_input_tokens: int
+    est_output_tokens: int
+    attempts: list[Attempt] = field(default_factory=list)
+    retries: int = 0
+    fallbacks: int = 0
+    queue_wait_s: float = 0.0
+
+
+class Lease:
+    """A granted slot (and breaker permit) held until ``finish`` -- for streams, until they end."""
+
+    __slots__ = ("_done", "_health", "_rt", "_started", "permitted", "ticket")
+
+    def __init__(self, rt: DeploymentRuntime, ticket: int, health: Any) -> None:
+        self._rt = rt
+        self.ticket = ticket
+        self._health = health
+        self._started = time.perf_counter()
+        self._done = False
+        self.permitted = False
+        health.in_flight += 1
+
+    def finish(self, err: BaseException | None) -> None:
+        """Judge the call, free the slot and wake whoever it lets run (idempotent)."""
+        if self._done:
+            return
+        self._done = True
+        self._health.in_flight -= 1
+        latency = time.perf_counter() - self._started
+        rt = self._rt
+        if self.permitted:
+            rt.breaker.record(_breaker_outcome(err), latency)
+        rt.wake(rt.scheduler.release(self.ticket, _scheduler_outcome(err), latency))
+
+
+def _scheduler_outcome(err: BaseException | None) -> str:
+    if err is None:
+        return "success"
+    if isinstance(err, RateLimitError | ProviderTimeoutError):
+        return "overload"
+    if isinstance(err, ProviderUnavailableError) and err.status_code in (503, 529):
+        return "overload"
+    if isinstance(err, ProviderError):
+        return "error"
+    return "ignored"
+
+
+def _breaker_outcome(err: BaseException | None) -> str:
+    if err is None:
+        return "success"
+    if isinstance(err, RateLimitError | AuthenticationError):
+        return "ignored"
+    if isinstance(err, ProviderUnavailableError | ProviderTimeoutError):
+        return "failure"
+    if type(err).__name__ == "ProviderResponseError":
+        return "failure"
+    return "ignored"
+
+
+class RequestOrchestrator:
+    """Admission, retries and fallbacks over the candidates of one call."""
+
+    def __init__(
+        self,
+        config: LLMServiceConfig,
+        deployments: list[Deployment],
+        *,
+        metrics: Any,
+        clock: Any = None,
+        sleep: Sleep = asyncio.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        oc = config.orchestrator
+        self._cfg = oc
+        self._sleep = sleep
+        self._rng = rng or random.Random()
+        self._metrics = metrics
+        # configured once at start: never let the idle sweep forget a configured cell
+        self.limiter = _core.RateLimiter(idle_ttl_s=math.inf, clock=clock)
+        self.runtimes: dict[str, DeploymentRuntime] = {}
+        for dep in deployments:
+            limit = dep.config.max_concurrency or oc.max_concurrency
+            bc = dep.config.circuit_breaker or config.circuit_breaker
+            sched = _core.PriorityScheduler(
+                max_concurrency=limit,
+                min_concurrency=min(oc.min_concurrency, limit),
+                max_queue=oc.max_queue_size,
+                adaptive=oc.adaptive_concurrency,
+                aging_s=oc.aging_s,
+                clock=clock,
+            )
+            breaker = _core.CircuitBreaker(
+                dep.name,
+                failure_rate_threshold=bc.failure_rate_threshold,
+                slow_call_rate_threshold=bc.slow_call_rate_threshold,
+                slow_call_duration_s=bc.slow_call_threshold_s,
+                minimum_calls=bc.minimum_calls,
+                window_size=bc.window_size,
+                open_duration_s=bc.open_duration_s,
+                open_backoff_multiplier=bc.open_backoff_multiplier,
+                max_open_duration_s=bc.max_open_duration_s,
+                half_open_max_calls=bc.half_open_max_calls,
+                clock=clock,
+            )
+            keys = self._configure_limits(dep.name, dep.config.rate_limit)
+            self.runtimes[dep.name] = DeploymentRuntime(
+                dep, sched, breaker, RetryBudget(oc.retry_budget_ratio), keys
+            )
+
+    def _configure_limits(self, name: str, rl: RateLimitConfig | None) -> dict[str, str]:
+        keys: dict[str, str] = {}
+        if rl is None:
+            return keys
+        rpm = rl.requests_per_minute
+        # burst: requests that may go at once; tokens get the same share of their minute
+        share = (rl.burst / rpm) if (rl.burst and rpm) else (1.0 / 6.0)
+        for dim, per_min in (
+            ("rpm", rpm),
+            ("tpm", rl.tokens_per_minute),
+            ("itpm", rl.input_tokens_per_minute),
+            ("otpm", rl.output_tokens_per_minute),
+        ):
+            if per_min:
+                key = f"{name}:{dim}"
+                burst = rl.burst if dim == "rpm" and rl.burst else max(1.0, per_min * share)
+                self.limiter.configure(key, per_min / 60.0, burst)
+                keys[dim] = key
+        return keys
+
+    def is_open(self, dep: Deployment) -> bool:
+        """Whether the deployment's breaker would refuse a call now."""
+        return bool(self.runtimes[dep.name].breaker.state == "open")
+
+    def _costs(self, rt: DeploymentRuntime, ctx: CallContext) -> list[tuple[str, float]]:
+        k = rt.rate_keys
+        if not k:
+            return []
+        cost = {
+            "rpm": 1.0,
+            "tpm": float(ctx.est_input_tokens + ctx.est_output_tokens),
+            "itpm": float(ctx.est_input_tokens),
+            "otpm": float(ctx.est_output_tokens),
+        }
+        return [(key, cost[dim]) for dim, key in k.items()]
+
+    def _refund(self, costs: list[tuple[str, float]]) -> None:
+        for key, cost in costs:
+            self.limiter.refund(key, cost)
+
+    def reconcile(self, dep: Deployment, ctx: CallContext, tokens_in: int, tokens_out: int) -> None:
+        """Charge or return the difference between the token estimate and the real usage."""
+        k = self.runtimes[dep.name].rate_keys
+        pairs = (
+            ("tpm", ctx.est_input_tokens + ctx.est_output_tokens, tokens_in + tokens_out),
+            ("itpm", ctx.est_input_tokens, tokens_in),
+            ("otpm", ctx.est_output_tokens, tokens_out),
+        )
+        for dim, est, actual in pairs:
+            if dim in k:
+                self.limiter.reconcile(k[dim], float(est), float(actual))
+
+    def observe_rate_headers(self, dep: Deployment, info: Any) -> None:
+        """Tighten the deployment's cells from the provider's remaining/limit/reset figures."""
+        k = self.runtimes[dep.name].rate_keys
+        if info is None:
+            return
+        for dim, pre in (("rpm", "requests"), ("tpm", "tokens")):
+            remaining = getattr(info, f"{pre}_remaining", None)
+            reset = getattr(info, f"{pre}_reset_s", None)
+            if dim in k and remaining is not None and reset is not None:
+                limit = getattr(info, f"{pre}_limit", None)
+                self.limiter.observe_headers(k[dim], float(remaining), limit, float(reset))
+
+    async def _take_slot(self, rt: DeploymentRuntime, priority: int) -> int:
+        ticket, granted = rt.scheduler.acquire(priority)
+        if granted:
+            return int(ticket)
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        rt.waiters[ticket] = fut
+        try:
+            await fut
+        except BaseException:
+            rt.waiters.pop(ticket, None)
+            rt.wake(rt.scheduler.cancel(ticket))
+            raise
+        return int(ticket)
+
+    async def _attempt(
+        self,
+        cand: Candidate,
+        ctx: CallContext,
+        send: Callable[[Candidate], Awaitable[T]],
+        hold: bool,
+    ) -> tuple[T, Lease | None]:
+        rt = self.runtimes[cand.deployment.name]
+        loop = asyncio.get_running_loop()
+        costs = self._costs(rt, ctx)
+        if costs:
+            delay = float(self.limiter.reserve_many(costs))
+            if delay > 0:
+                if loop.time() + delay >= ctx.deadline:
+                    self._refund(costs)
+                    raise RateLimitError(
+                        f"client-side rate limit: next slot in {delay:.3f}s is past the deadline",
+                        retry_after=delay,
+                        provider=cand.deployment.name,
+                        model=cand.model,
+                    )
+                try:
+                    await self._sleep(delay)
+                except BaseException:
+                    self._refund(costs)
+                    raise
+        queued_at = time.perf_counter()
+        ticket = await self._take_slot(rt, ctx.priority)
+        ctx.queue_wait_s += time.perf_counter() - queued_at
+        lease = Lease(rt, ticket, cand.deployment.health)
+        try:
+            if not rt.breaker.try_acquire():
+                raise CircuitOpenError(
+                    f"circuit open for {cand.deployment.name}",
+                    deployment=cand.deployment.name,
+                    retry_after=float(rt.breaker.retry_after_s),
+                )
+            lease.permitted = True
+            result = await send(cand)
+        except BaseException as e:
+            lease.finish(e)
+            raise
+        if hold:
+            return result, lease
+        lease.finish(None)
+        return result, None
+
+    def backoff(self, retry: int, err: LLMRelayError) -> float:
+        """Full-jitter exponential backoff, never shorter than the provider's Retry-After."""
+        cap = min(self._cfg.backoff_max_s, self._cfg.backoff_initial_s * (2 ** (retry - 1)))
+        delay = self._rng.uniform(0.0, cap)
+        retry_after = getattr(err, "retry_after", None)
+        if isinstance(retry_after, int | float) and retry_after > 0:
+            delay = max(delay, float(retry_after))
+        return delay
+
+    async def run(
+        self,
+        cands: list[Candidate],
+        ctx: CallContext,
+        send: Callable[[Candidate], Awaitable[T]],
+        on_attempt_end: Callable[[Candidate, BaseException | None, float], None] | None = None,
+        *,
+        hold: bool = False,
+    ) -> tuple[T, Candidate, Lease | None]:
+        """Try the candidates in order, with retries, until one answers or all have failed.
+
+        With ``hold`` the winning attempt's slot stays taken: the caller gets a
+        :class:`Lease` and must ``finish`` it (a stream, when it ends).
+        """
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout_at(ctx.deadline):
+                return await self._run(cands, ctx, send, on_attempt_end, loop, hold)
+        except TimeoutError:
+            raise self._deadline_error(ctx) from None
+
+    def _deadline_error(self, ctx: CallContext) -> LLMRelayError:
+        msg = "total timeout exceeded"
+        if ctx.attempts:
+            return AllProvidersFailedError(msg, attempts=ctx.attempts)
+        return ProviderTimeoutError(msg)
+
+    async def _run(
+        self,
+        cands: list[Candidate],
+        ctx: CallContext,
+        send: Callable[[Candidate], Awaitable[T]],
+        on_attempt_end: Callable[[Candidate, BaseException | None, float], None] | None,
+        loop: asyncio.AbstractEventLoop,
+        hold: bool,
+    ) -> tuple[T, Candidate, Lease | None]:
+        last: LLMRelayError | None = None
+        for idx, cand in enumerate(cands):
+            rt = self.runtimes[cand.deployment.name]
+            rt.budget.on_call()
+            if idx > 0:
+                ctx.fallbacks += 1
+            tries = 0
+            while True:
+                t0 = time.perf_counter()
+                try:
+                    result, lease = await self._attempt(cand, ctx, send, hold)
+                except LLMRelayError as e:
+                    if on_attempt_end is not None:
+                        on_attempt_end(cand, e, time.perf_counter() - t0)
+                    ctx.attempts.append(Attempt(cand.deployment.name, cand.model, e))
+                    last = e
+                    if isinstance(e, QueueFullError):
+                        raise  # back-pressure is the caller's to handle, at once
+                    if isinstance(e, ContextLengthError) and idx + 1 < len(cands):
+                        break  # a later candidate may have a larger window
+                    if not e.retryable:
+                        raise
+                    if isinstance(e, CircuitOpenError):
+                        break
+                    tries += 1
+                    if tries > self._cfg.max_retries or not rt.budget.try_spend():
+                        break
+                    delay = self.backoff(tries, e)
+                    if loop.time() + delay >= ctx.deadline:
+                        break
+                    ctx.retries += 1
+                    await self._sleep(delay)
+                    continue
+                if on_attempt_end is not None:
+                    on_attempt_end(cand, None, time.perf_counter() - t0)
+                return result, cand, lease
+        if last is None:
+            raise AllProvidersFailedError("no candidate to try", attempts=ctx.attempts)
+        if len({(a.provider, a.model) for a in ctx.attempts}) <= 1:
+            raise last
+        raise AllProvidersFailedError("all providers failed", attempts=ctx.attempts)

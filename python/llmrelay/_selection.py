@@ -1,0 +1,198 @@
+"""The select stage: which (deployment, model) pairs may serve a request, in order.
+
+A model is ``"<deployment>/<model>"`` or a bare model name, which means every
+deployment listing it in ``models`` (or, when none lists it, every deployment
+whose provider's registry knows it, or the only deployment there is). The
+asked model's deployments come first, ordered by the strategy; its fallbacks
+follow in configured order. Candidates lacking a capability the request needs
+(tools, vision, JSON mode, streaming) or too small for the request's estimated
+size are dropped; open circuits are skipped, not tried.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from llmrelay._config import ModelSelectionStrategy
+from llmrelay._pool import Deployment, ProviderPool
+from llmrelay.errors import InvalidRequestError
+
+__all__ = ["Candidate", "Selector"]
+
+
+@dataclass(frozen=True, slots=True)
+class Candidate:
+    """One place a request may go: a deployment and the model name it knows."""
+
+    deployment: Deployment
+    model: str
+
+    @property
+    def label(self) -> str:
+        """``deployment/model``, as users name it."""
+        return f"{self.deployment.name}/{self.model}"
+
+
+@dataclass(frozen=True, slots=True)
+class ModelFacts:
+    """What the selector needs to know of a model (None = unknown)."""
+
+    tools: bool | None = None
+    vision: bool | None = None
+    json_mode: bool | None = None
+    streaming: bool | None = None
+    context_window: int | None = None
+    cost_per_mtok: float | None = None
+
+
+FactsFn = Callable[[str, str], ModelFacts]
+KnowsFn = Callable[[str, str], bool]
+
+
+class Selector:
+    """Resolves model names to ordered candidates."""
+
+    def __init__(
+        self,
+        pool: ProviderPool,
+        strategy: ModelSelectionStrategy,
+        *,
+        default_model: str | None,
+        facts: FactsFn,
+        knows: KnowsFn,
+        is_open: Callable[[Deployment], bool],
+        rng: random.Random | None = None,
+    ) -> None:
+        self._pool = pool
+        self._strategy = strategy
+        self._default_model = default_model
+        self._facts = facts
+        self._knows = knows
+        self._is_open = is_open
+        self._rng = rng or random.Random()
+        self._resolve_cache: dict[str, tuple[Candidate, ...]] = {}
+
+    @property
+    def default_model(self) -> str:
+        """The model used when a call names none."""
+        if self._default_model:
+            return self._default_model
+        for dep in self._pool:
+            if dep.config.default_model:
+                return f"{dep.name}/{dep.config.default_model}"
+            if dep.config.models:
+                return f"{dep.name}/{dep.config.models[0]}"
+        raise InvalidRequestError("no model given and no default_model configured", field="model")
+
+    def resolve(self, model: str) -> tuple[Candidate, ...]:
+        """Every deployment serving ``model`` (unordered by strategy); cached per name."""
+        hit = self._resolve_cache.get(model)
+        if hit is not None:
+            return hit
+        found = self._resolve(model)
+        self._resolve_cache[model] = found
+        return found
+
+    def _resolve(self, model: str) -> tuple[Candidate, ...]:
+        if not model or not isinstance(model, str):
+            raise InvalidRequestError(f"invalid model={model!r}", field="model")
+        head, sep, tail = model.partition("/")
+        if sep:
+            try:
+                dep = self._pool.get(head)
+            except Exception:
+                dep = None
+            if dep is not None:
+                if not tail:
+                    raise InvalidRequestError(f"invalid model={model!r}: empty", field="model")
+                return (Candidate(dep, tail),)
+        listed = [Candidate(d, model) for d in self._pool if model in d.config.models]
+        if listed:
+            return tuple(listed)
+        known = [Candidate(d, model) for d in self._pool if self._knows(d.kind, model)]
+        if known:
+            return tuple(known)
+        deps = list(self._pool)
+        if len(deps) == 1:
+            return (Candidate(deps[0], model),)
+        names = [d.name for d in deps]
+        raise InvalidRequestError(
+            f"invalid model={model!r}: no configured provider serves it "
+            f"(use '<provider>/<model>'; providers: {names})",
+            field="model",
+        )
+
+    def candidates(
+        self,
+        model: str,
+        *,
+        needs: Sequence[str] = (),
+        est_tokens: int = 0,
+    ) -> list[Candidate]:
+        """The ordered candidates for a request: the asked model, then its fallbacks."""
+        primary = self._order(list(self.resolve(model)))
+        out: list[Candidate] = list(primary)
+        fallbacks = self._strategy.fallbacks.get(model)
+        if fallbacks is None and "/" in model:
+            fallbacks = self._strategy.fallbacks.get(model.partition("/")[2])
+        kinds = {c.deployment.kind for c in primary}
+        for fb in fallbacks or ():
+            for c in self._order(list(self.resolve(fb))):
+                if not self._strategy.cross_provider and c.deployment.kind not in kinds:
+                    continue
+                if c not in out:
+                    out.append(c)
+        required = set(self._strategy.required_capabilities) | set(needs)
+        if required:
+            out = [c for c in out if self._capable(c, required)]
+            if not out:
+                raise InvalidRequestError(
+                    f"invalid model={model!r}: no candidate supports {sorted(required)}",
+                    field="model",
+                )
+        if est_tokens:
+            fitting = [c for c in out if self._fits(c, est_tokens)]
+            if fitting:
+                out = fitting
+        return out
+
+    def usable(self, cands: list[Candidate]) -> list[Candidate]:
+        """Candidates whose circuit is not open (order kept)."""
+        return [c for c in cands if not self._is_open(c.deployment)]
+
+    def _capable(self, c: Candidate, required: set[str]) -> bool:
+        f = self._facts(c.deployment.kind, c.model)
+        return all(getattr(f, cap, None) is not False for cap in required)
+
+    def _fits(self, c: Candidate, est_tokens: int) -> bool:
+        window = self._facts(c.deployment.kind, c.model).context_window
+        return window is None or window >= est_tokens
+
+    def _order(self, cands: list[Candidate]) -> list[Candidate]:
+        if len(cands) < 2:
+            return cands
+        s = self._strategy.strategy
+        if s == "latency":
+            # unknown latency sorts first, so a new deployment gets explored
+            return sorted(cands, key=lambda c: c.deployment.health.ewma_latency_per_token_s or 0.0)
+        if s == "least_busy":
+            return sorted(cands, key=lambda c: c.deployment.health.in_flight)
+        if s == "cost":
+            inf = float("inf")
+
+            def price(c: Candidate) -> float:
+                p = self._facts(c.deployment.kind, c.model).cost_per_mtok
+                return inf if p is None else p
+
+            return sorted(cands, key=price)
+        if s == "weighted":
+            rest = list(cands)
+            ordered: list[Candidate] = []
+            while rest:
+                pick = self._rng.choices(rest, weights=[c.deployment.config.weight for c in rest])
+                ordered.append(pick[0])
+                rest.remove(pick[0])
+            return ordered
+        return cands  # "priority": configured order

@@ -1,0 +1,315 @@
+"""LLMService: the public API, and the pipeline behind it.
+
+    validate -> select -> cache -> dedup -> orchestrate -> execute -> process
+
+Async methods are the implementation; the sync twins run the very same
+coroutines on a private loop thread (after answering memory-cache hits in the
+calling thread, which needs no loop at all). ``with_options`` returns a light
+view that shares the engine: pools, caches, limits, breakers and metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from typing import Any
+
+import httpx
+
+from llmrelay import _core
+from llmrelay._cachekey import CacheControl
+from llmrelay._config import LLMServiceConfig
+from llmrelay._engine import Engine, Middleware
+from llmrelay._priority import Priority
+from llmrelay._types import ChatChunk, ChatResponse, EmbeddingResponse, Message
+from llmrelay.errors import InvalidRequestError, LLMRelayError
+
+__all__ = ["LLMService", "Priority"]
+
+MessagesIn = str | Sequence[Mapping[str, Any] | Message]
+CacheIn = bool | CacheControl | None
+
+
+class LLMService:
+    """One API over every configured provider, with scheduling, limits, breakers and caching.
+
+    Use ``async with LLMService(config) as svc`` (or ``with`` for the sync API).
+    """
+
+    def __init__(
+        self,
+        config: LLMServiceConfig | Mapping[str, Any] | None = None,
+        *,
+        transport: str | Callable[[Any], httpx.AsyncBaseTransport | None] | None = None,
+        middleware: Sequence[Middleware] = (),
+        clock: _core.ManualClock | None = None,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
+    ) -> None:
+        if config is None:
+            config = LLMServiceConfig.from_env()
+        elif isinstance(config, Mapping):
+            config = LLMServiceConfig.from_dict(config)
+        elif not isinstance(config, LLMServiceConfig):
+            raise InvalidRequestError(
+                f"invalid config: expected LLMServiceConfig or a dict, got {type(config).__name__}",
+                field="config",
+            )
+        self._engine = Engine(
+            config, transport=transport, middleware=middleware, clock=clock, sleep=sleep
+        )
+        self._model: str | None = None
+        self._priority: int | None = None
+        self._timeout: float | None = None
+        self._cache: CacheIn = None
+        self._params: dict[str, Any] = {}
+        self._is_view = False
+
+    # ---- views -----------------------------------------------------------------------------
+
+    def with_options(
+        self,
+        model: str | None = None,
+        priority: int | None = None,
+        timeout: float | None = None,
+        cache: CacheIn = None,
+        **params: Any,
+    ) -> LLMService:
+        """A view with other defaults sharing this service's engine; closing it closes nothing."""
+        view = object.__new__(LLMService)
+        view._engine = self._engine
+        view._model = model if model is not None else self._model
+        view._priority = priority if priority is not None else self._priority
+        view._timeout = timeout if timeout is not None else self._timeout
+        view._cache = cache if cache is not None else self._cache
+        view._params = {**self._params, **params}
+        view._is_view = True
+        if view._priority is not None:
+            self._engine.check_priority(view._priority)
+        return view
+
+    @property
+    def config(self) -> LLMServiceConfig:
+        """The service's configuration."""
+        return self._engine.config
+
+    @property
+    def metrics(self) -> Any:
+        """The service's :class:`ServiceMetrics` (``snapshot()``, ``reset()``, ``prometheus()``)."""
+        return self._engine.metrics
+
+    def _args(
+        self,
+        model: str | None,
+        priority: int | None,
+        timeout: float | None,
+        cache: CacheIn,
+        params: dict[str, Any],
+    ) -> tuple[str | None, int, float | None, CacheIn, dict[str, Any]]:
+        return (
+            model if model is not None else self._model,
+            priority
+            if priority is not None
+            else (self._priority if self._priority is not None else Priority.NORMAL),
+            timeout if timeout is not None else self._timeout,
+            cache if cache is not None else self._cache,
+            {**self._params, **params} if self._params else params,
+        )
+
+    # ---- chat ------------------------------------------------------------------------------
+
+    async def achat(
+        self,
+        messages: MessagesIn,
+        model: str | None = None,
+        *,
+        priority: int | None = None,
+        timeout: float | None = None,
+        cache: CacheIn = None,
+        **params: Any,
+    ) -> ChatResponse:
+        """Send a chat request; returns the response or raises one typed error."""
+        m, p, t, c, kw = self._args(model, priority, timeout, cache, params)
+        return await self._engine.chat(messages, m, p, t, c, kw)
+
+    def chat(
+        self,
+        messages: MessagesIn,
+        model: str | None = None,
+        *,
+        priority: int | None = None,
+        timeout: float | None = None,
+        cache: CacheIn = None,
+        **params: Any,
+    ) -> ChatResponse:
+        """The sync twin of :meth:`achat` (safe from many threads at once)."""
+        m, p, t, c, kw = self._args(model, priority, timeout, cache, params)
+        eng = self._engine
+        prepared = eng.prepare(messages, m, p, c, kw, stream=False)
+        hit = eng.memory_hit(prepared)
+        if hit is not None:
+            return hit
+        return eng.runner.run(eng.chat_prepared(prepared, t, memory_checked=True))
+
+    def astream(
+        self,
+        messages: MessagesIn,
+        model: str | None = None,
+        *,
+        priority: int | None = None,
+        timeout: float | None = None,
+        cache: CacheIn = None,
+        **params: Any,
+    ) -> AsyncIterator[ChatChunk]:
+        """Stream a chat response as :class:`ChatChunk` deltas (usage on the last one)."""
+        m, p, t, c, kw = self._args(model, priority, timeout, cache, params)
+        return self._engine.stream(messages, m, p, t, c, kw)
+
+    def stream(
+        self,
+        messages: MessagesIn,
+        model: str | None = None,
+        *,
+        priority: int | None = None,
+        timeout: float | None = None,
+        cache: CacheIn = None,
+        **params: Any,
+    ) -> Iterator[ChatChunk]:
+        """The sync twin of :meth:`astream`."""
+        m, p, t, c, kw = self._args(model, priority, timeout, cache, params)
+        eng = self._engine
+        return eng.runner.iterate(eng.stream(messages, m, p, t, c, kw))
+
+    # ---- embeddings ------------------------------------------------------------------------
+
+    async def aembed(
+        self,
+        inputs: str | Sequence[str],
+        model: str | None = None,
+        *,
+        priority: int | None = None,
+        timeout: float | None = None,
+        **params: Any,
+    ) -> EmbeddingResponse:
+        """Embed one text or many; returns one vector per input, in order."""
+        m, p, t, _, kw = self._args(model, priority, timeout, None, params)
+        return await self._engine.embed(inputs, m, p, t, kw)
+
+    def embed(
+        self,
+        inputs: str | Sequence[str],
+        model: str | None = None,
+        *,
+        priority: int | None = None,
+        timeout: float | None = None,
+        **params: Any,
+    ) -> EmbeddingResponse:
+        """The sync twin of :meth:`aembed`."""
+        m, p, t, _, kw = self._args(model, priority, timeout, None, params)
+        return self._engine.runner.run(self._engine.embed(inputs, m, p, t, kw))
+
+    # ---- batch -----------------------------------------------------------------------------
+
+    async def abatch(
+        self,
+        requests: Sequence[MessagesIn | Mapping[str, Any]],
+        *,
+        concurrency: int | None = None,
+        priority: int | None = None,
+        model: str | None = None,
+        **params: Any,
+    ) -> list[ChatResponse | LLMRelayError]:
+        """Run many chats; results in input order, a failure in its slot, never sinking the rest.
+
+        Each request is a prompt string, a message list, or a dict with ``messages``
+        and any of ``model``, ``priority``, ``timeout``, ``cache`` and parameters.
+        """
+        if concurrency is not None and (isinstance(concurrency, bool) or concurrency < 1):
+            raise InvalidRequestError(
+                f"invalid concurrency={concurrency!r}: must be >= 1", field="concurrency"
+            )
+        sem = asyncio.Semaphore(concurrency or max(1, len(requests)))
+
+        async def one(item: MessagesIn | Mapping[str, Any]) -> ChatResponse | LLMRelayError:
+            async with sem:
+                try:
+                    if isinstance(item, Mapping):
+                        kw = dict(item)
+                        if "messages" not in kw:
+                            raise InvalidRequestError(
+                                "invalid batch item: a dict needs 'messages'", field="messages"
+                            )
+                        msgs = kw.pop("messages")
+                        kw.setdefault("priority", priority)
+                        kw.setdefault("model", model)
+                        return await self.achat(msgs, **{**params, **kw})
+                    return await self.achat(item, model, priority=priority, **params)
+                except LLMRelayError as e:
+                    return e
+                except Exception as e:  # a bug must not sink the batch either
+                    err = LLMRelayError(f"{type(e).__name__}: {e}")
+                    err.__cause__ = e
+                    return err
+
+        return list(await asyncio.gather(*(one(r) for r in requests)))
+
+    def batch(
+        self,
+        requests: Sequence[MessagesIn | Mapping[str, Any]],
+        *,
+        concurrency: int | None = None,
+        priority: int | None = None,
+        model: str | None = None,
+        **params: Any,
+    ) -> list[ChatResponse | LLMRelayError]:
+        """The sync twin of :meth:`abatch`."""
+        return self._engine.runner.run(
+            self.abatch(requests, concurrency=concurrency, priority=priority, model=model, **params)
+        )
+
+    # ---- conversations ---------------------------------------------------------------------
+
+    def conversation(
+        self,
+        system: str | None = None,
+        model: str | None = None,
+        priority: int | None = None,
+        **params: Any,
+    ) -> Any:
+        """A :class:`Conversation` with this service: history, system prompt, trimming."""
+        from llmrelay._conversation import Conversation
+
+        return Conversation(self, system=system, model=model, priority=priority, **params)
+
+    # ---- lifecycle -------------------------------------------------------------------------
+
+    async def aclose(self, *, drain_s: float = 5.0) -> None:
+        """Let in-flight calls finish (up to ``drain_s``), cancel the rest, close everything.
+
+        On a view this does nothing: the parent owns the engine.
+        """
+        if self._is_view:
+            return
+        await self._engine.aclose(drain_s)
+
+    def close(self, *, drain_s: float = 5.0) -> None:
+        """The sync twin of :meth:`aclose`."""
+        if self._is_view:
+            return
+        self._engine.close_sync(drain_s)
+
+    async def __aenter__(self) -> LLMService:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def __enter__(self) -> LLMService:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        names = [p.name for p in self._engine.config.providers]
+        view = " view" if self._is_view else ""
+        return f"<LLMService{view} providers={names} closed={self._engine.closed}>"

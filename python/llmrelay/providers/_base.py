@@ -1,0 +1,248 @@
+"""The provider adapter base: one deployment's wire protocol over an injected httpx client.
+
+An adapter builds ``httpx.Request``s and reads ``httpx.Response``s; it owns no
+client, pool or retry logic (the service does). Subclasses implement the request
+building, the reply parsing and a synchronous stream decoder; this base sends,
+maps every failure to a typed error, and drives streams with an idle timeout,
+closing the reply on every exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator, Mapping
+from typing import Any, ClassVar, Protocol
+
+import httpx
+import msgspec
+
+from llmrelay._types import ChatChunk, ChatRequest, ChatResponse, EmbeddingResponse
+from llmrelay.errors import ProviderError, ProviderTimeoutError, ProviderUnavailableError
+from llmrelay.providers._errors import error_from_status, error_from_transport, response_error
+from llmrelay.providers._ratelimit import RateLimitInfo, parse_rate_limit_headers
+
+__all__ = ["ProviderAdapter", "StreamDecoder"]
+
+_encode = msgspec.json.encode
+_decode = msgspec.json.decode
+
+
+class StreamDecoder(Protocol):
+    """Turns a streamed reply's bytes into chunks; ``done`` once the end marker was seen."""
+
+    done: bool
+
+    def feed(self, data: bytes) -> list[ChatChunk]:
+        """Chunks completed by ``data``; raises a typed error for an error event."""
+        ...
+
+    def close(self) -> list[ChatChunk]:
+        """Chunks left at the end of the bytes."""
+        ...
+
+
+class ProviderAdapter:
+    """Base of the adapters: a deployment's name, base URL, key and extra headers.
+
+    The API key never appears in ``repr``, ``str`` or any error message.
+    """
+
+    #: The provider kind this adapter speaks (``openai``, ``anthropic``, ``ollama``...).
+    kind: ClassVar[str] = "base"
+    #: Content types a streamed reply may have.
+    stream_content_types: ClassVar[tuple[str, ...]] = ("text/event-stream",)
+
+    __slots__ = ("_api_key", "base_url", "deployment", "headers")
+
+    def __init__(
+        self,
+        *,
+        deployment: str,
+        base_url: str,
+        api_key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self.deployment = deployment
+        self.base_url = base_url.rstrip("/")
+        self._api_key = api_key or None
+        self.headers: dict[str, str] = dict(headers or {})
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(deployment={self.deployment!r}, base_url={self.base_url!r}, "
+            f"api_key={'***' if self._api_key else None})"
+        )
+
+    __str__ = __repr__
+
+    # ------------------------------------------------------------ to implement
+
+    def build_chat_request(self, req: ChatRequest, model: str, *, stream: bool) -> httpx.Request:
+        """The HTTP request of a chat call."""
+        raise NotImplementedError
+
+    def parse_chat_response(self, resp: httpx.Response, model: str) -> ChatResponse:
+        """The ChatResponse of a successful (2xx) chat reply."""
+        raise NotImplementedError
+
+    def stream_decoder(self, model: str) -> StreamDecoder:
+        """A fresh decoder for one streamed chat reply."""
+        raise NotImplementedError
+
+    async def embed(
+        self, client: httpx.AsyncClient, inputs: list[str], model: str, **params: Any
+    ) -> EmbeddingResponse:
+        """Embeddings of ``inputs``, in order."""
+        raise NotImplementedError(f"{self.kind} adapter has no embeddings")
+
+    async def list_models(self, client: httpx.AsyncClient) -> list[str]:
+        """The model names the deployment serves."""
+        raise NotImplementedError(f"{self.kind} adapter cannot list models")
+
+    # ------------------------------------------------------------ shared
+
+    def error_from_response(self, resp: httpx.Response, model: str, body: bytes) -> ProviderError:
+        """The typed error of an HTTP error reply (status, body, headers)."""
+        return error_from_status(resp, self.deployment, model, body, self._api_key)
+
+    def rate_limit_info(self, headers: Mapping[str, str]) -> RateLimitInfo:
+        """The rate-limit state a reply's headers report."""
+        return parse_rate_limit_headers(headers)
+
+    def _request(
+        self, method: str, url: str, body: Any = None, headers: Mapping[str, str] | None = None
+    ) -> httpx.Request:
+        hdrs = {"accept": "application/json"}
+        if headers:
+            hdrs.update(headers)
+        hdrs.update(self.headers)
+        if body is None:
+            return httpx.Request(method, url, headers=hdrs)
+        hdrs["content-type"] = "application/json"
+        return httpx.Request(method, url, headers=hdrs, content=_encode(body))
+
+    async def _send(
+        self,
+        client: httpx.AsyncClient,
+        request: httpx.Request,
+        model: str | None,
+        timeout: httpx.Timeout | None,
+        *,
+        stream: bool = False,
+    ) -> httpx.Response:
+        if timeout is not None:
+            request.extensions["timeout"] = timeout.as_dict()
+        elif "timeout" not in request.extensions:
+            request.extensions["timeout"] = client.timeout.as_dict()
+        try:
+            resp = await client.send(request, stream=stream)
+        except httpx.HTTPError as exc:
+            raise error_from_transport(exc, self.deployment, model, self._api_key) from None
+        if resp.status_code >= 400:
+            try:
+                body = await resp.aread() if stream else resp.content
+            except httpx.HTTPError:
+                body = b""
+            finally:
+                if stream:
+                    await resp.aclose()
+            raise self.error_from_response(resp, model or "", body)
+        return resp
+
+    def _json(self, resp: httpx.Response, model: str | None) -> Any:
+        ctype = resp.headers.get("content-type", "")
+        if "json" not in ctype:
+            raise response_error(
+                f"expected a JSON reply, got content-type {ctype!r}", self.deployment, model, resp
+            )
+        try:
+            return _decode(resp.content)
+        except (msgspec.DecodeError, UnicodeDecodeError):
+            raise response_error("reply is not valid JSON", self.deployment, model, resp) from None
+
+    async def _call_json(
+        self,
+        client: httpx.AsyncClient,
+        request: httpx.Request,
+        model: str | None,
+        timeout: httpx.Timeout | None = None,
+    ) -> tuple[httpx.Response, Any]:
+        resp = await self._send(client, request, model, timeout)
+        return resp, self._json(resp, model)
+
+    async def chat(
+        self,
+        client: httpx.AsyncClient,
+        req: ChatRequest,
+        model: str,
+        *,
+        timeout: httpx.Timeout | None = None,
+    ) -> ChatResponse:
+        """Send a chat request and parse its answer; failures raise typed ProviderErrors."""
+        request = self.build_chat_request(req, model, stream=False)
+        resp = await self._send(client, request, model, timeout)
+        return self.parse_chat_response(resp, model)
+
+    async def stream(
+        self,
+        client: httpx.AsyncClient,
+        req: ChatRequest,
+        model: str,
+        *,
+        timeout: httpx.Timeout | None = None,
+        stream_idle_s: float | None = None,
+    ) -> AsyncGenerator[ChatChunk, None]:
+        """Stream a chat answer as chunks (an async generator: ``aclose()`` it if you stop early).
+
+        A stream cut before its end marker raises ProviderUnavailableError; no bytes
+        for ``stream_idle_s`` seconds raises ProviderTimeoutError. The reply is
+        closed on every exit, cancellation included.
+        """
+        request = self.build_chat_request(req, model, stream=True)
+        resp = await self._send(client, request, model, timeout, stream=True)
+        byte_iter = resp.aiter_bytes()
+        try:
+            ctype = resp.headers.get("content-type", "")
+            if not any(t in ctype for t in self.stream_content_types):
+                raise response_error(
+                    f"expected a streamed reply ({', '.join(self.stream_content_types)}), "
+                    f"got content-type {ctype!r}",
+                    self.deployment,
+                    model,
+                    resp,
+                )
+            decoder = self.stream_decoder(model)
+            while not decoder.done:
+                try:
+                    if stream_idle_s is None:
+                        data = await anext(byte_iter)
+                    else:
+                        async with asyncio.timeout(stream_idle_s):
+                            data = await anext(byte_iter)
+                except StopAsyncIteration:
+                    for chunk in decoder.close():
+                        yield chunk
+                    break
+                except TimeoutError:
+                    raise ProviderTimeoutError(
+                        f"no stream data for {stream_idle_s}s",
+                        provider=self.deployment,
+                        model=model,
+                        status_code=resp.status_code,
+                    ) from None
+                except httpx.HTTPError as exc:
+                    raise error_from_transport(exc, self.deployment, model, self._api_key) from None
+                for chunk in decoder.feed(data):
+                    yield chunk
+            if not decoder.done:
+                raise ProviderUnavailableError(
+                    "stream ended before its end marker",
+                    provider=self.deployment,
+                    model=model,
+                    status_code=resp.status_code,
+                )
+        finally:
+            with contextlib.suppress(Exception):
+                await byte_iter.aclose()  # type: ignore[attr-defined]  # httpx gives a generator
+            await resp.aclose()

@@ -1,0 +1,250 @@
+"""OpenAI Chat Completions, and any OpenAI-compatible server by ``base_url`` (with ``/v1``).
+
+Chat (plain and SSE-streamed with ``stream_options.include_usage``), tools and
+streamed tool-call deltas, ``response_format`` pass-through, ``/embeddings`` and
+``/models``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import msgspec
+
+from llmrelay._types import (
+    ChatChunk,
+    ChatRequest,
+    ChatResponse,
+    EmbeddingResponse,
+    Message,
+    ToolCall,
+    ToolCallDelta,
+    Usage,
+)
+from llmrelay.providers._base import ProviderAdapter
+from llmrelay.providers._errors import error_from_payload, response_error
+from llmrelay.providers._sse import SSEDecoder
+
+__all__ = ["OpenAIAdapter"]
+
+_decode = msgspec.json.decode
+# models that take max_completion_tokens instead of max_tokens
+_REASONING_PREFIXES = ("o1", "o3", "o4", "gpt-5")
+
+
+def _usage(u: Any) -> Usage:
+    if not isinstance(u, dict):
+        return Usage()
+    prompt = u.get("prompt_tokens") or 0
+    completion = u.get("completion_tokens") or 0
+    details = u.get("prompt_tokens_details")
+    cached = details.get("cached_tokens") or 0 if isinstance(details, dict) else 0
+    return Usage(
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=u.get("total_tokens") or prompt + completion,
+        cached_tokens=cached,
+    )
+
+
+class OpenAIAdapter(ProviderAdapter):
+    """The OpenAI Chat Completions wire protocol."""
+
+    kind = "openai"
+
+    def _auth(self) -> dict[str, str]:
+        return {"authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+
+    def chat_body(self, req: ChatRequest, model: str, *, stream: bool) -> dict[str, Any]:
+        """The JSON body of a chat call."""
+        body: dict[str, Any] = {"model": model, "messages": [m.to_dict() for m in req.messages]}
+        if req.temperature is not None:
+            body["temperature"] = req.temperature
+        if req.max_tokens is not None:
+            key = "max_completion_tokens" if model.startswith(_REASONING_PREFIXES) else "max_tokens"
+            body[key] = req.max_tokens
+        if req.top_p is not None:
+            body["top_p"] = req.top_p
+        if req.stop:
+            body["stop"] = req.stop
+        if req.seed is not None:
+            body["seed"] = req.seed
+        if req.tools:
+            body["tools"] = req.tools
+        if req.tool_choice is not None:
+            body["tool_choice"] = req.tool_choice
+        if req.response_format is not None:
+            body["response_format"] = req.response_format
+        if req.user is not None:
+            body["user"] = req.user
+        if stream:
+            body["stream"] = True
+            body["stream_options"] = {"include_usage": True}
+        if req.extra:
+            body.update(req.extra)
+        return body
+
+    def build_chat_request(self, req: ChatRequest, model: str, *, stream: bool) -> httpx.Request:
+        headers = self._auth()
+        if stream:
+            headers["accept"] = "text/event-stream"
+        return self._request(
+            "POST",
+            f"{self.base_url}/chat/completions",
+            self.chat_body(req, model, stream=stream),
+            headers,
+        )
+
+    def parse_chat_response(self, resp: httpx.Response, model: str) -> ChatResponse:
+        data = self._json(resp, model)
+        try:
+            choice = data["choices"][0]
+            msg = choice["message"]
+            text = msg.get("content") or ""
+            if not isinstance(text, str):
+                raise TypeError("content")
+            calls = [ToolCall.from_dict(c) for c in msg.get("tool_calls") or ()]
+            return ChatResponse(
+                id=str(data.get("id") or ""),
+                model=str(data.get("model") or model),
+                provider=self.deployment,
+                text=text,
+                message=Message(
+                    role="assistant",
+                    content=text if text or not calls else None,
+                    tool_calls=calls or None,
+                ),
+                tool_calls=calls,
+                finish_reason=choice.get("finish_reason"),
+                usage=_usage(data.get("usage")),
+            )
+        except (KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
+            raise response_error(
+                f"reply is not a chat completion ({type(exc).__name__}: {exc})",
+                self.deployment,
+                model,
+                resp,
+            ) from None
+
+    def stream_decoder(self, model: str) -> _OpenAIStream:
+        return _OpenAIStream(self, model)
+
+    async def embed(
+        self, client: httpx.AsyncClient, inputs: list[str], model: str, **params: Any
+    ) -> EmbeddingResponse:
+        body = {"model": model, "input": inputs, **params}
+        request = self._request("POST", f"{self.base_url}/embeddings", body, self._auth())
+        resp, data = await self._call_json(client, request, model)
+        try:
+            rows = sorted(data["data"], key=lambda r: r.get("index", 0))
+            vectors = [[float(x) for x in r["embedding"]] for r in rows]
+            usage = data.get("usage") or {}
+            prompt = usage.get("prompt_tokens") or 0
+            return EmbeddingResponse(
+                embeddings=vectors,
+                model=str(data.get("model") or model),
+                provider=self.deployment,
+                usage=Usage(prompt_tokens=prompt, total_tokens=usage.get("total_tokens") or prompt),
+            )
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            raise response_error(
+                f"reply is not an embedding list ({type(exc).__name__})",
+                self.deployment,
+                model,
+                resp,
+            ) from None
+
+    async def list_models(self, client: httpx.AsyncClient) -> list[str]:
+        request = self._request("GET", f"{self.base_url}/models", None, self._auth())
+        resp, data = await self._call_json(client, request, None)
+        try:
+            return [str(m["id"]) for m in data["data"]]
+        except (KeyError, TypeError) as exc:
+            raise response_error(
+                f"reply is not a model list ({type(exc).__name__})", self.deployment, None, resp
+            ) from None
+
+
+class _OpenAIStream:
+    """Decodes ``chat.completion.chunk`` SSE events up to ``data: [DONE]``."""
+
+    __slots__ = ("_adapter", "_model", "_sse", "done")
+
+    def __init__(self, adapter: OpenAIAdapter, model: str) -> None:
+        self._adapter = adapter
+        self._model = model
+        self._sse = SSEDecoder()
+        self.done = False
+
+    def feed(self, data: bytes) -> list[ChatChunk]:
+        return self._events(self._sse.feed(data))
+
+    def close(self) -> list[ChatChunk]:
+        return self._events(self._sse.close())
+
+    def _events(self, events: list[Any]) -> list[ChatChunk]:
+        out: list[ChatChunk] = []
+        for ev in events:
+            if self.done:
+                break
+            if ev.data == "[DONE]":
+                self.done = True
+                break
+            chunk = self._chunk(ev.data)
+            if chunk is not None:
+                out.append(chunk)
+        return out
+
+    def _chunk(self, text: str) -> ChatChunk | None:
+        adapter = self._adapter
+        try:
+            data = _decode(text)
+        except (msgspec.DecodeError, UnicodeDecodeError):
+            raise response_error(
+                "stream event is not valid JSON", adapter.deployment, self._model
+            ) from None
+        if not isinstance(data, dict):
+            raise response_error("stream event is not an object", adapter.deployment, self._model)
+        if "error" in data:
+            raise error_from_payload(
+                None, data, provider=adapter.deployment, model=self._model, secret=adapter._api_key
+            )
+        try:
+            usage = _usage(data["usage"]) if data.get("usage") else None
+            choices = data.get("choices") or ()
+            text_delta = ""
+            finish = None
+            deltas: list[ToolCallDelta] = []
+            if choices:
+                choice = choices[0]
+                delta = choice.get("delta") or {}
+                text_delta = delta.get("content") or ""
+                finish = choice.get("finish_reason")
+                for tc in delta.get("tool_calls") or ():
+                    fn = tc.get("function") or {}
+                    deltas.append(
+                        ToolCallDelta(
+                            index=int(tc.get("index", 0)),
+                            id=tc.get("id"),
+                            name=fn.get("name"),
+                            arguments_delta=fn.get("arguments") or "",
+                        )
+                    )
+        except (TypeError, AttributeError, ValueError) as exc:
+            raise response_error(
+                f"stream event has a wrong shape ({type(exc).__name__})",
+                adapter.deployment,
+                self._model,
+            ) from None
+        if not text_delta and not deltas and finish is None and usage is None:
+            return None
+        return ChatChunk(
+            text=text_delta,
+            tool_calls=deltas,
+            finish_reason=finish,
+            usage=usage,
+            model=data.get("model"),
+            provider=adapter.deployment,
+            id=data.get("id"),
+        )

@@ -1,0 +1,152 @@
+"""Scripted and default replies: what a fake answers, independent of the wire protocol.
+
+A reply is planned once per request (text, tool calls, finish reason, token counts) and then
+rendered by a protocol module. The default reply echoes the last user message; scripted
+replies are consumed in order, chat and embedding scripts from separate queues.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import msgspec
+
+from llmrelay.errors import ConfigError
+
+__all__ = [
+    "ChatPlan",
+    "EmbeddingScript",
+    "Finish",
+    "ScriptedChat",
+    "ToolCallSpec",
+    "embedding_vector",
+    "estimate_tokens",
+    "plan_chat",
+    "text_pieces",
+]
+
+Finish = Literal["stop", "length", "tool_calls"]
+
+_json_encode = msgspec.json.encode
+
+
+def estimate_tokens(text: str) -> int:
+    """The fakes' token count: about four characters per token, at least one for non-empty."""
+    return (len(text) + 3) // 4
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCallSpec:
+    """A tool call a fake will answer with; ``id`` is generated when not given."""
+
+    name: str
+    arguments: dict[str, Any]
+    id: str | None = None
+
+    @property
+    def arguments_json(self) -> str:
+        return _json_encode(self.arguments).decode()
+
+
+@dataclass(frozen=True, slots=True)
+class ScriptedChat:
+    """One queued chat reply."""
+
+    text: str | None = None
+    tool_calls: tuple[ToolCallSpec, ...] = ()
+    finish_reason: Finish | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EmbeddingScript:
+    """One queued embeddings reply: fixed vectors, or hashed vectors of ``dims`` dimensions."""
+
+    dims: int | None = None
+    vectors: tuple[tuple[float, ...], ...] | None = None
+
+
+@dataclass(slots=True)
+class ChatPlan:
+    """A planned chat reply, ready for a protocol module to render."""
+
+    text: str
+    tool_calls: list[ToolCallSpec] = field(default_factory=list)
+    finish: Finish = "stop"
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+def plan_chat(
+    script: ScriptedChat | None,
+    prompt_tokens: int,
+    last_user_text: str,
+    max_tokens: int | None,
+) -> ChatPlan:
+    """Plan the reply: the script's if one is queued, else ``"echo: <last user text>"``."""
+    if script is None:
+        text, calls, finish = f"echo: {last_user_text}", [], None
+    else:
+        text, calls, finish = script.text or "", list(script.tool_calls), script.finish_reason
+    if finish is None:
+        finish = "tool_calls" if calls else "stop"
+        if max_tokens is not None and not calls and estimate_tokens(text) > max_tokens:
+            text = text[: max(0, max_tokens) * 4]
+            finish = "length"
+    completion = estimate_tokens(text) + sum(
+        estimate_tokens(c.name) + estimate_tokens(c.arguments_json) for c in calls
+    )
+    if script is not None and script.prompt_tokens is not None:
+        prompt_tokens = script.prompt_tokens
+    if script is not None and script.completion_tokens is not None:
+        completion = script.completion_tokens
+    return ChatPlan(text, calls, finish, prompt_tokens, completion)
+
+
+def text_pieces(text: str) -> list[str]:
+    """Split a reply into stream deltas, one word each (with its leading space)."""
+    words = text.split(" ")
+    return [words[0], *(" " + w for w in words[1:])] if text else []
+
+
+def json_pieces(text: str, size: int = 16) -> list[str]:
+    """Split a JSON string into deltas of ``size`` characters (tool-call arguments)."""
+    return [text[i : i + size] for i in range(0, len(text), size)] or [""]
+
+
+def embedding_vector(text: str, dims: int) -> list[float]:
+    """A deterministic unit vector of ``dims`` floats derived from a hash of ``text``."""
+    raw = bytearray()
+    counter = 0
+    data = text.encode()
+    while len(raw) < dims:
+        raw += hashlib.blake2b(data, digest_size=64, salt=struct.pack("<Q", counter)).digest()
+        counter += 1
+    values = [(b - 127.5) / 127.5 for b in raw[:dims]]
+    norm = math.sqrt(sum(v * v for v in values)) or 1.0
+    return [v / norm for v in values]
+
+
+def parse_tool_calls(tool_calls: Sequence[Mapping[str, Any]]) -> tuple[ToolCallSpec, ...]:
+    """Validate ``script(tool_calls=[{"name": ..., "arguments": {...}}])``."""
+    specs = []
+    for i, call in enumerate(tool_calls):
+        if not isinstance(call, Mapping) or not isinstance(call.get("name"), str):
+            raise ConfigError(f"tool_calls[{i}] must be a mapping with a str 'name', got {call!r}")
+        args = call.get("arguments", {})
+        if not isinstance(args, Mapping):
+            raise ConfigError(f"tool_calls[{i}].arguments must be a mapping, got {args!r}")
+        extra = set(call) - {"name", "arguments", "id"}
+        if extra:
+            raise ConfigError(f"tool_calls[{i}] has unknown keys {sorted(extra)}")
+        call_id = call.get("id")
+        if call_id is not None and not isinstance(call_id, str):
+            raise ConfigError(f"tool_calls[{i}].id must be a str, got {call_id!r}")
+        specs.append(ToolCallSpec(call["name"], dict(args), call_id))
+    return tuple(specs)
