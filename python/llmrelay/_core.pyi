@@ -9,7 +9,12 @@ __all__ = [
     "DEDUP_FOLLOWER",
     "DEDUP_LEADER",
     "CircuitBreaker",
+    "Completions",
     "DiskCache",
+    "HttpBody",
+    "HttpClient",
+    "HttpRequest",
+    "HttpTransportError",
     "HybridCache",
     "ManualClock",
     "MemoryCache",
@@ -19,11 +24,6 @@ __all__ = [
     "RequestDeduplicator",
     "__version__",
     "cache_key",
-    "Completions",
-    "HttpBody",
-    "HttpClient",
-    "HttpRequest",
-    "HttpTransportError",
 ]
 
 __version__: str
