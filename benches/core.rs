@@ -2,6 +2,9 @@
 
 use criterion::{criterion_group, criterion_main, Criterion};
 
+#[path = "rust/http.rs"]
+mod http;
+
 use _core::clock::{Clock, ManualClock, SystemClock};
 
 #[path = "rust/breaker.rs"]
@@ -33,6 +36,7 @@ criterion_group!(
     metrics::benches,
     scheduler::benches,
     dedup::benches,
-    cache::benches
+    cache::benches,
+    http::benches
 );
 criterion_main!(benches);

@@ -15,14 +15,19 @@
 //! | [`scheduler`] | priority admission, bounded queue, AIMD concurrency slots |
 //! | [`dedup`] | in-flight request joining with a short result window |
 //! | [`cache`] | memory, disk and hybrid response caches |
+//! | [`runtime`] | the one lazily started tokio runtime |
+//! | [`http`], [`http_body`] | the pooled HTTP client behind the default transport |
 
 pub mod breaker;
 pub mod cache;
 pub mod clock;
 pub mod dedup;
 pub mod error;
+pub mod http;
+pub mod http_body;
 pub mod limiter;
 pub mod metrics;
+pub mod runtime;
 pub mod scheduler;
 
 #[cfg(feature = "python")]

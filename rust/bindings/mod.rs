@@ -8,6 +8,7 @@ mod cache;
 mod clock;
 mod dedup;
 mod error;
+mod http;
 mod hybrid_cache;
 mod limiter;
 mod metrics;
@@ -29,5 +30,13 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     scheduler::register(m)?;
     dedup::register(m)?;
     cache::register(m)?;
+    m.add_class::<http::PyHttpClient>()?;
+    m.add_class::<http::PyHttpRequest>()?;
+    m.add_class::<http::PyHttpBody>()?;
+    m.add_class::<http::PyCompletions>()?;
+    m.add(
+        "HttpTransportError",
+        m.py().get_type::<http::HttpTransportError>(),
+    )?;
     Ok(())
 }
