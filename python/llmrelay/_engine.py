@@ -36,6 +36,7 @@ from llmrelay._types import (
     build_request,
 )
 from llmrelay.errors import (
+    ConfigError,
     InvalidRequestError,
     LLMRelayError,
     ProviderTimeoutError,
@@ -759,13 +760,34 @@ async def _send_chat(
 def _transport_factory(
     transport: str | Callable[[Any], httpx.AsyncBaseTransport | None] | None,
 ) -> Callable[[ProviderConfig], httpx.AsyncBaseTransport | None] | None:
-    if transport is None or transport == "default":
-        return None
+    """The HTTP transport per deployment: Rust by default (see docs/decisions.md)."""
+    if transport is None or transport in ("default", "rust"):
+
+        def rust(p: ProviderConfig) -> httpx.AsyncBaseTransport:
+            from llmrelay._transport import RustTransport
+
+            connect = p.timeouts.connect_s if p.timeouts else 10.0
+            return RustTransport(connect_timeout_s=connect)
+
+        return rust
     if transport == "httpx":
         return None
+    if transport == "aiohttp":
+
+        def aio(p: ProviderConfig) -> httpx.AsyncBaseTransport:
+            try:
+                from httpx_aiohttp import AiohttpTransport  # type: ignore[import-not-found]
+            except ImportError:
+                raise ConfigError(
+                    "invalid transport='aiohttp': install the extra (pip install llmrelay[aiohttp])"
+                ) from None
+            t: httpx.AsyncBaseTransport = AiohttpTransport()
+            return t
+
+        return aio
     if callable(transport):
         return transport
     raise InvalidRequestError(
-        f"invalid transport={transport!r}: expected 'default', 'httpx' or a factory",
+        f"invalid transport={transport!r}: expected 'rust', 'httpx', 'aiohttp' or a factory",
         field="transport",
     )
