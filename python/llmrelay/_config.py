@@ -336,8 +336,11 @@ class LLMServiceConfig(_Config, frozen=True):
     selection: ModelSelectionStrategy = ModelSelectionStrategy()
     circuit_breaker: CircuitBreakerConfig = CircuitBreakerConfig()
     namespace: str = ""
+    #: A deployment's HTTP client unused this long is closed (rebuilt on next use).
+    client_idle_timeout_s: float = 300.0
 
     def __post_init__(self) -> None:
+        _num("client_idle_timeout_s", self.client_idle_timeout_s, gt=0)
         seen: set[str] = set()
         for p in self.providers:
             if p.name in seen:

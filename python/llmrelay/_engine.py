@@ -146,6 +146,7 @@ class Engine:
             adapter_for=self._adapter_for,
             default_base_url=lambda kind: get_provider(kind).default_base_url,
             transport_factory=_transport_factory(transport),
+            idle_timeout_s=config.client_idle_timeout_s,
         )
         self.metrics = ServiceMetrics(self._live_metrics)
         self.orchestrator = RequestOrchestrator(
@@ -220,6 +221,7 @@ class Engine:
             "concurrency": concurrency,
             "cache": dict(self.cache.stats()) if self.cache is not None else {},
             "dedup": dict(self.dedup.stats()) if self.dedup is not None else {},
+            "health": self.pool.health(),
         }
 
     def check_open(self) -> None:
@@ -420,6 +422,7 @@ class Engine:
         dep.health.observe(latency, 0, ok=False)
 
     async def _orchestrated(self, p: Prepared, timeout: float | None) -> ChatResponse:
+        self.pool.maybe_sweep()
         ctx = CallContext(p.priority, self._deadline(timeout), p.est_in, p.est_out)
         started = time.perf_counter()
         send = self._sender(p, ctx)

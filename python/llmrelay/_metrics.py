@@ -44,6 +44,7 @@ class MetricsSnapshot(msgspec.Struct, frozen=True, kw_only=True):
     concurrency: dict[str, dict[str, float]]
     cache: dict[str, int]
     dedup: dict[str, int]
+    health: dict[str, dict[str, float | int | None]] = {}
 
     def total(self, name: str) -> int:
         """A counter summed over every series."""
@@ -94,6 +95,7 @@ class ServiceMetrics:
             concurrency=live.get("concurrency", {}),
             cache=live.get("cache", {}),
             dedup=live.get("dedup", {}),
+            health=live.get("health", {}),
         )
 
     def reset(self) -> None:

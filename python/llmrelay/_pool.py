@@ -118,6 +118,8 @@ class ProviderPool:
         self._idle_timeout_s = idle_timeout_s
         self._max_connections = max_connections
         self._clock = clock
+        self._last_sweep = clock()
+        self._sweeps: set[asyncio.Task[int]] = set()
         for p in config.providers:
             base_url = (p.base_url or default_base_url(p.provider_kind)).rstrip("/")
             key = p.resolve_api_key()
@@ -169,6 +171,29 @@ class ProviderPool:
             dep._clients[loop] = client
         return client
 
+    def maybe_sweep(self) -> None:
+        """Start an idle-client sweep on the running loop if one is due (cheap when not)."""
+        now = self._clock()
+        if now - self._last_sweep < self._idle_timeout_s / 2:
+            return
+        self._last_sweep = now
+        task = asyncio.get_running_loop().create_task(self.close_idle())
+        self._sweeps.add(task)
+        task.add_done_callback(self._sweeps.discard)
+
+    def health(self) -> dict[str, dict[str, float | int | None]]:
+        """Per deployment: requests in flight, EWMA latency (and per output token), errors."""
+        return {
+            d.name: {
+                "in_flight": d.health.in_flight,
+                "ewma_latency_s": d.health.ewma_latency_s,
+                "ewma_latency_per_token_s": d.health.ewma_latency_per_token_s,
+                "recent_errors": d.health.recent_errors,
+                "requests": d.health.requests,
+            }
+            for d in self._deployments.values()
+        }
+
     async def close_idle(self) -> int:
         """Close this loop's clients unused for longer than the idle timeout; returns how many."""
         now = self._clock()
@@ -185,6 +210,9 @@ class ProviderPool:
 
     async def aclose_loop(self, loop: asyncio.AbstractEventLoop) -> None:
         """Close every client that belongs to ``loop`` (call from that loop)."""
+        pending = [t for t in self._sweeps if t.get_loop() is loop and not t.done()]
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
         for dep in self._deployments.values():
             c = dep._clients.pop(loop, None)
             if c is not None:
