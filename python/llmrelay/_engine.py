@@ -296,6 +296,12 @@ class Engine:
         resp: ChatResponse = self._decoder.decode(raw)
         return resp
 
+    def _count_miss(self, p: Prepared) -> None:
+        tiers = [("cache_misses.memory", 1)]
+        if self.cache.disk_enabled and not p.cc.refresh:
+            tiers.append(("cache_misses.disk", 1))
+        self.metrics.core.record(*self._series(p), tiers, [])
+
     def _store(self, p: Prepared, resp: ChatResponse) -> None:
         if p.key is None:
             return
@@ -343,7 +349,7 @@ class Engine:
                 hit = self._disk_hit(p)
             if hit is not None:
                 return hit
-            self.metrics.core.incr(*self._series(p), "cache_misses")
+            self._count_miss(p)
         task = asyncio.current_task()
         if task is not None:
             self._in_flight.add(task)
@@ -502,7 +508,7 @@ class Engine:
                 for chunk in _replay(hit):
                     yield chunk
                 return
-            self.metrics.core.incr(*self._series(p), "cache_misses")
+            self._count_miss(p)
         ctx = CallContext(p.priority, self._deadline(timeout), p.est_in, p.est_out)
         started = time.perf_counter()
         idle = self.config.timeouts.stream_idle_s
