@@ -508,3 +508,25 @@ async def test_paces_from_provider_headers_before_a_429(
         assert len(recording_sleep.delays) == 1
         assert recording_sleep.delays[0] == pytest.approx(5.0, abs=0.2)
         assert fakes["openai"].request_count == 2
+
+
+async def test_leader_and_first_follower_cancelled_together_next_follower_runs(
+    make_config: ConfigFactory, fakes: dict[str, FakeProvider]
+) -> None:
+    fake = fakes["openai"]
+    fake.inject("hang", times=1)
+    async with LLMService(make_config()) as svc:
+        leader = asyncio.create_task(svc.achat("relay", temperature=0))
+        await wait_for(lambda: fake.request_count == 1)
+        f1 = asyncio.create_task(svc.achat("relay", temperature=0))
+        f2 = asyncio.create_task(svc.achat("relay", temperature=0))
+        await asyncio.sleep(0)
+        leader.cancel()
+        f1.cancel()
+        r = await asyncio.wait_for(f2, 5)
+        assert "relay" in r.text
+        for t in (leader, f1):
+            with pytest.raises(asyncio.CancelledError):
+                await t
+        dedup = svc._engine.dedup
+        assert dedup.in_flight() == 0 and dedup.waiting() == 0

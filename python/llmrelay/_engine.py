@@ -377,7 +377,11 @@ class Engine:
                 got = await fut
             except asyncio.CancelledError:
                 self._dedup_waiters.pop(ticket, None)
-                self.dedup.leave(hexkey, ticket)
+                try:
+                    self.dedup.leave(hexkey, ticket)
+                except InvalidRequestError:
+                    # promoted to leader just as we gave up: pass leadership on
+                    self._hand_over(hexkey, ticket, None)
                 raise
             if got is not _PROMOTED:
                 joined: ChatResponse = msgspec.structs.replace(got, attempts=0)
@@ -389,23 +393,32 @@ class Engine:
             transient = isinstance(e, asyncio.CancelledError) or (
                 isinstance(e, LLMRelayError) and e.retryable
             )
-            new_leader, failed = self.dedup.fail(hexkey, ticket, transient)
-            if new_leader is not None:
-                fut2 = self._dedup_waiters.pop(new_leader, None)
-                if fut2 is not None:
-                    _deliver(fut2, _PROMOTED)
-                else:  # promoted a follower that already left: let the core try again
-                    self.dedup.fail(hexkey, new_leader, True)
-            for t in failed:
-                f = self._dedup_waiters.pop(t, None)
-                if f is not None:
-                    _deliver(f, None, e if isinstance(e, Exception) else LLMRelayError(str(e)))
+            self._hand_over(hexkey, ticket, None if transient else e)
             raise
         for t in self.dedup.complete(hexkey, ticket, resp):
             f = self._dedup_waiters.pop(t, None)
             if f is not None:
                 _deliver(f, resp)
         return resp
+
+    def _hand_over(self, hexkey: str, ticket: int, error: BaseException | None) -> None:
+        """A leader is gone. Transient (``error`` None): promote a waiting follower, if any.
+        Otherwise every follower fails with the leader's error. Nobody is left waiting."""
+        transient = error is None
+        new_leader, failed = self.dedup.fail(hexkey, ticket, transient)
+        while new_leader is not None:
+            fut = self._dedup_waiters.pop(new_leader, None)
+            if fut is not None and not fut.done():
+                _deliver(fut, _PROMOTED)
+                break
+            # that follower already gave up: promote the next one
+            new_leader, more = self.dedup.fail(hexkey, new_leader, True)
+            failed = [*failed, *more]
+        exc = error if isinstance(error, Exception) else LLMRelayError("request abandoned")
+        for t in failed:
+            f = self._dedup_waiters.pop(t, None)
+            if f is not None:
+                _deliver(f, None, exc)
 
     def _deadline(self, timeout: float | None) -> float:
         total = self.config.timeouts.total_s if timeout is None else timeout
