@@ -530,3 +530,14 @@ async def test_leader_and_first_follower_cancelled_together_next_follower_runs(
                 await t
         dedup = svc._engine.dedup
         assert dedup.in_flight() == 0 and dedup.waiting() == 0
+
+
+async def test_embed_on_a_kind_without_embeddings_is_typed() -> None:
+    from llmrelay import LLMServiceConfig, ProviderConfig
+
+    cfg = LLMServiceConfig(
+        providers=[ProviderConfig(name="e", kind="echo")], default_model="e/echo"
+    )
+    async with LLMService(cfg) as svc:
+        with pytest.raises(InvalidRequestError, match="no embeddings"):
+            await svc.aembed("x")

@@ -629,9 +629,15 @@ class Engine:
 
         async def send(cand: Candidate) -> EmbeddingResponse:
             dep = cand.deployment
-            r: EmbeddingResponse = await dep.adapter.embed(
-                self.pool.client(dep), list(texts), cand.model, **params
-            )
+            client = None if getattr(dep.adapter, "in_process", False) else self.pool.client(dep)
+            try:
+                r: EmbeddingResponse = await dep.adapter.embed(
+                    client, list(texts), cand.model, **params
+                )
+            except NotImplementedError as e:
+                raise InvalidRequestError(
+                    f"invalid model={cand.label!r}: {e}", field="model"
+                ) from None
             return r
 
         resp, cand, _ = await self.orchestrator.run(
