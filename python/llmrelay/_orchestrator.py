@@ -262,6 +262,8 @@ class RequestOrchestrator:
     def reconcile(self, dep: Deployment, ctx: CallContext, tokens_in: int, tokens_out: int) -> None:
         """Charge or return the difference between the token estimate and the real usage."""
         k = self.runtimes[dep.name].rate_keys
+        if not k:
+            return
         pairs = (
             ("tpm", ctx.est_input_tokens + ctx.est_output_tokens, tokens_in + tokens_out),
             ("itpm", ctx.est_input_tokens, tokens_in),
@@ -299,14 +301,15 @@ class RequestOrchestrator:
                 key, float(max(0.0, remaining)), lim, float(max(0.0, reset))
             )
 
-    async def _take_slot(self, rt: DeploymentRuntime, priority: int) -> int:
+    async def _take_slot(self, rt: DeploymentRuntime, priority: int, deadline: float) -> int:
         ticket, granted = rt.scheduler.acquire(priority)
         if granted:
             return int(ticket)
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         rt.waiters[ticket] = fut
         try:
-            await fut
+            async with asyncio.timeout_at(deadline):
+                await fut
         except BaseException:
             rt.waiters.pop(ticket, None)
             rt.wake(rt.scheduler.cancel(ticket))
@@ -340,7 +343,14 @@ class RequestOrchestrator:
                     self._refund(costs)
                     raise
         queued_at = time.perf_counter()
-        ticket = await self._take_slot(rt, ctx.priority)
+        try:
+            ticket = await self._take_slot(rt, ctx.priority, ctx.deadline)
+        except TimeoutError:
+            raise ProviderTimeoutError(
+                "total timeout exceeded while queued",
+                provider=cand.deployment.name,
+                model=cand.model,
+            ) from None
         ctx.queue_wait_s += time.perf_counter() - queued_at
         lease = Lease(rt, ticket, cand.deployment.health)
         try:
@@ -351,7 +361,20 @@ class RequestOrchestrator:
                     retry_after=float(rt.breaker.retry_after_s),
                 )
             lease.permitted = True
-            result = await send(cand)
+            if getattr(cand.deployment.adapter, "never_blocks", False):
+                result = await send(cand)  # answers at once: no deadline timer to arm
+            else:
+                try:
+                    async with asyncio.timeout_at(ctx.deadline):
+                        result = await send(cand)
+                except TimeoutError as e:
+                    if isinstance(e, LLMRelayError):
+                        raise
+                    raise ProviderTimeoutError(
+                        "total timeout exceeded",
+                        provider=cand.deployment.name,
+                        model=cand.model,
+                    ) from None
         except BaseException as e:
             lease.finish(e)
             raise
@@ -383,18 +406,17 @@ class RequestOrchestrator:
         With ``hold`` the winning attempt's slot stays taken: the caller gets a
         :class:`Lease` and must ``finish`` it (a stream, when it ends).
         """
-        loop = asyncio.get_running_loop()
-        try:
-            async with asyncio.timeout_at(ctx.deadline):
-                return await self._run(cands, ctx, send, on_attempt_end, loop, hold)
-        except TimeoutError:
-            raise self._deadline_error(ctx) from None
+        # The deadline is enforced where a call can wait (queue, rate-limit sleep,
+        # backoff, the send itself), not by one timer around everything: arming a
+        # timer costs several microseconds, which an in-process answer need not pay.
+        return await self._run(cands, ctx, send, on_attempt_end, asyncio.get_running_loop(), hold)
 
-    def _deadline_error(self, ctx: CallContext) -> LLMRelayError:
-        msg = "total timeout exceeded"
-        if ctx.attempts:
-            return AllProvidersFailedError(msg, attempts=ctx.attempts)
-        return ProviderTimeoutError(msg)
+    def _final_error(self, ctx: CallContext, last: LLMRelayError | None) -> LLMRelayError:
+        if last is None:
+            return ProviderTimeoutError("total timeout exceeded before any attempt")
+        if len({(a.provider, a.model) for a in ctx.attempts}) <= 1:
+            return last
+        return AllProvidersFailedError("all providers failed", attempts=ctx.attempts)
 
     async def _run(
         self,
@@ -413,6 +435,8 @@ class RequestOrchestrator:
                 ctx.fallbacks += 1
             tries = 0
             while True:
+                if loop.time() >= ctx.deadline:
+                    raise self._final_error(ctx, last)
                 t0 = time.perf_counter()
                 try:
                     result, lease = await self._attempt(cand, ctx, send, hold)
@@ -443,6 +467,4 @@ class RequestOrchestrator:
                 return result, cand, lease
         if last is None:
             raise AllProvidersFailedError("no candidate to try", attempts=ctx.attempts)
-        if len({(a.provider, a.model) for a in ctx.attempts}) <= 1:
-            raise last
-        raise AllProvidersFailedError("all providers failed", attempts=ctx.attempts)
+        raise self._final_error(ctx, last)

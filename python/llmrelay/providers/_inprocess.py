@@ -49,6 +49,8 @@ class EchoAdapter(InProcessAdapter):
     """Answers every request at once with the last user message, echoed. Zero latency."""
 
     kind: ClassVar[str] = "echo"
+    #: Answers without ever suspending, so no deadline timer is armed around it.
+    never_blocks: ClassVar[bool] = True
 
     async def complete(self, req: ChatRequest, model: str) -> ChatResponse:
         last = req.messages[-1].content if req.messages else ""
