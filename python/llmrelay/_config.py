@@ -273,6 +273,8 @@ class CacheConfig(_Config, frozen=True):
     promotion: Literal["on_hit", "after_n_hits"] = "on_hit"
     promote_after: int = 2
     write_mode: Literal["write_through", "write_behind"] = "write_through"
+    #: How often the disk tier flushes to the file system (None: only on flush/close).
+    flush_every_ms: int | None = 500
     cache_nondeterministic: bool = False
 
     def __post_init__(self) -> None:
@@ -281,6 +283,7 @@ class CacheConfig(_Config, frozen=True):
         _num("disk_max_bytes", self.disk_max_bytes, ge=1)
         _num("ttl_s", self.ttl_s, gt=0)
         _num("promote_after", self.promote_after, ge=1)
+        _num("flush_every_ms", self.flush_every_ms, ge=1)
         for name, allowed in (
             ("eviction", ("tinylfu", "lru")),
             ("promotion", ("on_hit", "after_n_hits")),

@@ -177,6 +177,7 @@ class Engine:
                 promotion=cc.promotion,
                 promote_after=cc.promote_after,
                 write_mode=cc.write_mode,
+                flush_every_ms=cc.flush_every_ms,
                 clock=clock,
             )
             if cc.disk_path and not self.cache.disk_enabled:
