@@ -190,6 +190,7 @@ class Engine:
         self._decoder = msgspec.msgpack.Decoder(ChatResponse)
         self._encoder = msgspec.msgpack.Encoder()
         self._in_flight: set[asyncio.Task[Any]] = set()
+        self._stopped_by_close: set[asyncio.Task[Any]] = set()
 
     # ---- construction helpers --------------------------------------------------------------
 
@@ -348,9 +349,17 @@ class Engine:
             if p.key is not None and self.dedup is not None:
                 return await self._deduped(p, timeout)
             return await self._orchestrated(p, timeout)
+        except asyncio.CancelledError:
+            # stopped by aclose, not by its caller: the caller gets a typed error, and its
+            # task is not left cancelled
+            if task is not None and task in self._stopped_by_close and task.cancelling() <= 1:
+                task.uncancel()
+                raise LLMRelayError("the service was closed while the call was in flight") from None
+            raise
         finally:
             if task is not None:
                 self._in_flight.discard(task)
+                self._stopped_by_close.discard(task)
 
     async def _deduped(self, p: Prepared, timeout: float | None) -> ChatResponse:
         assert p.key is not None
@@ -636,6 +645,7 @@ class Engine:
         if pending:
             _, still = await asyncio.wait(pending, timeout=drain_s)
             for t in still:
+                self._stopped_by_close.add(t)
                 t.cancel()
             if still:
                 await asyncio.wait(still, timeout=1.0)
