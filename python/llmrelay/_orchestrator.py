@@ -116,6 +116,7 @@ class CallContext:
     retries: int = 0
     fallbacks: int = 0
     queue_wait_s: float = 0.0
+    sending: bool = False  # an attempt is on the wire (slot taken, breaker asked)
 
 
 class Lease:
@@ -335,14 +336,32 @@ class RequestOrchestrator:
                     retry_after=float(rt.breaker.retry_after_s),
                 )
             lease.permitted = True
+            ctx.sending = True
             result = await send(cand)
+        except asyncio.CancelledError as e:
+            # the total deadline cut the attempt short: to the breaker and the limit it is
+            # a timeout, like a read timeout; a caller's cancel judges nothing
+            lease.finish(self._cut_error(cand, ctx) if self._past_deadline(ctx) else e)
+            raise
         except BaseException as e:
+            ctx.sending = False
             lease.finish(e)
             raise
+        ctx.sending = False
         if hold:
             return result, lease
         lease.finish(None)
         return result, None
+
+    @staticmethod
+    def _past_deadline(ctx: CallContext) -> bool:
+        return ctx.sending and asyncio.get_running_loop().time() >= ctx.deadline
+
+    @staticmethod
+    def _cut_error(cand: Candidate, ctx: CallContext) -> ProviderTimeoutError:
+        return ProviderTimeoutError(
+            "total timeout exceeded", provider=cand.deployment.name, model=cand.model
+        )
 
     def backoff(self, retry: int, err: LLMRelayError) -> float:
         """Full-jitter exponential backoff, never shorter than the provider's Retry-After."""
@@ -376,6 +395,8 @@ class RequestOrchestrator:
 
     def _deadline_error(self, ctx: CallContext) -> LLMRelayError:
         msg = "total timeout exceeded"
+        if len(ctx.attempts) == 1 and isinstance(ctx.attempts[0].error, ProviderTimeoutError):
+            return ctx.attempts[0].error  # one attempt, cut by the deadline: a plain timeout
         if ctx.attempts:
             return AllProvidersFailedError(msg, attempts=ctx.attempts)
         return ProviderTimeoutError(msg)
@@ -400,6 +421,14 @@ class RequestOrchestrator:
                 t0 = time.perf_counter()
                 try:
                     result, lease = await self._attempt(cand, ctx, send, hold)
+                except asyncio.CancelledError:
+                    if self._past_deadline(ctx):  # sent, then cut: count it like any attempt
+                        cut = self._cut_error(cand, ctx)
+                        ctx.sending = False
+                        if on_attempt_end is not None:
+                            on_attempt_end(cand, cut, time.perf_counter() - t0)
+                        ctx.attempts.append(Attempt(cand.deployment.name, cand.model, cut))
+                    raise
                 except LLMRelayError as e:
                     if on_attempt_end is not None:
                         on_attempt_end(cand, e, time.perf_counter() - t0)

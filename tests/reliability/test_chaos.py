@@ -204,3 +204,22 @@ async def test_always_failing_primary_ends_typed_within_deadline(
     for kind, took, outcome in results:
         assert took <= TIMEOUT_S + SLACK_S, (kind, took)
         assert isinstance(outcome, LLMRelayError | CutAfterContent), (kind, outcome)
+
+
+async def test_attempt_cut_by_the_deadline_is_counted(
+    make_config: ConfigFactory, fakes: dict[str, FakeProvider]
+) -> None:
+    """An attempt the total deadline cuts short was sent: the metrics must count it."""
+    fakes["openai"].inject("hang")
+    async with LLMService(make_config(cache=CacheConfig(enabled=False))) as svc:
+        for stream in (False, True):
+            with pytest.raises(LLMRelayError):
+                if stream:
+                    _ = [c async for c in svc.astream("cut by deadline", timeout=0.2)]
+                else:
+                    await svc.achat("cut by deadline", timeout=0.2)
+        _check_accounting(svc, fakes)
+        snap = svc.metrics.snapshot()
+        assert snap.total("failures.ProviderTimeoutError") == 2
+        # and the breaker saw two timeouts, as it would for read timeouts
+        assert svc._engine.orchestrator.runtimes["openai"].breaker.failure_rate == 1.0
