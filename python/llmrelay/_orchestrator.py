@@ -421,13 +421,17 @@ class RequestOrchestrator:
                 t0 = time.perf_counter()
                 try:
                     result, lease = await self._attempt(cand, ctx, send, hold)
-                except asyncio.CancelledError:
-                    if self._past_deadline(ctx):  # sent, then cut: count it like any attempt
-                        cut = self._cut_error(cand, ctx)
+                except asyncio.CancelledError as e:
+                    if ctx.sending:  # sent, then cut short: count it like any attempt
+                        took = time.perf_counter() - t0
+                        if self._past_deadline(ctx):
+                            cut = self._cut_error(cand, ctx)
+                            ctx.attempts.append(Attempt(cand.deployment.name, cand.model, cut))
+                            if on_attempt_end is not None:
+                                on_attempt_end(cand, cut, took)
+                        elif on_attempt_end is not None:
+                            on_attempt_end(cand, e, took)  # the caller cancelled it
                         ctx.sending = False
-                        if on_attempt_end is not None:
-                            on_attempt_end(cand, cut, time.perf_counter() - t0)
-                        ctx.attempts.append(Attempt(cand.deployment.name, cand.model, cut))
                     raise
                 except LLMRelayError as e:
                     if on_attempt_end is not None:

@@ -71,7 +71,9 @@ async def _call(svc: LLMService, i: int, rng: random.Random) -> Any:
     return await svc.achat(prompt, model, temperature=0 if dup else 0.5, cache=not dup)
 
 
-def check_nothing_left(svc: LLMService, clock: _core.ManualClock) -> dict[str, Any]:
+def check_nothing_left(
+    svc: LLMService, clock: _core.ManualClock, fakes: dict[str, FakeProvider]
+) -> dict[str, Any]:
     eng = svc._engine
     left: dict[str, Any] = {}
     for name, rt in eng.orchestrator.runtimes.items():
@@ -81,12 +83,25 @@ def check_nothing_left(svc: LLMService, clock: _core.ManualClock) -> dict[str, A
         left[name] = s.stats()
     assert eng.dedup.in_flight() == 0 and eng.dedup.waiting() == 0 and len(eng.dedup) == 0
     assert not eng._dedup_waiters
+    # every attempt that reached a provider is in the metrics (cancelled ones included)
+    snap = svc.metrics.snapshot()
+    for s in snap.series:
+        failed = sum(v for k, v in s.counters.items() if k.startswith("failures."))
+        assert s.counter("requests") == s.counter("successes") + failed, s
+    for dep, fake in fakes.items():
+        counted = sum(s.counter("requests") for s in snap.for_deployment(dep))
+        refused = sum(s.counter("failures.CircuitOpenError") for s in snap.for_deployment(dep))
+        assert fake.request_count <= counted - refused, (dep, fake.request_count, counted)
     assert not [t for t in eng._in_flight if not t.done()]
     # every reservation was spent or refunded: given time, the bucket is full again
     clock.advance(3_600)
     key = eng.orchestrator.runtimes["claude"].rate_keys["rpm"]
     assert eng.orchestrator.limiter.available(key) == pytest.approx(BURST)
     return left
+
+
+def _by_deployment(fakes: dict[str, FakeProvider]) -> dict[str, FakeProvider]:
+    return {"openai": fakes["openai"], "claude": fakes["anthropic"], "local": fakes["ollama"]}
 
 
 def _asyncio_errors(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -133,7 +148,7 @@ async def test_random_cancellation_leaks_nothing(
                     assert t.exception() is None, repr(t.exception())
                     outcomes["answered"] += 1
         await asyncio.sleep(0.05)  # let late call_later cancels of finished tasks fire
-        stats = check_nothing_left(svc, clock)
+        stats = check_nothing_left(svc, clock, _by_deployment(fakes))
     assert outcomes["cancelled"] > n // 3 and outcomes["answered"] > n // 10
     assert not _asyncio_errors(caplog)
     report(
@@ -156,7 +171,8 @@ async def test_aclose_with_work_in_flight_is_clean(
     rounds = count(5, 25)
     rng = random.Random(5)
     for r in range(rounds):
-        fakes["openai"].clear_faults()
+        for fake in fakes.values():
+            fake.reset()
         fakes["openai"].latency_s = 0.02
         fakes["openai"].inject("hang", ratio=0.2, seed=r)
         clock = _core.ManualClock()
@@ -170,7 +186,7 @@ async def test_aclose_with_work_in_flight_is_clean(
             assert (
                 t.cancelled() or t.exception() is None or isinstance(t.exception(), LLMRelayError)
             ), repr(t.exception())
-        check_nothing_left(svc, clock)
+        check_nothing_left(svc, clock, _by_deployment(fakes))
         with pytest.raises(LLMRelayError, match="closed"):
             await svc.achat("after close")
     assert not _asyncio_errors(caplog)
