@@ -240,3 +240,61 @@ async def test_aclose_ends_hung_calls_typed(
         assert not t.cancelled()
         assert isinstance(t.exception(), LLMRelayError) and "closed" in str(t.exception())
     assert svc._engine.dedup.in_flight() == 0 and svc._engine.dedup.waiting() == 0
+
+
+async def test_aclose_ends_hung_streams_typed(
+    make_config: ConfigFactory, fakes: dict[str, FakeProvider]
+) -> None:
+    """Streams in flight at close end too: hung before their first byte, or between chunks."""
+    fakes["openai"].inject("hang", times=3)
+    fakes["anthropic"].stream_chunk_delay_s = 30.0
+    svc = LLMService(make_config(timeouts=RequestTimeouts(read_s=60, total_s=60)))
+
+    async def consume(model: str) -> list[str]:
+        return [c.text async for c in svc.astream("a stream at close", model)]
+
+    tasks = [asyncio.create_task(consume("openai/gpt-4o-mini")) for _ in range(3)]
+    tasks += [asyncio.create_task(consume("claude/claude-haiku-4-5")) for _ in range(3)]
+    await wait_until(
+        lambda: fakes["openai"].request_count >= 3 and fakes["anthropic"].request_count >= 3
+    )
+    await asyncio.wait_for(svc.aclose(drain_s=0.2), 10)
+    done, pending = await asyncio.wait(tasks, timeout=10)
+    for t in pending:
+        t.cancel()
+    assert not pending, "streams still running after aclose()"
+    for t in done:
+        assert not t.cancelled()
+        assert isinstance(t.exception(), LLMRelayError), repr(t.exception())
+    for name, rt in svc._engine.orchestrator.runtimes.items():
+        assert rt.scheduler.in_flight == 0, name
+
+
+async def test_aclose_drains_calls_not_the_callers_tasks(
+    make_config: ConfigFactory, fakes: dict[str, FakeProvider]
+) -> None:
+    """A caller whose call is done is left alone; a stream that can finish in the drain does."""
+    fakes["openai"].latency_s = 0.05
+    fakes["anthropic"].stream_chunk_delay_s = 0.02
+    svc = LLMService(make_config())
+    go_on = asyncio.Event()
+
+    async def worker() -> str:
+        r = await svc.achat("then keep working")
+        await go_on.wait()  # the caller's own work, after its call
+        return r.text
+
+    async def streamer() -> str:
+        return "".join([c.text async for c in svc.astream("drained", "claude/claude-haiku-4-5")])
+
+    w = asyncio.create_task(worker())
+    st = asyncio.create_task(streamer())
+    await wait_until(lambda: fakes["anthropic"].request_count >= 1)
+    await asyncio.sleep(0.01)
+    t0 = time.monotonic()
+    await asyncio.wait_for(svc.aclose(drain_s=5.0), 10)
+    assert time.monotonic() - t0 < 4.0  # drained when the calls ended, not the tasks
+    assert "drained" in await st
+    assert not w.done()
+    go_on.set()
+    assert "then keep working" in await asyncio.wait_for(w, 5)
