@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import msgspec
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from llmrelay import LLMService, LLMServiceConfig, ProviderConfig
@@ -425,6 +425,9 @@ def test_fuzz_stream_decoders(kind: str) -> None:
 
     @PROFILE
     @given(chunks=_stream_bytes(kind))
+    # found by the soak profile: ``choices`` an object, not a list (was a bare KeyError)
+    @example(chunks=[b'data: {"id":null,"model":null,"usage":null,"choices":{"":null}}\n\n'])
+    @example(chunks=[b'data: {"choices":[],"type":"message_start","message":{"content":[]}}\n\n'])
     def check(chunks: list[bytes]) -> None:
         asyncio.run(_consume(adapter, chunks, ctype))
 

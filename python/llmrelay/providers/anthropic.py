@@ -250,7 +250,7 @@ class AnthropicAdapter(ProviderAdapter):
                 finish_reason=map_stop_reason(data.get("stop_reason")),
                 usage=_usage(data.get("usage")),
             )
-        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        except (KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
             raise response_error(
                 f"reply is not a message ({type(exc).__name__}: {exc})",
                 self.deployment,
@@ -320,7 +320,7 @@ class _AnthropicStream:
                 break
             try:
                 chunk = self._event(ev)
-            except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            except (KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
                 raise response_error(
                     f"stream event {ev.event!r} has a wrong shape ({type(exc).__name__})",
                     self._adapter.deployment,

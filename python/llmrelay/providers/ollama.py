@@ -187,7 +187,14 @@ class OllamaAdapter(ProviderAdapter):
                 finish_reason=_finish(data, bool(calls)),
                 usage=_usage(data),
             )
-        except (KeyError, TypeError, AttributeError, ValueError, msgspec.DecodeError) as exc:
+        except (
+            KeyError,
+            IndexError,
+            TypeError,
+            AttributeError,
+            ValueError,
+            msgspec.DecodeError,
+        ) as exc:
             raise response_error(
                 f"reply is not a chat message ({type(exc).__name__}: {exc})",
                 self.deployment,
@@ -213,7 +220,7 @@ class OllamaAdapter(ProviderAdapter):
                 provider=self.deployment,
                 usage=Usage(prompt_tokens=prompt, total_tokens=prompt),
             )
-        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        except (KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
             raise response_error(
                 f"reply is not an embedding list ({type(exc).__name__})",
                 self.deployment,
@@ -289,7 +296,14 @@ class _OllamaStream:
                     )
                     self._calls += 1
                 done = data.get("done") is True
-            except (KeyError, TypeError, AttributeError, ValueError, msgspec.DecodeError) as exc:
+            except (
+                KeyError,
+                IndexError,
+                TypeError,
+                AttributeError,
+                ValueError,
+                msgspec.DecodeError,
+            ) as exc:
                 raise response_error(
                     f"stream line has a wrong shape ({type(exc).__name__})",
                     adapter.deployment,

@@ -147,7 +147,7 @@ class OpenAIAdapter(ProviderAdapter):
                 provider=self.deployment,
                 usage=Usage(prompt_tokens=prompt, total_tokens=usage.get("total_tokens") or prompt),
             )
-        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        except (KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
             raise response_error(
                 f"reply is not an embedding list ({type(exc).__name__})",
                 self.deployment,
@@ -231,7 +231,7 @@ class _OpenAIStream:
                             arguments_delta=fn.get("arguments") or "",
                         )
                     )
-        except (TypeError, AttributeError, ValueError) as exc:
+        except (KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
             raise response_error(
                 f"stream event has a wrong shape ({type(exc).__name__})",
                 adapter.deployment,
