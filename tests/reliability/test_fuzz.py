@@ -20,13 +20,14 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from llmrelay import LLMService, LLMServiceConfig, ProviderConfig
-from llmrelay._types import build_request
+from llmrelay._types import ChatChunk, ChatResponse, build_request
 from llmrelay.errors import LLMRelayError
 from llmrelay.providers import (
     AnthropicAdapter,
     OllamaAdapter,
     OpenAIAdapter,
     ProviderAdapter,
+    accumulate_chunks,
     parse_rate_limit_headers,
 )
 from soak_helpers import SOAK, report
@@ -360,8 +361,12 @@ def test_fuzz_parse_chat_response(kind: str) -> None:
     @given(body=_body(kind), ctype=st.sampled_from(CONTENT_TYPES))
     def check(body: bytes, ctype: str) -> None:
         resp = httpx.Response(200, content=body, headers={"content-type": ctype})
-        with contextlib.suppress(LLMRelayError):
-            adapter.parse_chat_response(resp, "m")
+        try:
+            parsed = adapter.parse_chat_response(resp, "m")
+        except LLMRelayError:
+            pass
+        else:
+            _check_types(parsed)
         err = adapter.error_from_response(
             httpx.Response(400, content=body, headers={"content-type": ctype}), "m", body
         )
@@ -408,14 +413,25 @@ async def _consume(adapter: ProviderAdapter, chunks: list[bytes], ctype: str) ->
     async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
         req = build_request("hi", None, {})
         agen = adapter.stream(client, req, "m", stream_idle_s=STEP_S)
+        chunks: list[ChatChunk] = []
         try:
             async with asyncio.timeout(STEP_S):
-                async for _ in agen:
-                    pass
+                async for c in agen:
+                    chunks.append(c)
         except LLMRelayError:
-            pass
+            return
         finally:
             await agen.aclose()
+        # what reaches the caller is well typed, and accumulates like the engine does it
+        for c in chunks:
+            _check_types(c)
+        with contextlib.suppress(LLMRelayError):
+            _check_types(accumulate_chunks(chunks))
+
+
+def _check_types(obj: ChatChunk | ChatResponse) -> None:
+    """Round-trip through msgspec's validation: every field has its declared type."""
+    msgspec.json.decode(msgspec.json.encode(obj), type=type(obj))
 
 
 @pytest.mark.parametrize("kind", sorted(ADAPTERS))
@@ -428,6 +444,7 @@ def test_fuzz_stream_decoders(kind: str) -> None:
     # found by the soak profile: ``choices`` an object, not a list (was a bare KeyError)
     @example(chunks=[b'data: {"id":null,"model":null,"usage":null,"choices":{"":null}}\n\n'])
     @example(chunks=[b'data: {"choices":[],"type":"message_start","message":{"content":[]}}\n\n'])
+    @example(chunks=[b'{"done":true,"model":null,"eval_count":[null]}\n'])  # was a TypeError
     def check(chunks: list[bytes]) -> None:
         asyncio.run(_consume(adapter, chunks, ctype))
 
