@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import msgspec
@@ -52,6 +52,7 @@ NextFn = Callable[[ChatRequest], Awaitable[ChatResponse]]
 Middleware = Callable[[ChatRequest, NextFn], Awaitable[ChatResponse]]
 
 _PROMOTED = object()
+_T = TypeVar("_T")
 _DEFAULT_OUTPUT_ESTIMATE = 512
 
 
@@ -193,6 +194,9 @@ class Engine:
         self._decoder = msgspec.msgpack.Decoder(ChatResponse)
         self._encoder = msgspec.msgpack.Encoder()
         self._in_flight: set[asyncio.Task[Any]] = set()
+        self._stopped_by_close: set[asyncio.Task[Any]] = set()
+        self._open_streams: set[object] = set()  # streams not yet ended (aclose drains them)
+        self._stop_streams = False  # set when the drain ran out: streams end at their next chunk
 
     # ---- construction helpers --------------------------------------------------------------
 
@@ -351,16 +355,28 @@ class Engine:
             if hit is not None:
                 return hit
             self._count_miss(p)
+        if p.key is not None and self.dedup is not None:
+            return await self._guarded(self._deduped(p, timeout))
+        return await self._guarded(self._orchestrated(p, timeout))
+
+    async def _guarded(self, aw: Awaitable[_T]) -> _T:
+        """Await ``aw`` as in-flight work that ``aclose`` drains, or stops with a typed error."""
         task = asyncio.current_task()
         if task is not None:
             self._in_flight.add(task)
         try:
-            if p.key is not None and self.dedup is not None:
-                return await self._deduped(p, timeout)
-            return await self._orchestrated(p, timeout)
+            return await aw
+        except asyncio.CancelledError:
+            # stopped by aclose, not by its caller: the caller gets a typed error, and its
+            # task is not left cancelled
+            if task is not None and task in self._stopped_by_close and task.cancelling() <= 1:
+                task.uncancel()
+                raise LLMRelayError("the service was closed while the call was in flight") from None
+            raise
         finally:
             if task is not None:
                 self._in_flight.discard(task)
+                self._stopped_by_close.discard(task)
 
     async def _deduped(self, p: Prepared, timeout: float | None) -> ChatResponse:
         assert p.key is not None
@@ -545,14 +561,18 @@ class Engine:
                 raise
             return first, agen
 
-        (first, agen), cand, lease = await self.orchestrator.run(
-            self.selector.usable(p.cands) or p.cands,
-            ctx,
-            open_stream,
-            self._record_attempt,
-            hold=True,
+        (first, agen), cand, lease = await self._guarded(
+            self.orchestrator.run(
+                self.selector.usable(p.cands) or p.cands,
+                ctx,
+                open_stream,
+                self._record_attempt,
+                hold=True,
+            )
         )
         assert lease is not None
+        token = object()
+        self._open_streams.add(token)
         chunks: list[ChatChunk] = []
         err: BaseException | None = None
         ttft = time.perf_counter() - started
@@ -561,9 +581,11 @@ class Engine:
                 chunks.append(first)
                 yield first
             while True:
+                if self._stop_streams:
+                    raise LLMRelayError("the service was closed while the stream was in flight")
                 try:
                     async with asyncio.timeout_at(ctx.deadline):
-                        chunk = await agen.__anext__()
+                        chunk = await self._guarded(agen.__anext__())
                 except StopAsyncIteration:
                     break
                 except TimeoutError:
@@ -578,6 +600,7 @@ class Engine:
             err = e
             raise
         finally:
+            self._open_streams.discard(token)
             await agen.aclose()
             lease.finish(err)
             if err is None:
@@ -662,13 +685,29 @@ class Engine:
             return
         self.closed = True
         current = asyncio.current_task()
-        pending = {t for t in self._in_flight if t is not current and not t.done()}
-        if pending:
-            _, still = await asyncio.wait(pending, timeout=drain_s)
-            for t in still:
-                t.cancel()
-            if still:
-                await asyncio.wait(still, timeout=1.0)
+        if await self._drained(current, drain_s):
+            return await self._close_resources()
+        self._stop_streams = True
+        for t in list(self._in_flight):
+            if t is not current and not t.done():
+                self._stopped_by_close.add(t)
+                _cancel(t)
+        await self._drained(current, 1.0)
+        await self._close_resources()
+
+    async def _drained(self, current: asyncio.Task[Any] | None, limit_s: float) -> bool:
+        """Wait (bounded) until no call but the current one is in flight; whether none is."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + limit_s
+        while self._open_streams or any(
+            t is not current and not t.done() for t in list(self._in_flight)
+        ):
+            if loop.time() >= end:
+                return False
+            await asyncio.sleep(0.005)
+        return True
+
+    async def _close_resources(self) -> None:
         await self.pool.aclose_loop(asyncio.get_running_loop())
         if self.runner.started:
             loop = self.runner.loop
@@ -687,6 +726,19 @@ class Engine:
             return
         self.runner.run(self.aclose(drain_s))
         self.runner.stop()
+
+
+def _cancel(task: asyncio.Task[Any]) -> None:
+    """Cancel a task of any loop (a sync call's task lives on the loop thread)."""
+    loop = task.get_loop()
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if loop is running:
+        task.cancel()
+    else:
+        loop.call_soon_threadsafe(task.cancel)
 
 
 def _replay(resp: ChatResponse) -> list[ChatChunk]:
