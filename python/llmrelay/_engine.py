@@ -425,8 +425,13 @@ class Engine:
             dep = cand.deployment
             remaining = ctx.deadline - asyncio.get_running_loop().time()
             t0 = time.perf_counter()
+            if getattr(dep.adapter, "in_process", False):
+                client, transport = None, None
+            else:
+                client, transport = self.pool.client(dep), self.pool.transport(dep)
             resp = await send_chat(
-                self.pool.client(dep),
+                client,
+                transport,
                 dep,
                 cand.model,
                 p.req,

@@ -70,6 +70,10 @@ class Deployment:
     _clients: dict[asyncio.AbstractEventLoop, httpx.AsyncClient] = field(
         default_factory=dict, repr=False
     )
+    #: the transport under each loop's client, when the pool built it (None: httpx's own)
+    _transports: dict[asyncio.AbstractEventLoop, httpx.AsyncBaseTransport | None] = field(
+        default_factory=dict, repr=False
+    )
     _last_used: float = 0.0
 
     @property
@@ -169,7 +173,18 @@ class ProviderPool:
                 follow_redirects=False,
             )
             dep._clients[loop] = client
+            dep._transports[loop] = transport
         return client
+
+    def transport(self, dep: Deployment) -> httpx.AsyncBaseTransport | None:
+        """The transport under the running loop's client, if the pool chose it.
+
+        The execute stage sends straight through it, skipping ``AsyncClient.send``
+        (auth, cookie and redirect handling the adapters do not use), which saves
+        tens of microseconds of CPU per call.
+        """
+        self.client(dep)
+        return dep._transports.get(asyncio.get_running_loop())
 
     def maybe_sweep(self) -> None:
         """Start an idle-client sweep on the running loop if one is due (cheap when not)."""
@@ -204,6 +219,7 @@ class ProviderPool:
             idle = now - dep._last_used > self._idle_timeout_s
             if c is not None and dep.health.in_flight == 0 and idle:
                 del dep._clients[loop]
+                dep._transports.pop(loop, None)
                 await c.aclose()
                 closed += 1
         return closed
@@ -215,6 +231,7 @@ class ProviderPool:
             await asyncio.gather(*pending, return_exceptions=True)
         for dep in self._deployments.values():
             c = dep._clients.pop(loop, None)
+            dep._transports.pop(loop, None)
             if c is not None:
                 await c.aclose()
 

@@ -162,6 +162,7 @@ def model_facts(kind: str, model: str) -> ModelFacts:
 
 async def send_chat(
     client: httpx.AsyncClient | None,
+    transport: httpx.AsyncBaseTransport | None,
     dep: Deployment,
     model: str,
     req: ChatRequest,
@@ -177,7 +178,15 @@ async def send_chat(
     request.extensions["timeout"] = dep.httpx_timeout(remaining).as_dict()
     assert client is not None
     try:
-        resp = await client.send(request)
+        if transport is not None:
+            resp = await transport.handle_async_request(request)
+            resp.request = request
+            try:
+                await resp.aread()
+            finally:
+                await resp.aclose()
+        else:
+            resp = await client.send(request)
     except httpx.TimeoutException as e:
         raise ProviderTimeoutError(
             f"timed out: {type(e).__name__}", provider=dep.name, model=model

@@ -50,8 +50,9 @@ async def stream_call(
 
     async def open_stream(cand: Candidate) -> tuple[ChatChunk | None, Any]:
         dep = cand.deployment
+        in_proc = getattr(dep.adapter, "in_process", False)
         agen = dep.adapter.stream(
-            eng.pool.client(dep),
+            None if in_proc else eng.pool.client(dep),
             p.req,
             cand.model,
             timeout=dep.httpx_timeout(ctx.deadline - asyncio.get_running_loop().time()),

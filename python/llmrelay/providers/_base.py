@@ -67,7 +67,7 @@ class ProviderAdapter:
     #: Content types a streamed reply may have.
     stream_content_types: ClassVar[tuple[str, ...]] = ("text/event-stream",)
 
-    __slots__ = ("_api_key", "base_url", "deployment", "headers")
+    __slots__ = ("_api_key", "_urls", "base_url", "deployment", "headers")
 
     def __init__(
         self,
@@ -81,6 +81,8 @@ class ProviderAdapter:
         self.base_url = base_url.rstrip("/")
         self._api_key = api_key or None
         self.headers: dict[str, str] = dict(headers or {})
+        # parsed once per endpoint: httpx parses a str URL on every Request
+        self._urls: dict[str, httpx.URL] = {}
 
     def __repr__(self) -> str:
         return (
@@ -131,10 +133,13 @@ class ProviderAdapter:
         if headers:
             hdrs.update(headers)
         hdrs.update(self.headers)
+        parsed = self._urls.get(url)
+        if parsed is None:
+            parsed = self._urls[url] = httpx.URL(url)
         if body is None:
-            return httpx.Request(method, url, headers=hdrs)
+            return httpx.Request(method, parsed, headers=hdrs)
         hdrs["content-type"] = "application/json"
-        return httpx.Request(method, url, headers=hdrs, content=_encode(body))
+        return httpx.Request(method, parsed, headers=hdrs, content=_encode(body))
 
     async def _send(
         self,

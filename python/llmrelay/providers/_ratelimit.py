@@ -144,9 +144,12 @@ def parse_rate_limit_headers(headers: Mapping[str, str], now: float | None = Non
         return RateLimitInfo()
     if not all(isinstance(k, str) for k in headers):
         return RateLimitInfo()
-    # a plain dict is case-sensitive: normalise keys once
-    if type(headers) is dict:
-        headers = {k.lower(): v for k, v in headers.items() if isinstance(v, str)}
+    # one pass over the names: most replies carry no rate-limit header at all, and a
+    # case-insensitive mapping (httpx.Headers) scans its list on every lookup
+    names = " ".join(headers).lower()
+    if "ratelimit" not in names and "retry-after" not in names:
+        return RateLimitInfo()
+    headers = {k.lower(): v for k, v in headers.items() if isinstance(v, str)}
     clock = time.time() if now is None else now
     out: dict[str, float | int | None] = {"retry_after_s": _retry_after(headers, clock)}
     for kind in ("requests", "tokens"):
