@@ -6,6 +6,7 @@ then ``n`` times from its cache; the server's request count proves those were hi
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import tempfile
 import time
@@ -20,6 +21,8 @@ async def _hits(
     name: str, call: Callable[[], Any], url: str, n: int, limit_s: float
 ) -> dict[str, Any]:
     await call()  # the miss that fills the cache (or a warm hit)
+    await asyncio.sleep(0.2)  # LiteLLM writes its cache in the background
+    await call()
     before = server_requests(url)
     cpu0 = time.process_time()
     lat = await timed_loop(call, n, limit_s)

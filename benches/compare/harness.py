@@ -27,10 +27,10 @@ class Counts:
     reps: int = 5
     warmup: int = 50
     conc_levels: tuple[int, ...] = (16, 64, 256)
-    conc_total: int = 1500  # requests per client per concurrency block
-    stream_n: int = 200
+    conc_total: int = 600  # requests per client per concurrency block
+    stream_n: int = 150
     cache_n: int = 2000
-    block_s: float = 20.0  # time bound of any one block
+    block_s: float = 10.0  # time bound of issuing in any one block
     rss_requests: int = 10_000
     import_tries: int = 5
     scale_conc: tuple[int, ...] = (1, 4, 16, 64, 256, 1024)
@@ -164,9 +164,9 @@ async def concurrent(
 ) -> dict[str, Any]:
     """Throughput and latency at each concurrency level, clients interleaved per repetition."""
     out: dict[str, Any] = {}
-    reps = max(1, min(3, c.reps))
+    reps = max(1, min(2, c.reps))
     for conc in levels:
-        total = max(c.conc_total, 2 * conc)
+        total = max(c.conc_total, conc)
         lat: dict[str, list[float]] = {k.name: [] for k in clients}
         wall = dict.fromkeys(lat, 0.0)
         cpu = dict.fromkeys(lat, 0.0)
