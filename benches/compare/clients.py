@@ -323,8 +323,6 @@ def llmrelay_config(url: str, *, deployments: int = 1, cache: Any = None, **kw: 
 
 def rust_transport_factory() -> Callable[[Any], Any] | None:
     """``ProviderConfig -> RustTransport()`` when the Rust transport is importable, else None."""
-    if importlib.util.find_spec("llmrelay._transport") is None:
-        return None
     try:
         from llmrelay._transport import RustTransport  # type: ignore[import-not-found,unused-ignore]
     except ImportError:
@@ -332,16 +330,30 @@ def rust_transport_factory() -> Callable[[Any], Any] | None:
     return lambda _provider: RustTransport()
 
 
+def default_is_rust() -> bool:
+    """Whether LLMService's default transport is already the Rust one (then an explicit
+    RustTransport variant would measure the same thing twice)."""
+    try:
+        from llmrelay import ProviderConfig
+        from llmrelay._engine import _transport_factory
+
+        make = _transport_factory(None)
+        return make is not None and type(make(ProviderConfig(name="x"))).__name__ == "RustTransport"
+    except (ImportError, AttributeError, TypeError):
+        return False
+
+
 class LLMRelay(Client):
     """``LLMService.achat`` / ``astream`` with the cache off, so every call reaches the server."""
 
     name = "llmrelay"
 
-    def __init__(self, transport: Callable[[Any], Any] | None = None, **config: Any) -> None:
+    def __init__(
+        self, transport: str | Callable[[Any], Any] | None = None, name: str = "", **config: Any
+    ) -> None:
         self.transport = transport
         self.config = config
-        if transport is not None:
-            self.name = "llmrelay (RustTransport)"
+        self.name = name or self.name
 
     async def start(self, url: str) -> None:
         from llmrelay import LLMService
@@ -363,17 +375,51 @@ class LLMRelay(Client):
         await self.svc.aclose()
 
 
-def available(include: set[str] | None = None) -> list[Client]:
-    """The comparison's clients that can be imported here, in a fixed order."""
+def _variants() -> dict[str, Callable[[], Client]]:
+    """Every client by name, built only when asked for (so a process measuring one client
+    imports only that client's library)."""
+    out: dict[str, Callable[[], Client]] = {
+        "bare asyncio": BareAsyncio,
+        "httpx": RawHttpx,
+        "openai SDK": OpenAISDK,
+        "LiteLLM": LiteLLM,
+        "LiteLLM Router": LiteLLMRouter,
+        "llmrelay": LLMRelay,
+        # the pure-httpx transport, to show what the default (Rust) transport buys
+        "llmrelay (httpx transport)": lambda: LLMRelay("httpx", "llmrelay (httpx transport)"),
+    }
+
+    def rust() -> Client:
+        factory = rust_transport_factory()
+        assert factory is not None
+        return LLMRelay(factory, "llmrelay (RustTransport)")
+
+    out["llmrelay (RustTransport)"] = rust
+    return out
+
+
+def make(name: str) -> Client:
+    """The client called ``name``."""
+    return _variants()[name]()
+
+
+def names() -> list[str]:
+    """The comparison's clients importable here, in a fixed order."""
     have = {m: importlib.util.find_spec(m) is not None for m in ("openai", "litellm", "llmrelay")}
-    out: list[Client] = [BareAsyncio(), RawHttpx()]
+    out = ["bare asyncio", "httpx"]
     if have["openai"]:
-        out.append(OpenAISDK())
+        out.append("openai SDK")
     if have["litellm"]:
-        out += [LiteLLM(), LiteLLMRouter()]
+        out += ["LiteLLM", "LiteLLM Router"]
     if have["llmrelay"]:
-        out.append(LLMRelay())
-        rust = rust_transport_factory()
-        if rust is not None:
-            out.append(LLMRelay(transport=rust))
-    return [c for c in out if include is None or c.name in include]
+        out.append("llmrelay")
+        if default_is_rust():
+            out.append("llmrelay (httpx transport)")
+        elif rust_transport_factory() is not None:
+            out.append("llmrelay (RustTransport)")
+    return out
+
+
+def available(include: set[str] | None = None) -> list[Client]:
+    """The comparison's clients (see ``names``), built."""
+    return [make(n) for n in names() if include is None or n in include]

@@ -72,7 +72,8 @@ def _table(head: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def _llmrelay_names(res: dict[str, Any]) -> list[str]:
-    return [n for n in res.get("sequential", {}) if n.startswith("llmrelay")]
+    seq = res.get("sequential", {})
+    return [n for n in seq if n.startswith("llmrelay") and "httpx" not in n]
 
 
 def targets(res: dict[str, Any]) -> list[list[str]]:
@@ -177,6 +178,8 @@ def markdown(res: dict[str, Any], plots: list[str]) -> str:
         "## Machine and versions",
         "",
     ]
+    transport = res.get("meta", {}).get("llmrelay default transport", "?")
+    m["llmrelay default transport"] = transport
     lines += _table(["what", "value"], [[k, f"`{x}`"] for k, x in {**m, **v}.items()])
     lines += ["## Targets", ""]
     lines += _table(["target", "wanted", "measured", "met"], targets(res))

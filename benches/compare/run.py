@@ -1,6 +1,7 @@
 """llmrelay side by side with the incumbents: ``make bench-compare`` runs this.
 
     python benches/compare/run.py [--smoke] [--out docs] [--json FILE] [--skip PHASE ...]
+    python benches/compare/run.py --report-only docs/plots/results.json --out docs
 
 Starts the fake OpenAI server (fakeserver.py) in its own process pinned to one core, pins
 itself to the other, measures every importable client (sequential, concurrent, streaming,
@@ -151,7 +152,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--out", default=None, help="write benchmarks.md and plots/ here")
     p.add_argument("--json", default=None, help="also write the raw results here")
     p.add_argument("--skip", nargs="*", default=[], choices=PHASES)
+    p.add_argument("--report-only", default=None, help="rewrite --out from this results.json")
     args = p.parse_args(argv)
+    if args.report_only:
+        import report
+
+        res = json.loads(Path(args.report_only).read_text())
+        report.write(res, Path(args.out or "docs"))
+        return res
     c = harness.Counts.smoke() if args.smoke else harness.Counts()
     raise_fd_limit()
     server_cpu, client_cpu = cores()
@@ -177,6 +185,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "client_core": client_cpu,
         "counts": c.__dict__,
         "smoke": args.smoke,
+        "llmrelay default transport": "RustTransport" if clients.default_is_rust() else "httpx",
     }
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1))

@@ -23,7 +23,11 @@ async def vs_concurrency(
     clients: list[Client], c: Counts, log: Callable[[str], None]
 ) -> dict[str, Any]:
     """Throughput, latency and CPU per request from 1 to 1,024 in flight."""
-    picked = [k for k in clients if k.name == "bare asyncio" or "llmrelay" in k.name]
+    picked = [
+        k
+        for k in clients
+        if k.name == "bare asyncio" or (k.name.startswith("llmrelay") and "httpx" not in k.name)
+    ]
     return await concurrent(picked, Counts(**{**c.__dict__, "reps": 1}), c.scale_conc, log)
 
 

@@ -42,7 +42,7 @@ def main() -> None:
         import harness
 
         async def run() -> dict[str, float]:
-            (client,) = clients.available({name})
+            client = clients.make(name)
             await client.start(url)
             after_import = rss_mb()
             lat, _, _ = await harness.burst(client.call, 16, n, 120.0)
