@@ -87,6 +87,19 @@ def server_requests(url: str) -> int:
     return int(json.loads(data.split(b"\r\n\r\n", 1)[1])["requests"])
 
 
+async def settle(limit_s: float = 3.0) -> None:
+    """Wait (bounded) until the process is quiet: background work a client left behind
+    (LiteLLM's logging tasks and threads, pools closing idle connections) must not run
+    inside the next client's block. Quiet = under 10% of a core busy over 50 ms."""
+    gc.collect()
+    end = time.perf_counter() + limit_s
+    while time.perf_counter() < end:
+        cpu0 = time.process_time()
+        await asyncio.sleep(0.05)
+        if time.process_time() - cpu0 < 0.005:
+            return
+
+
 def _rotated(clients: list[Client], rep: int) -> list[Client]:
     k = rep % len(clients)
     return clients[k:] + clients[:k]
@@ -117,7 +130,7 @@ async def sequential(
         await timed_loop(k.call, c.warmup, c.block_s)
     for rep in range(c.reps):
         for k in _rotated(clients, rep):
-            gc.collect()
+            await settle()
             cpu0 = time.process_time()
             got = await timed_loop(k.call, c.seq_n, c.block_s)
             cpu[k.name] += time.process_time() - cpu0
@@ -152,7 +165,6 @@ async def burst(
             await fn()
             lat.append(pc() - t)
 
-    gc.collect()
     cpu0 = time.process_time()
     t0 = pc()
     await asyncio.gather(*(worker() for _ in range(conc)))
@@ -174,6 +186,7 @@ async def concurrent(
             await burst(k.call, conc, conc, c.block_s)
         for rep in range(reps):
             for k in _rotated(clients, rep):
+                await settle()
                 xs, w, u = await burst(k.call, conc, total, c.block_s)
                 lat[k.name] += xs
                 wall[k.name] += w
@@ -200,6 +213,7 @@ async def streaming(clients: list[Client], c: Counts, log: Callable[[str], None]
     pc = time.perf_counter
     for rep in range(max(1, min(3, c.reps))):
         for k in _rotated(clients, rep):
+            await settle()
             end = pc() + c.block_s
             for _ in range(c.stream_n):
                 t = pc()

@@ -52,7 +52,7 @@ def _throughput(res: dict[str, Any], path: Path) -> bool:
         return False
     fig, ax = plt.subplots(figsize=(9, 5.2))
     series: dict[str, dict[int, float]] = {}
-    for src in (conc, sc):
+    for src in (sc, conc):  # the interleaved comparison wins where both measured a level
         for level, block in src.items():
             for n, s in block.items():
                 series.setdefault(n, {})[int(level)] = s["rps"]
