@@ -109,6 +109,7 @@ def _deployments(res: dict[str, Any], path: Path) -> bool:
     ax.set_xscale("log", base=2)
     ax.set_xlabel("deployments serving the model")
     ax.set_ylabel("µs over the bare asyncio client")
+    ax.set_ylim(bottom=0)
     ax.set_title("llmrelay: overhead vs number of deployments (sequential)")
     ax.grid(which="both", alpha=0.3)
     ax.legend()

@@ -159,7 +159,7 @@ def targets(res: dict[str, Any]) -> list[list[str]]:
 
 
 def markdown(res: dict[str, Any], plots: list[str]) -> str:
-    m, v = machine(), versions()
+    m, v = res.get("meta", {}).get("machine") or machine(), versions()
     seq = res.get("sequential", {})
     lines = [
         "# Benchmarks: llmrelay side by side with the incumbents",

@@ -179,7 +179,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if proc.stdout is not None:
             proc.stdout.close()
     assert not netguard.blocked, f"something tried to leave loopback: {netguard.blocked}"
+    import report
+
     res["meta"] = {
+        "machine": report.machine(),
         "duration_s": time.time() - started,
         "server_core": server_cpu,
         "client_core": client_cpu,
