@@ -73,10 +73,29 @@ soak: build-release ## reliability suites at soak sizes (LLMRELAY_SOAK=1; figure
 demo: build-release ## the main job: a mixed workload through LLMService (fakes, or a local Ollama)
 	$(BIN)/python -m llmrelay demo
 
+# ---- bench-compare: llmrelay vs raw httpx, a bare asyncio client, openai, LiteLLM -------------
+# An isolated venv used only by this target (LiteLLM pinned below 1.107.0: see the
+# requirements file). Not part of `make test`: it takes several minutes.
+BENCH_VENV := .venv-bench
+BENCH_BIN := $(BENCH_VENV)/bin
+BENCH_STAMP := $(BENCH_VENV)/.deps-stamp
+BENCH_ENV := LITELLM_LOCAL_MODEL_COST_MAP=True LITELLM_LOG=ERROR LITELLM_TELEMETRY=False
+
+$(BENCH_STAMP): benches/compare/requirements.txt pyproject.toml
+	test -x $(BENCH_BIN)/python || $(PYTHON) -m venv $(BENCH_VENV)
+	$(BENCH_BIN)/python -m pip install -q --upgrade pip
+	$(BENCH_BIN)/python -m pip install -q -r benches/compare/requirements.txt
+	touch $(BENCH_STAMP)
+
+.PHONY: bench-compare
+bench-compare: $(BENCH_STAMP) ## llmrelay side by side with httpx/openai/LiteLLM: docs/benchmarks.md + docs/plots (~10 min)
+	VIRTUAL_ENV=$(abspath $(BENCH_VENV)) PIP_QUIET=1 $(BENCH_BIN)/maturin develop -q --release
+	$(BENCH_ENV) $(BENCH_BIN)/python benches/compare/run.py --out docs $(BENCH_ARGS)
+
 .PHONY: clean
 clean: ## remove build outputs and the virtualenv
 	cargo clean
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .benchmarks .hypothesis .soak
+	rm -rf $(VENV) $(BENCH_VENV) .pytest_cache .mypy_cache .ruff_cache .benchmarks .hypothesis .soak
 	find python -name '*.so' -delete
 
 .PHONY: help
