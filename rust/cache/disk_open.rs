@@ -16,7 +16,25 @@ pub(super) enum OpenFailure {
     Other(String),
 }
 
+/// How long an open waits for a lock held by a closing handle before giving up.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(600);
+
+/// Open the database; a lock still held (by a handle of this process that is
+/// closing, whose flusher thread exits within a flush period) is retried for a
+/// short while before the tier gives up.
 pub(super) fn try_open(cfg: &DiskConfig, path: &Path) -> std::result::Result<Store, OpenFailure> {
+    let start = std::time::Instant::now();
+    loop {
+        match try_open_once(cfg, path) {
+            Err(OpenFailure::Locked(_)) if start.elapsed() < LOCK_WAIT => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn try_open_once(cfg: &DiskConfig, path: &Path) -> std::result::Result<Store, OpenFailure> {
     let opened = catch_unwind(|| -> sled::Result<Store> {
         let db = sled::Config::new()
             .path(path)
