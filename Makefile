@@ -65,6 +65,10 @@ bench: build-release ## benchmarks: criterion for the core, pytest-benchmark fro
 	cargo bench --bench core -- --warm-up-time 1 --measurement-time 2
 	$(BIN)/pytest benches --benchmark-enable --benchmark-columns=min,median,mean,ops -p no:randomly
 
+.PHONY: soak
+soak: build-release ## reliability suites at soak sizes (LLMRELAY_SOAK=1; figures in .soak/)
+	LLMRELAY_SOAK=1 LLMRELAY_REPORT=.soak $(BIN)/pytest tests/reliability -s -p no:cacheprovider
+
 .PHONY: demo
 demo: build-release ## the main job: a mixed workload through LLMService (fakes, or a local Ollama)
 	$(BIN)/python -m llmrelay demo
@@ -91,7 +95,7 @@ bench-compare: $(BENCH_STAMP) ## llmrelay side by side with httpx/openai/LiteLLM
 .PHONY: clean
 clean: ## remove build outputs and the virtualenv
 	cargo clean
-	rm -rf $(VENV) $(BENCH_VENV) .pytest_cache .mypy_cache .ruff_cache .benchmarks .hypothesis
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .benchmarks .hypothesis .soak $(BENCH_VENV)
 	find python -name '*.so' -delete
 
 .PHONY: help

@@ -12,9 +12,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import msgspec
@@ -24,8 +24,19 @@ from llmrelay._cachekey import CacheControl, cache_key, is_cacheable
 from llmrelay._config import LLMServiceConfig, ProviderConfig
 from llmrelay._metrics import ServiceMetrics
 from llmrelay._orchestrator import CallContext, RequestOrchestrator
-from llmrelay._pool import Deployment, ProviderPool
-from llmrelay._selection import Candidate, ModelFacts, Selector
+from llmrelay._pool import ProviderPool
+from llmrelay._selection import Candidate, Selector
+from llmrelay._stages import (
+    cache_control,
+    cancel_task,
+    deliver,
+    estimate_input_tokens,
+    model_facts,
+    needs_of,
+    send_chat,
+    transport_factory,
+)
+from llmrelay._streaming import stream_call
 from llmrelay._sync import LoopThread
 from llmrelay._types import (
     ChatChunk,
@@ -36,13 +47,10 @@ from llmrelay._types import (
     build_request,
 )
 from llmrelay.errors import (
-    ConfigError,
     InvalidRequestError,
     LLMRelayError,
-    ProviderTimeoutError,
-    ProviderUnavailableError,
 )
-from llmrelay.providers import accumulate_chunks, capabilities, get_provider
+from llmrelay.providers import get_provider
 
 __all__ = ["Engine", "Middleware"]
 
@@ -52,6 +60,7 @@ NextFn = Callable[[ChatRequest], Awaitable[ChatResponse]]
 Middleware = Callable[[ChatRequest, NextFn], Awaitable[ChatResponse]]
 
 _PROMOTED = object()
+_T = TypeVar("_T")
 _DEFAULT_OUTPUT_ESTIMATE = 512
 
 
@@ -67,61 +76,6 @@ class Prepared:
     cc: CacheControl
     est_in: int
     est_out: int
-
-
-def _estimate_input_tokens(req: ChatRequest) -> int:
-    chars = 0
-    for m in req.messages:
-        c = m.content
-        if isinstance(c, str):
-            chars += len(c)
-        elif c:
-            for part in c:
-                chars += len(getattr(part, "text", None) or "") + 1000 * (
-                    getattr(part, "type", "") == "image_url"
-                )
-        chars += 16
-    if req.tools:
-        chars += len(msgspec.json.encode(req.tools))
-    return chars // 4 + 1
-
-
-def _needs(req: ChatRequest, stream: bool) -> list[str]:
-    needs = []
-    if req.tools:
-        needs.append("tools")
-    if req.response_format:
-        needs.append("json_mode")
-    if stream:
-        needs.append("streaming")
-    for m in req.messages:
-        if isinstance(m.content, list) and any(
-            getattr(p, "type", "") == "image_url" for p in m.content
-        ):
-            needs.append("vision")
-            break
-    return needs
-
-
-def _wake_future(fut: asyncio.Future[Any], value: Any, exc: BaseException | None) -> None:
-    if fut.done():
-        return
-    if exc is not None:
-        fut.set_exception(exc)
-    else:
-        fut.set_result(value)
-
-
-def _deliver(fut: asyncio.Future[Any], value: Any, exc: BaseException | None = None) -> None:
-    loop = fut.get_loop()
-    try:
-        running = asyncio.get_running_loop()
-    except RuntimeError:
-        running = None
-    if loop is running:
-        _wake_future(fut, value, exc)
-    else:
-        loop.call_soon_threadsafe(_wake_future, fut, value, exc)
 
 
 class Engine:
@@ -145,7 +99,7 @@ class Engine:
             config,
             adapter_for=self._adapter_for,
             default_base_url=lambda kind: get_provider(kind).default_base_url,
-            transport_factory=_transport_factory(transport),
+            transport_factory=transport_factory(transport),
             idle_timeout_s=config.client_idle_timeout_s,
         )
         self.metrics = ServiceMetrics(self._live_metrics)
@@ -160,7 +114,7 @@ class Engine:
             self.pool,
             config.selection,
             default_model=config.default_model,
-            facts=_facts,
+            facts=model_facts,
             knows=lambda kind, model: model in get_provider(kind).models,
             is_open=self.orchestrator.is_open,
         )
@@ -193,6 +147,9 @@ class Engine:
         self._decoder = msgspec.msgpack.Decoder(ChatResponse)
         self._encoder = msgspec.msgpack.Encoder()
         self._in_flight: set[asyncio.Task[Any]] = set()
+        self._stopped_by_close: set[asyncio.Task[Any]] = set()
+        self._open_streams: set[object] = set()  # streams not yet ended (aclose drains them)
+        self._stop_streams = False  # set when the drain ran out: streams end at their next chunk
 
     # ---- construction helpers --------------------------------------------------------------
 
@@ -254,13 +211,13 @@ class Engine:
         """The validate and select stages, and the cache key."""
         self.check_open()
         prio = self.check_priority(priority)
-        cc = _cache_control(cache)
+        cc = cache_control(cache)
         req = build_request(messages, model, params)
         name = req.model or self.selector.default_model
-        est_in = _estimate_input_tokens(req)
+        est_in = estimate_input_tokens(req)
         est_out = req.max_tokens or _DEFAULT_OUTPUT_ESTIMATE
         cands = self.selector.candidates(
-            name, needs=_needs(req, stream), est_tokens=est_in + (req.max_tokens or 0)
+            name, needs=needs_of(req, stream), est_tokens=est_in + (req.max_tokens or 0)
         )
         key = None
         if (
@@ -351,16 +308,28 @@ class Engine:
             if hit is not None:
                 return hit
             self._count_miss(p)
+        if p.key is not None and self.dedup is not None:
+            return await self._guarded(self._deduped(p, timeout))
+        return await self._guarded(self._orchestrated(p, timeout))
+
+    async def _guarded(self, aw: Awaitable[_T]) -> _T:
+        """Await ``aw`` as in-flight work that ``aclose`` drains, or stops with a typed error."""
         task = asyncio.current_task()
         if task is not None:
             self._in_flight.add(task)
         try:
-            if p.key is not None and self.dedup is not None:
-                return await self._deduped(p, timeout)
-            return await self._orchestrated(p, timeout)
+            return await aw
+        except asyncio.CancelledError:
+            # stopped by aclose, not by its caller: the caller gets a typed error, and its
+            # task is not left cancelled
+            if task is not None and task in self._stopped_by_close and task.cancelling() <= 1:
+                task.uncancel()
+                raise LLMRelayError("the service was closed while the call was in flight") from None
+            raise
         finally:
             if task is not None:
                 self._in_flight.discard(task)
+                self._stopped_by_close.discard(task)
 
     async def _deduped(self, p: Prepared, timeout: float | None) -> ChatResponse:
         assert p.key is not None
@@ -399,7 +368,7 @@ class Engine:
         for t in self.dedup.complete(hexkey, ticket, resp):
             f = self._dedup_waiters.pop(t, None)
             if f is not None:
-                _deliver(f, resp)
+                deliver(f, resp)
         return resp
 
     def _hand_over(self, hexkey: str, ticket: int, error: BaseException | None) -> None:
@@ -410,7 +379,7 @@ class Engine:
         while new_leader is not None:
             fut = self._dedup_waiters.pop(new_leader, None)
             if fut is not None and not fut.done():
-                _deliver(fut, _PROMOTED)
+                deliver(fut, _PROMOTED)
                 break
             # that follower already gave up: promote the next one
             new_leader, more = self.dedup.fail(hexkey, new_leader, True)
@@ -419,7 +388,7 @@ class Engine:
         for t in failed:
             f = self._dedup_waiters.pop(t, None)
             if f is not None:
-                _deliver(f, None, exc)
+                deliver(f, None, exc)
 
     def _deadline(self, timeout: float | None) -> float:
         total = self.config.timeouts.total_s if timeout is None else timeout
@@ -456,7 +425,7 @@ class Engine:
             dep = cand.deployment
             remaining = ctx.deadline - asyncio.get_running_loop().time()
             t0 = time.perf_counter()
-            resp = await _send_chat(
+            resp = await send_chat(
                 self.pool.client(dep),
                 dep,
                 cand.model,
@@ -505,7 +474,7 @@ class Engine:
 
     # ---- streams ---------------------------------------------------------------------------
 
-    async def stream(
+    def stream(
         self,
         messages: Any,
         model: str | None,
@@ -514,92 +483,8 @@ class Engine:
         cache: Any,
         params: dict[str, Any],
     ) -> AsyncIterator[ChatChunk]:
-        """The pipeline for a streamed call (cache replay, no in-flight joining)."""
-        p = self.prepare(messages, model, priority, cache, params, stream=True)
-        if p.key is not None:
-            hit = self.memory_hit(p) or self._disk_hit(p)
-            if hit is not None:
-                for chunk in _replay(hit):
-                    yield chunk
-                return
-            self._count_miss(p)
-        ctx = CallContext(p.priority, self._deadline(timeout), p.est_in, p.est_out)
-        started = time.perf_counter()
-        idle = self.config.timeouts.stream_idle_s
-
-        async def open_stream(cand: Candidate) -> tuple[ChatChunk | None, Any]:
-            dep = cand.deployment
-            agen = dep.adapter.stream(
-                self.pool.client(dep),
-                p.req,
-                cand.model,
-                timeout=dep.httpx_timeout(ctx.deadline - asyncio.get_running_loop().time()),
-                stream_idle_s=getattr(dep.timeouts, "stream_idle_s", idle),
-            )
-            try:
-                first = await agen.__anext__()
-            except StopAsyncIteration:
-                return None, agen
-            except BaseException:
-                await agen.aclose()
-                raise
-            return first, agen
-
-        (first, agen), cand, lease = await self.orchestrator.run(
-            self.selector.usable(p.cands) or p.cands,
-            ctx,
-            open_stream,
-            self._record_attempt,
-            hold=True,
-        )
-        assert lease is not None
-        chunks: list[ChatChunk] = []
-        err: BaseException | None = None
-        ttft = time.perf_counter() - started
-        try:
-            if first is not None:
-                chunks.append(first)
-                yield first
-            while True:
-                try:
-                    async with asyncio.timeout_at(ctx.deadline):
-                        chunk = await agen.__anext__()
-                except StopAsyncIteration:
-                    break
-                except TimeoutError:
-                    raise ProviderTimeoutError(
-                        "total timeout exceeded mid-stream",
-                        provider=cand.deployment.name,
-                        model=cand.model,
-                    ) from None
-                chunks.append(chunk)
-                yield chunk
-        except BaseException as e:
-            err = e
-            raise
-        finally:
-            await agen.aclose()
-            lease.finish(err)
-            if err is None:
-                self._finish_stream(p, ctx, cand, chunks, started, ttft)
-            else:
-                self._record_attempt(cand, err, time.perf_counter() - started)
-
-    def _finish_stream(
-        self,
-        p: Prepared,
-        ctx: CallContext,
-        cand: Candidate,
-        chunks: list[ChatChunk],
-        started: float,
-        ttft: float,
-    ) -> None:
-        resp = accumulate_chunks(chunks)
-        resp = msgspec.structs.replace(resp, model=resp.model or cand.model)
-        out = self._process(p, ctx, cand, (resp, time.perf_counter() - started), started)
-        dep = cand.deployment
-        self.metrics.core.observe(dep.kind, cand.model, dep.name, "ttft", ttft)
-        _ = out
+        """The pipeline for a streamed call (see :mod:`llmrelay._streaming`)."""
+        return stream_call(self, messages, model, priority, timeout, cache, params)
 
     # ---- embeddings ------------------------------------------------------------------------
 
@@ -662,13 +547,29 @@ class Engine:
             return
         self.closed = True
         current = asyncio.current_task()
-        pending = {t for t in self._in_flight if t is not current and not t.done()}
-        if pending:
-            _, still = await asyncio.wait(pending, timeout=drain_s)
-            for t in still:
-                t.cancel()
-            if still:
-                await asyncio.wait(still, timeout=1.0)
+        if await self._drained(current, drain_s):
+            return await self._close_resources()
+        self._stop_streams = True
+        for t in list(self._in_flight):
+            if t is not current and not t.done():
+                self._stopped_by_close.add(t)
+                cancel_task(t)
+        await self._drained(current, 1.0)
+        await self._close_resources()
+
+    async def _drained(self, current: asyncio.Task[Any] | None, limit_s: float) -> bool:
+        """Wait (bounded) until no call but the current one is in flight; whether none is."""
+        loop = asyncio.get_running_loop()
+        end = loop.time() + limit_s
+        while self._open_streams or any(
+            t is not current and not t.done() for t in list(self._in_flight)
+        ):
+            if loop.time() >= end:
+                return False
+            await asyncio.sleep(0.005)
+        return True
+
+    async def _close_resources(self) -> None:
         await self.pool.aclose_loop(asyncio.get_running_loop())
         if self.runner.started:
             loop = self.runner.loop
@@ -687,136 +588,3 @@ class Engine:
             return
         self.runner.run(self.aclose(drain_s))
         self.runner.stop()
-
-
-def _replay(resp: ChatResponse) -> list[ChatChunk]:
-    """A cached response as a stream: its text, whole tool calls, then finish and usage."""
-    from llmrelay._types import ToolCallDelta
-
-    out = []
-    if resp.text:
-        out.append(ChatChunk(text=resp.text, model=resp.model, provider=resp.provider))
-    if resp.tool_calls:
-        deltas = [
-            ToolCallDelta(
-                index=i,
-                id=tc.id,
-                name=tc.name,
-                arguments_delta=msgspec.json.encode(tc.arguments).decode(),
-            )
-            for i, tc in enumerate(resp.tool_calls)
-        ]
-        out.append(ChatChunk(tool_calls=deltas, model=resp.model, provider=resp.provider))
-    out.append(
-        ChatChunk(
-            finish_reason=resp.finish_reason,
-            usage=resp.usage,
-            model=resp.model,
-            provider=resp.provider,
-        )
-    )
-    return out
-
-
-def _cache_control(cache: Any) -> CacheControl:
-    if cache is None or cache is True:
-        return _DEFAULT_CC
-    if cache is False:
-        return _SKIP_CC
-    if isinstance(cache, CacheControl):
-        return cache
-    if isinstance(cache, Mapping):
-        try:
-            return msgspec.convert(dict(cache), CacheControl)
-        except msgspec.ValidationError as e:
-            raise InvalidRequestError(f"invalid cache: {e}", field="cache") from None
-    raise InvalidRequestError(
-        f"invalid cache={cache!r}: expected a bool or CacheControl", field="cache"
-    )
-
-
-_DEFAULT_CC = CacheControl()
-_SKIP_CC = CacheControl(skip=True)
-
-
-def _facts(kind: str, model: str) -> ModelFacts:
-    info = capabilities(kind, model)
-    cin = getattr(info, "input_cost_per_mtok", None)
-    cout = getattr(info, "output_cost_per_mtok", None)
-    return ModelFacts(
-        tools=info.tools,
-        vision=info.vision,
-        json_mode=info.json_mode,
-        streaming=info.streaming,
-        context_window=info.context_window,
-        cost_per_mtok=(cin + cout) if cin is not None and cout is not None else None,
-    )
-
-
-async def _send_chat(
-    client: httpx.AsyncClient | None,
-    dep: Deployment,
-    model: str,
-    req: ChatRequest,
-    remaining: float,
-    observe: Callable[[Deployment, Any], None],
-) -> ChatResponse:
-    """The execute stage: one HTTP exchange, errors typed, rate headers kept on the result."""
-    adapter = dep.adapter
-    if getattr(adapter, "in_process", False):
-        direct: ChatResponse = await adapter.chat(None, req, model)
-        return direct
-    request = adapter.build_chat_request(req, model, stream=False)
-    request.extensions["timeout"] = dep.httpx_timeout(remaining).as_dict()
-    assert client is not None
-    try:
-        resp = await client.send(request)
-    except httpx.TimeoutException as e:
-        raise ProviderTimeoutError(
-            f"timed out: {type(e).__name__}", provider=dep.name, model=model
-        ) from None
-    except httpx.TransportError as e:
-        raise ProviderUnavailableError(
-            f"transport error: {type(e).__name__}", provider=dep.name, model=model
-        ) from None
-    observe(dep, adapter.rate_limit_info(resp.headers))
-    if resp.status_code >= 400:
-        raise adapter.error_from_response(resp, model, resp.content)
-    out: ChatResponse = adapter.parse_chat_response(resp, model)
-    return out
-
-
-def _transport_factory(
-    transport: str | Callable[[Any], httpx.AsyncBaseTransport | None] | None,
-) -> Callable[[ProviderConfig], httpx.AsyncBaseTransport | None] | None:
-    """The HTTP transport per deployment: Rust by default (see docs/decisions.md)."""
-    if transport is None or transport in ("default", "rust"):
-
-        def rust(p: ProviderConfig) -> httpx.AsyncBaseTransport:
-            from llmrelay._transport import RustTransport
-
-            connect = p.timeouts.connect_s if p.timeouts else 10.0
-            return RustTransport(connect_timeout_s=connect)
-
-        return rust
-    if transport == "httpx":
-        return None
-    if transport == "aiohttp":
-
-        def aio(p: ProviderConfig) -> httpx.AsyncBaseTransport:
-            try:
-                from httpx_aiohttp import AiohttpTransport  # type: ignore[import-not-found]
-            except ImportError:
-                raise ConfigError(
-                    "invalid transport='aiohttp': install the extra (pip install llmrelay[aiohttp])"
-                ) from None
-            t: httpx.AsyncBaseTransport = AiohttpTransport()
-            return t
-
-        return aio
-    if callable(transport):
-        return transport
-    raise InvalidRequestError(
-        f"invalid transport={transport!r}: expected 'rust', 'httpx', 'aiohttp' or a factory",
-        field="transport",
-    )

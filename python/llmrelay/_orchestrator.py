@@ -116,6 +116,7 @@ class CallContext:
     retries: int = 0
     fallbacks: int = 0
     queue_wait_s: float = 0.0
+    sending: bool = False  # an attempt is on the wire (slot taken, breaker asked)
 
 
 class Lease:
@@ -361,6 +362,7 @@ class RequestOrchestrator:
                     retry_after=float(rt.breaker.retry_after_s),
                 )
             lease.permitted = True
+            ctx.sending = True
             if getattr(cand.deployment.adapter, "never_blocks", False):
                 result = await send(cand)  # answers at once: no deadline timer to arm
             else:
@@ -377,7 +379,10 @@ class RequestOrchestrator:
                     ) from None
         except BaseException as e:
             lease.finish(e)
+            if not isinstance(e, asyncio.CancelledError):
+                ctx.sending = False
             raise
+        ctx.sending = False
         if hold:
             return result, lease
         lease.finish(None)
@@ -440,6 +445,12 @@ class RequestOrchestrator:
                 t0 = time.perf_counter()
                 try:
                     result, lease = await self._attempt(cand, ctx, send, hold)
+                except asyncio.CancelledError as e:
+                    if ctx.sending:  # on the wire when the caller gave up: still an attempt
+                        ctx.sending = False
+                        if on_attempt_end is not None:
+                            on_attempt_end(cand, e, time.perf_counter() - t0)
+                    raise
                 except LLMRelayError as e:
                     if on_attempt_end is not None:
                         on_attempt_end(cand, e, time.perf_counter() - t0)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, Mapping
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, TypeVar
 
 import httpx
 import msgspec
@@ -22,10 +22,24 @@ from llmrelay.errors import ProviderError, ProviderTimeoutError, ProviderUnavail
 from llmrelay.providers._errors import error_from_status, error_from_transport, response_error
 from llmrelay.providers._ratelimit import RateLimitInfo, parse_rate_limit_headers
 
-__all__ = ["ProviderAdapter", "StreamDecoder"]
+__all__ = ["ProviderAdapter", "StreamDecoder", "well_typed"]
 
 _encode = msgspec.json.encode
 _decode = msgspec.json.decode
+_T = TypeVar("_T", ChatResponse, ChatChunk)
+
+
+def well_typed(obj: _T, provider: str, model: str | None, resp: httpx.Response | None = None) -> _T:
+    """``obj`` with every field of its declared type, or ProviderResponseError.
+
+    Adapters build replies from whatever the provider sent; a field of the wrong
+    type (a list as ``finish_reason``) would otherwise reach the caller, or the
+    cache, and fail later and untyped.
+    """
+    try:
+        return _decode(_encode(obj), type=type(obj))
+    except (msgspec.ValidationError, msgspec.EncodeError, TypeError, ValueError) as exc:
+        raise response_error(f"reply has a wrong shape ({exc})", provider, model, resp) from None
 
 
 class StreamDecoder(Protocol):
@@ -222,7 +236,7 @@ class ProviderAdapter:
                             data = await anext(byte_iter)
                 except StopAsyncIteration:
                     for chunk in decoder.close():
-                        yield chunk
+                        yield well_typed(chunk, self.deployment, model)
                     break
                 except TimeoutError:
                     raise ProviderTimeoutError(
@@ -234,7 +248,7 @@ class ProviderAdapter:
                 except httpx.HTTPError as exc:
                     raise error_from_transport(exc, self.deployment, model, self._api_key) from None
                 for chunk in decoder.feed(data):
-                    yield chunk
+                    yield well_typed(chunk, self.deployment, model)
             if not decoder.done:
                 raise ProviderUnavailableError(
                     "stream ended before its end marker",

@@ -24,7 +24,7 @@ from llmrelay._types import (
     Usage,
 )
 from llmrelay.errors import InvalidRequestError
-from llmrelay.providers._base import ProviderAdapter
+from llmrelay.providers._base import ProviderAdapter, well_typed
 from llmrelay.providers._errors import error_from_payload, response_error
 from llmrelay.providers._registry import capabilities
 from llmrelay.providers._sse import SSEDecoder, SSEEvent
@@ -236,21 +236,26 @@ class AnthropicAdapter(ProviderAdapter):
                         raise TypeError("tool_use input is not an object")
                     calls.append(ToolCall(id=block["id"], name=block["name"], arguments=args))
             text = "".join(texts)
-            return ChatResponse(
-                id=str(data.get("id") or ""),
-                model=str(data.get("model") or model),
-                provider=self.deployment,
-                text=text,
-                message=Message(
-                    role="assistant",
-                    content=text if text or not calls else None,
-                    tool_calls=calls or None,
+            return well_typed(
+                ChatResponse(
+                    id=str(data.get("id") or ""),
+                    model=str(data.get("model") or model),
+                    provider=self.deployment,
+                    text=text,
+                    message=Message(
+                        role="assistant",
+                        content=text if text or not calls else None,
+                        tool_calls=calls or None,
+                    ),
+                    tool_calls=calls,
+                    finish_reason=map_stop_reason(data.get("stop_reason")),
+                    usage=_usage(data.get("usage")),
                 ),
-                tool_calls=calls,
-                finish_reason=map_stop_reason(data.get("stop_reason")),
-                usage=_usage(data.get("usage")),
+                self.deployment,
+                model,
+                resp,
             )
-        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        except (KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
             raise response_error(
                 f"reply is not a message ({type(exc).__name__}: {exc})",
                 self.deployment,
@@ -320,7 +325,7 @@ class _AnthropicStream:
                 break
             try:
                 chunk = self._event(ev)
-            except (KeyError, TypeError, AttributeError, ValueError) as exc:
+            except (KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
                 raise response_error(
                     f"stream event {ev.event!r} has a wrong shape ({type(exc).__name__})",
                     self._adapter.deployment,

@@ -25,7 +25,7 @@ from llmrelay._types import (
     Usage,
 )
 from llmrelay.errors import InvalidRequestError
-from llmrelay.providers._base import ProviderAdapter
+from llmrelay.providers._base import ProviderAdapter, well_typed
 from llmrelay.providers._errors import error_from_payload, response_error
 from llmrelay.providers._sse import NDJSONDecoder
 
@@ -40,9 +40,16 @@ def _call_id() -> str:
     return f"call_{secrets.token_hex(6)}"
 
 
+def _count(value: Any) -> int:
+    """A token count from the reply; anything but a non-negative int counts as 0."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    return 0
+
+
 def _usage(data: dict[str, Any]) -> Usage:
-    prompt = data.get("prompt_eval_count") or 0
-    completion = data.get("eval_count") or 0
+    prompt = _count(data.get("prompt_eval_count"))
+    completion = _count(data.get("eval_count"))
     return Usage(
         prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
     )
@@ -173,21 +180,33 @@ class OllamaAdapter(ProviderAdapter):
             if not isinstance(text, str):
                 raise TypeError("content is not a string")
             calls = _tool_calls(msg.get("tool_calls"))
-            return ChatResponse(
-                id=f"ollama-{secrets.token_hex(8)}",
-                model=str(data.get("model") or model),
-                provider=self.deployment,
-                text=text,
-                message=Message(
-                    role="assistant",
-                    content=text if text or not calls else None,
-                    tool_calls=calls or None,
+            return well_typed(
+                ChatResponse(
+                    id=f"ollama-{secrets.token_hex(8)}",
+                    model=str(data.get("model") or model),
+                    provider=self.deployment,
+                    text=text,
+                    message=Message(
+                        role="assistant",
+                        content=text if text or not calls else None,
+                        tool_calls=calls or None,
+                    ),
+                    tool_calls=calls,
+                    finish_reason=_finish(data, bool(calls)),
+                    usage=_usage(data),
                 ),
-                tool_calls=calls,
-                finish_reason=_finish(data, bool(calls)),
-                usage=_usage(data),
+                self.deployment,
+                model,
+                resp,
             )
-        except (KeyError, TypeError, AttributeError, ValueError, msgspec.DecodeError) as exc:
+        except (
+            KeyError,
+            IndexError,
+            TypeError,
+            AttributeError,
+            ValueError,
+            msgspec.DecodeError,
+        ) as exc:
             raise response_error(
                 f"reply is not a chat message ({type(exc).__name__}: {exc})",
                 self.deployment,
@@ -213,7 +232,7 @@ class OllamaAdapter(ProviderAdapter):
                 provider=self.deployment,
                 usage=Usage(prompt_tokens=prompt, total_tokens=prompt),
             )
-        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        except (KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
             raise response_error(
                 f"reply is not an embedding list ({type(exc).__name__})",
                 self.deployment,
@@ -289,7 +308,14 @@ class _OllamaStream:
                     )
                     self._calls += 1
                 done = data.get("done") is True
-            except (KeyError, TypeError, AttributeError, ValueError, msgspec.DecodeError) as exc:
+            except (
+                KeyError,
+                IndexError,
+                TypeError,
+                AttributeError,
+                ValueError,
+                msgspec.DecodeError,
+            ) as exc:
                 raise response_error(
                     f"stream line has a wrong shape ({type(exc).__name__})",
                     adapter.deployment,

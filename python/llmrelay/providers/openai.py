@@ -22,7 +22,7 @@ from llmrelay._types import (
     ToolCallDelta,
     Usage,
 )
-from llmrelay.providers._base import ProviderAdapter
+from llmrelay.providers._base import ProviderAdapter, well_typed
 from llmrelay.providers._errors import error_from_payload, response_error
 from llmrelay.providers._sse import SSEDecoder
 
@@ -105,19 +105,24 @@ class OpenAIAdapter(ProviderAdapter):
             if not isinstance(text, str):
                 raise TypeError("content")
             calls = [ToolCall.from_dict(c) for c in msg.get("tool_calls") or ()]
-            return ChatResponse(
-                id=str(data.get("id") or ""),
-                model=str(data.get("model") or model),
-                provider=self.deployment,
-                text=text,
-                message=Message(
-                    role="assistant",
-                    content=text if text or not calls else None,
-                    tool_calls=calls or None,
+            return well_typed(
+                ChatResponse(
+                    id=str(data.get("id") or ""),
+                    model=str(data.get("model") or model),
+                    provider=self.deployment,
+                    text=text,
+                    message=Message(
+                        role="assistant",
+                        content=text if text or not calls else None,
+                        tool_calls=calls or None,
+                    ),
+                    tool_calls=calls,
+                    finish_reason=choice.get("finish_reason"),
+                    usage=_usage(data.get("usage")),
                 ),
-                tool_calls=calls,
-                finish_reason=choice.get("finish_reason"),
-                usage=_usage(data.get("usage")),
+                self.deployment,
+                model,
+                resp,
             )
         except (KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
             raise response_error(
@@ -147,7 +152,7 @@ class OpenAIAdapter(ProviderAdapter):
                 provider=self.deployment,
                 usage=Usage(prompt_tokens=prompt, total_tokens=usage.get("total_tokens") or prompt),
             )
-        except (KeyError, TypeError, AttributeError, ValueError) as exc:
+        except (KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
             raise response_error(
                 f"reply is not an embedding list ({type(exc).__name__})",
                 self.deployment,
@@ -231,7 +236,7 @@ class _OpenAIStream:
                             arguments_delta=fn.get("arguments") or "",
                         )
                     )
-        except (TypeError, AttributeError, ValueError) as exc:
+        except (KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
             raise response_error(
                 f"stream event has a wrong shape ({type(exc).__name__})",
                 adapter.deployment,

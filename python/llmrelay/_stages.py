@@ -1,0 +1,229 @@
+"""The pipeline's helper stages: estimates, capability needs, cross-loop wake-ups,
+cache controls, the execute stage (one HTTP exchange) and the transport choice.
+
+Plain functions, so the :class:`~llmrelay._engine.Engine` stays a readable table
+of stages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import httpx
+import msgspec
+
+from llmrelay._cachekey import CacheControl
+from llmrelay._config import ProviderConfig
+from llmrelay._pool import Deployment
+from llmrelay._selection import ModelFacts
+from llmrelay._types import ChatChunk, ChatRequest, ChatResponse
+from llmrelay.errors import (
+    ConfigError,
+    InvalidRequestError,
+    ProviderTimeoutError,
+    ProviderUnavailableError,
+)
+from llmrelay.providers import capabilities
+
+
+def estimate_input_tokens(req: ChatRequest) -> int:
+    chars = 0
+    for m in req.messages:
+        c = m.content
+        if isinstance(c, str):
+            chars += len(c)
+        elif c:
+            for part in c:
+                chars += len(getattr(part, "text", None) or "") + 1000 * (
+                    getattr(part, "type", "") == "image_url"
+                )
+        chars += 16
+    if req.tools:
+        chars += len(msgspec.json.encode(req.tools))
+    return chars // 4 + 1
+
+
+def needs_of(req: ChatRequest, stream: bool) -> list[str]:
+    needs = []
+    if req.tools:
+        needs.append("tools")
+    if req.response_format:
+        needs.append("json_mode")
+    if stream:
+        needs.append("streaming")
+    for m in req.messages:
+        if isinstance(m.content, list) and any(
+            getattr(p, "type", "") == "image_url" for p in m.content
+        ):
+            needs.append("vision")
+            break
+    return needs
+
+
+def _wake_future(fut: asyncio.Future[Any], value: Any, exc: BaseException | None) -> None:
+    if fut.done():
+        return
+    if exc is not None:
+        fut.set_exception(exc)
+    else:
+        fut.set_result(value)
+
+
+def deliver(fut: asyncio.Future[Any], value: Any, exc: BaseException | None = None) -> None:
+    loop = fut.get_loop()
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if loop is running:
+        _wake_future(fut, value, exc)
+    else:
+        loop.call_soon_threadsafe(_wake_future, fut, value, exc)
+
+
+def cancel_task(task: asyncio.Task[Any]) -> None:
+    """Cancel a task of any loop (a sync call's task lives on the loop thread)."""
+    loop = task.get_loop()
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if loop is running:
+        task.cancel()
+    else:
+        loop.call_soon_threadsafe(task.cancel)
+
+
+def replay(resp: ChatResponse) -> list[ChatChunk]:
+    """A cached response as a stream: its text, whole tool calls, then finish and usage."""
+    from llmrelay._types import ToolCallDelta
+
+    out = []
+    if resp.text:
+        out.append(ChatChunk(text=resp.text, model=resp.model, provider=resp.provider))
+    if resp.tool_calls:
+        deltas = [
+            ToolCallDelta(
+                index=i,
+                id=tc.id,
+                name=tc.name,
+                arguments_delta=msgspec.json.encode(tc.arguments).decode(),
+            )
+            for i, tc in enumerate(resp.tool_calls)
+        ]
+        out.append(ChatChunk(tool_calls=deltas, model=resp.model, provider=resp.provider))
+    out.append(
+        ChatChunk(
+            finish_reason=resp.finish_reason,
+            usage=resp.usage,
+            model=resp.model,
+            provider=resp.provider,
+        )
+    )
+    return out
+
+
+def cache_control(cache: Any) -> CacheControl:
+    if cache is None or cache is True:
+        return _DEFAULT_CC
+    if cache is False:
+        return _SKIP_CC
+    if isinstance(cache, CacheControl):
+        return cache
+    if isinstance(cache, Mapping):
+        try:
+            return msgspec.convert(dict(cache), CacheControl)
+        except msgspec.ValidationError as e:
+            raise InvalidRequestError(f"invalid cache: {e}", field="cache") from None
+    raise InvalidRequestError(
+        f"invalid cache={cache!r}: expected a bool or CacheControl", field="cache"
+    )
+
+
+_DEFAULT_CC = CacheControl()
+_SKIP_CC = CacheControl(skip=True)
+
+
+def model_facts(kind: str, model: str) -> ModelFacts:
+    info = capabilities(kind, model)
+    cin = getattr(info, "input_cost_per_mtok", None)
+    cout = getattr(info, "output_cost_per_mtok", None)
+    return ModelFacts(
+        tools=info.tools,
+        vision=info.vision,
+        json_mode=info.json_mode,
+        streaming=info.streaming,
+        context_window=info.context_window,
+        cost_per_mtok=(cin + cout) if cin is not None and cout is not None else None,
+    )
+
+
+async def send_chat(
+    client: httpx.AsyncClient | None,
+    dep: Deployment,
+    model: str,
+    req: ChatRequest,
+    remaining: float,
+    observe: Callable[[Deployment, Any], None],
+) -> ChatResponse:
+    """The execute stage: one HTTP exchange, errors typed, rate headers kept on the result."""
+    adapter = dep.adapter
+    if getattr(adapter, "in_process", False):
+        direct: ChatResponse = await adapter.chat(None, req, model)
+        return direct
+    request = adapter.build_chat_request(req, model, stream=False)
+    request.extensions["timeout"] = dep.httpx_timeout(remaining).as_dict()
+    assert client is not None
+    try:
+        resp = await client.send(request)
+    except httpx.TimeoutException as e:
+        raise ProviderTimeoutError(
+            f"timed out: {type(e).__name__}", provider=dep.name, model=model
+        ) from None
+    except httpx.TransportError as e:
+        raise ProviderUnavailableError(
+            f"transport error: {type(e).__name__}", provider=dep.name, model=model
+        ) from None
+    observe(dep, adapter.rate_limit_info(resp.headers))
+    if resp.status_code >= 400:
+        raise adapter.error_from_response(resp, model, resp.content)
+    out: ChatResponse = adapter.parse_chat_response(resp, model)
+    return out
+
+
+def transport_factory(
+    transport: str | Callable[[Any], httpx.AsyncBaseTransport | None] | None,
+) -> Callable[[ProviderConfig], httpx.AsyncBaseTransport | None] | None:
+    """The HTTP transport per deployment: Rust by default (see docs/decisions.md)."""
+    if transport is None or transport in ("default", "rust"):
+
+        def rust(p: ProviderConfig) -> httpx.AsyncBaseTransport:
+            from llmrelay._transport import RustTransport
+
+            connect = p.timeouts.connect_s if p.timeouts else 10.0
+            return RustTransport(connect_timeout_s=connect)
+
+        return rust
+    if transport == "httpx":
+        return None
+    if transport == "aiohttp":
+
+        def aio(p: ProviderConfig) -> httpx.AsyncBaseTransport:
+            try:
+                from httpx_aiohttp import AiohttpTransport  # type: ignore[import-not-found]
+            except ImportError:
+                raise ConfigError(
+                    "invalid transport='aiohttp': install the extra (pip install llmrelay[aiohttp])"
+                ) from None
+            t: httpx.AsyncBaseTransport = AiohttpTransport()
+            return t
+
+        return aio
+    if callable(transport):
+        return transport
+    raise InvalidRequestError(
+        f"invalid transport={transport!r}: expected 'rust', 'httpx', 'aiohttp' or a factory",
+        field="transport",
+    )
