@@ -330,17 +330,32 @@ def rust_transport_factory() -> Callable[[Any], Any] | None:
     return lambda _provider: RustTransport()
 
 
-def default_is_rust() -> bool:
+async def default_is_rust(url: str) -> bool:
     """Whether LLMService's default transport is already the Rust one (then an explicit
-    RustTransport variant would measure the same thing twice)."""
+    RustTransport variant would measure the same thing twice): one call with a spy on
+    ``RustTransport.handle_async_request`` tells, without reaching into private names."""
     try:
-        from llmrelay import ProviderConfig
-        from llmrelay._engine import _transport_factory
-
-        make = _transport_factory(None)
-        return make is not None and type(make(ProviderConfig(name="x"))).__name__ == "RustTransport"
-    except (ImportError, AttributeError, TypeError):
+        from llmrelay._transport import RustTransport  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
         return False
+    seen: list[int] = []
+    original = RustTransport.handle_async_request
+
+    async def spy(self: Any, request: Any) -> Any:
+        seen.append(1)
+        return await original(self, request)
+
+    RustTransport.handle_async_request = spy
+    try:
+        client = LLMRelay()
+        await client.start(url)
+        try:
+            await client.call()
+        finally:
+            await client.close()
+    finally:
+        RustTransport.handle_async_request = original
+    return bool(seen)
 
 
 class LLMRelay(Client):
@@ -403,7 +418,7 @@ def make(name: str) -> Client:
     return _variants()[name]()
 
 
-def names() -> list[str]:
+def names(default_rust: bool) -> list[str]:
     """The comparison's clients importable here, in a fixed order."""
     have = {m: importlib.util.find_spec(m) is not None for m in ("openai", "litellm", "llmrelay")}
     out = ["bare asyncio", "httpx"]
@@ -413,13 +428,13 @@ def names() -> list[str]:
         out += ["LiteLLM", "LiteLLM Router"]
     if have["llmrelay"]:
         out.append("llmrelay")
-        if default_is_rust():
+        if default_rust:
             out.append("llmrelay (httpx transport)")
         elif rust_transport_factory() is not None:
             out.append("llmrelay (RustTransport)")
     return out
 
 
-def available(include: set[str] | None = None) -> list[Client]:
+def available(default_rust: bool) -> list[Client]:
     """The comparison's clients (see ``names``), built."""
-    return [make(n) for n in names() if include is None or n in include]
+    return [make(n) for n in names(default_rust)]

@@ -113,8 +113,9 @@ def rss(names: list[str], url: str, c: harness.Counts, cpu: int | None) -> dict[
 
 
 async def measure(url: str, c: harness.Counts, skip: set[str], cpu: int | None) -> dict[str, Any]:
-    res: dict[str, Any] = {}
-    cl = clients.available()
+    rust = await clients.default_is_rust(url)
+    res: dict[str, Any] = {"llmrelay default transport": "RustTransport" if rust else "httpx"}
+    cl = clients.available(rust)
     log("clients: " + ", ".join(k.name for k in cl))
     for k in cl:
         await k.start(url)
@@ -188,7 +189,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "client_core": client_cpu,
         "counts": c.__dict__,
         "smoke": args.smoke,
-        "llmrelay default transport": "RustTransport" if clients.default_is_rust() else "httpx",
+        "llmrelay default transport": res.pop("llmrelay default transport"),
     }
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1))
