@@ -62,3 +62,12 @@ def test_manual_clock_rejects_bad_input() -> None:
         c.advance(-1.0)
     with pytest.raises(errors.ConfigError, match="start_s=NaN"):
         _core.ManualClock(float("nan"))
+
+
+def test_core_argument_errors_name_their_field() -> None:
+    with pytest.raises(errors.InvalidRequestError) as info:
+        _core.PriorityScheduler().acquire(12)
+    assert info.value.field == "priority"
+    with pytest.raises(errors.InvalidRequestError) as info:
+        _core.CircuitBreaker("d").record("maybe")
+    assert info.value.field == "outcome"

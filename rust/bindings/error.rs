@@ -12,7 +12,10 @@ fn build(py: Python<'_>, err: &Error) -> PyResult<PyErr> {
     let kwargs = PyDict::new(py);
     let class = match err {
         Error::Config { .. } => "ConfigError",
-        Error::InvalidArgument { .. } => "InvalidRequestError",
+        Error::InvalidArgument { what, .. } => {
+            kwargs.set_item("field", *what)?;
+            "InvalidRequestError"
+        }
         Error::QueueFull { capacity } => {
             kwargs.set_item("capacity", *capacity)?;
             "QueueFullError"
