@@ -8,6 +8,7 @@ importable in this interpreter (LiteLLM lives only in the isolated benchmark ven
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import importlib.util
 import json
@@ -26,22 +27,25 @@ os.environ.setdefault("LITELLM_LOG", "ERROR")
 os.environ.setdefault("LITELLM_TELEMETRY", "False")
 
 
-class Client:
-    """One client; subclasses fill in ``start``, ``call``, ``stream`` and ``close``."""
+class Client(abc.ABC):
+    """One client; subclasses implement ``start``, ``call`` and ``stream``."""
 
     name = "?"
 
+    @abc.abstractmethod
     async def start(self, url: str) -> None:
-        raise NotImplementedError
+        """Connect to the fake server at ``url``."""
 
+    @abc.abstractmethod
     async def call(self) -> str:
-        raise NotImplementedError
+        """One chat request; returns the reply text."""
 
+    @abc.abstractmethod
     async def stream(self) -> float:
-        raise NotImplementedError
+        """One streamed request; returns the seconds to the first chunk."""
 
-    async def close(self) -> None:
-        pass
+    async def close(self) -> None:  # noqa: B027 - most clients hold nothing to close
+        """Release what ``start`` opened (nothing, unless a client overrides it)."""
 
 
 # ---- the physical floor: a hand-written asyncio HTTP/1.1 client --------------------------
