@@ -236,17 +236,21 @@ impl HttpClient {
     where
         F: FnOnce(std::result::Result<Reply, HttpError>) + Send + 'static,
     {
-        let (rt, job) = self.prepare(req, read_timeout, done)?;
+        let (rt, job) = self.prepare(req, read_timeout, None, done)?;
         Ok(rt.spawn(job).abort_handle())
     }
 
     /// The runtime and the task that sends `req` and calls `done`, not yet
     /// spawned: a caller submitting many requests at once spawns them from
     /// one task on the runtime, so the runtime is woken once for all.
+    /// `body_idle` bounds each wait for a piece of a streamed body (default:
+    /// `read_timeout`); it is timed here, where the bytes arrive, so a stall of
+    /// the reader's thread (a GC pause) never counts as the provider's silence.
     pub fn prepare<F>(
         &self,
         req: Request<Full<Bytes>>,
         read_timeout: Option<Duration>,
+        body_idle: Option<Duration>,
         done: F,
     ) -> std::result::Result<(tokio::runtime::Handle, Job), HttpError>
     where
@@ -260,7 +264,7 @@ impl HttpClient {
         let inner = rt.clone();
         let job = Box::pin(async move {
             let mut guard = guard;
-            let result = execute(pool, req, read_timeout, &inner).await;
+            let result = execute(pool, req, read_timeout, body_idle, &inner).await;
             if let Some(done) = guard.0.take() {
                 done(result);
             }
@@ -277,7 +281,7 @@ impl HttpClient {
         let pid = std::process::id();
         let rt = runtime::handle_for(pid)
             .map_err(|e| HttpError::new(HttpErrorKind::Internal, e.to_string()))?;
-        execute(self.pool(pid), req, read_timeout, &rt).await
+        execute(self.pool(pid), req, read_timeout, None, &rt).await
     }
 }
 
@@ -352,6 +356,7 @@ async fn execute(
     pool: Pool,
     req: Request<Full<Bytes>>,
     read_timeout: Option<Duration>,
+    body_idle: Option<Duration>,
     rt: &tokio::runtime::Handle,
 ) -> std::result::Result<Reply, HttpError> {
     let sent = pool.request(req);
@@ -374,7 +379,7 @@ async fn execute(
     let body = if whole {
         ReplyBody::Full(read_all(body, read_timeout).await?)
     } else {
-        ReplyBody::Stream(BodyStream::spawn(rt, body, read_timeout))
+        ReplyBody::Stream(BodyStream::spawn(rt, body, body_idle.or(read_timeout)))
     };
     Ok(Reply {
         status: parts.status.as_u16(),

@@ -204,3 +204,45 @@ def test_hybrid_threads_never_see_a_wrong_value(tmp_path: Path, write_mode: str)
     s = c.stats()
     assert s["disk_bytes"] <= 50_000 and s["disk_errors"] == 0
     c.close()
+
+
+def test_second_process_on_the_same_path_does_not_block_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A path held by another process disables the tier at once (no lock wait: only a
+    handle this process just closed is waited for), visible in the snapshot, with a
+    warning that says what to do."""
+    import logging
+
+    from llmrelay import CacheConfig, LLMService, LLMServiceConfig, ProviderConfig
+
+    path = tmp_path / "shared"
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from llmrelay import _core; c = _core.DiskCache(sys.argv[1]);"
+            " print('ready', flush=True); sys.stdin.read()",
+            str(path),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
+        config = LLMServiceConfig(
+            providers=[ProviderConfig(name="e", kind="echo")],
+            default_model="e/echo",
+            cache=CacheConfig(disk_path=str(path)),
+        )
+        with caplog.at_level(logging.WARNING, logger="llmrelay"):
+            svc = LLMService(config)
+        snap = svc.metrics.snapshot()
+        svc.close()
+    finally:
+        holder.communicate("", timeout=30)
+    assert snap.cache["disk_lock_waits"] == 0
+    assert snap.disk_tier["enabled"] is False
+    assert "in use by another handle" in snap.disk_tier["error"]
+    assert any("its own disk_path" in m for m in caplog.messages)

@@ -243,6 +243,10 @@ class OrchestratorConfig(_Config, frozen=True):
     backoff_max_s: float = 30.0
     retry_budget_ratio: float = 0.2
     aging_s: float = 10.0
+    #: With other candidates left (fallbacks, other deployments), the longest a call waits
+    #: for one candidate's slot, client-side rate limit or retry backoff, as a share of the
+    #: time it has left; then it moves on to the next candidate.
+    fallback_wait_share: float = 0.25
 
     def __post_init__(self) -> None:
         _num("max_concurrency", self.max_concurrency, ge=1)
@@ -258,6 +262,7 @@ class OrchestratorConfig(_Config, frozen=True):
         _num("backoff_max_s", self.backoff_max_s, ge=0)
         _num("retry_budget_ratio", self.retry_budget_ratio, ge=0, le=1)
         _num("aging_s", self.aging_s, gt=0)
+        _num("fallback_wait_share", self.fallback_wait_share, gt=0, le=1)
 
 
 class CacheConfig(_Config, frozen=True):

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -23,6 +25,7 @@ from llmrelay import _core
 from llmrelay._cachekey import CacheControl, cache_key, is_cacheable
 from llmrelay._config import LLMServiceConfig, ProviderConfig
 from llmrelay._metrics import ServiceMetrics
+from llmrelay._middleware import Middleware, chain
 from llmrelay._orchestrator import CallContext, RequestOrchestrator
 from llmrelay._pool import ProviderPool
 from llmrelay._selection import Candidate, Selector
@@ -47,6 +50,9 @@ from llmrelay._types import (
     build_request,
 )
 from llmrelay.errors import (
+    CircuitOpenError,
+    ClientThrottledError,
+    DeadlineExceededError,
     InvalidRequestError,
     LLMRelayError,
 )
@@ -56,10 +62,18 @@ __all__ = ["Engine", "Middleware"]
 
 log = logging.getLogger("llmrelay")
 
-NextFn = Callable[[ChatRequest], Awaitable[ChatResponse]]
-Middleware = Callable[[ChatRequest, NextFn], Awaitable[ChatResponse]]
 
 _PROMOTED = object()
+#: Every live engine, so a forked child can make each one usable (os.register_at_fork).
+_ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for eng in list(_ENGINES):
+        eng.after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 _T = TypeVar("_T")
 _DEFAULT_OUTPUT_ESTIMATE = 512
 
@@ -119,6 +133,8 @@ class Engine:
             is_open=self.orchestrator.is_open,
         )
         cc = config.cache
+        self._disk_configured = bool(cc.enabled and cc.disk_path)
+        self._told_nondeterministic = False
         self.cache: Any = None
         if cc.enabled:
             self.cache = _core.HybridCache(
@@ -136,7 +152,9 @@ class Engine:
             )
             if cc.disk_path and not self.cache.disk_enabled:
                 log.warning(
-                    "llmrelay: disk cache at %s disabled (%s); using memory only",
+                    "llmrelay: disk cache at %s disabled (%s); this process uses the memory"
+                    " tier only. Give each worker process its own disk_path (e.g. with its"
+                    " pid in it); metrics.snapshot().disk_tier reports the state",
                     cc.disk_path,
                     self.cache.disk_error,
                 )
@@ -150,6 +168,33 @@ class Engine:
         self._stopped_by_close: set[asyncio.Task[Any]] = set()
         self._open_streams: set[object] = set()  # streams not yet ended (aclose drains them)
         self._stop_streams = False  # set when the drain ran out: streams end at their next chunk
+        _ENGINES.add(self)
+
+    def after_fork_in_child(self) -> None:
+        """Make this engine usable in a forked child (gunicorn ``--preload``, Celery prefork,
+        a module-level service): a fresh loop thread, clients, schedulers and dedup map;
+        the disk tier, opened by the parent, is off here (the core never touches the
+        parent's sled handle), so ``close()`` returns at once."""
+        self.runner.after_fork_in_child()
+        self.pool.after_fork_in_child()
+        self.orchestrator.after_fork_in_child()
+        self._in_flight = set()
+        self._stopped_by_close = set()
+        self._open_streams = set()
+        self._dedup_waiters = {}
+        if self.dedup is not None:
+            self.dedup = _core.RequestDeduplicator(
+                window_s=self.config.dedup.window_s, clock=self._clock
+            )
+        if self.cache is not None and self.config.cache.disk_path and not self.closed:
+            log.warning(
+                "llmrelay: process %d was forked from the process that opened the disk cache"
+                " at %s; this process uses the memory tier only. Give each worker its own"
+                " disk_path, or build the LLMService after the fork (e.g. in gunicorn's"
+                " post_fork hook).",
+                os.getpid(),
+                self.config.cache.disk_path,
+            )
 
     # ---- construction helpers --------------------------------------------------------------
 
@@ -163,7 +208,12 @@ class Engine:
     def _live_metrics(self) -> dict[str, Any]:
         breakers: dict[str, Any] = {}
         concurrency: dict[str, dict[str, float]] = {}
+        limiter: dict[str, dict[str, float]] = {}
+        lim = self.orchestrator.limiter
         for name, rt in self.orchestrator.runtimes.items():
+            limiter[name] = {"outstanding": float(rt.outstanding)} | {
+                f"available.{dim}": float(lim.available(key)) for dim, key in rt.rate_keys.items()
+            }
             breakers[name] = {
                 "state": rt.breaker.state,
                 "failure_rate": rt.breaker.failure_rate,
@@ -180,7 +230,16 @@ class Engine:
             "cache": dict(self.cache.stats()) if self.cache is not None else {},
             "dedup": dict(self.dedup.stats()) if self.dedup is not None else {},
             "health": self.pool.health(),
+            "limiter": limiter,
+            "disk_tier": self._disk_state(),
         }
+
+    def _disk_state(self) -> dict[str, Any]:
+        path = self.config.cache.disk_path
+        if self.cache is None or not path:
+            return {}
+        enabled = bool(self.cache.disk_enabled)
+        return {"path": path, "enabled": enabled, "error": self.cache.disk_error}
 
     def check_open(self) -> None:
         """Raise if the service is closed."""
@@ -220,14 +279,28 @@ class Engine:
             name, needs=needs_of(req, stream), est_tokens=est_in + (req.max_tokens or 0)
         )
         key = None
-        if (
-            self.cache is not None
-            and not cc.skip
-            and is_cacheable(req, self.config.cache.cache_nondeterministic)
-        ):
-            ns = cc.namespace if cc.namespace is not None else self.config.namespace
-            key = cache_key(req, name, ns, cands[0].deployment.credential_scope)
+        if self.cache is not None:
+            if cc.skip:
+                self._skipped(cands[0], "requested")
+            elif not is_cacheable(req, self.config.cache.cache_nondeterministic):
+                self._skipped(cands[0], "nondeterministic")
+            else:
+                ns = cc.namespace if cc.namespace is not None else self.config.namespace
+                key = cache_key(req, name, ns, cands[0].deployment.credential_scope)
         return Prepared(req, name, prio, cands, key, cc, est_in, est_out)
+
+    def _skipped(self, cand: Candidate, reason: str) -> None:
+        """Count a request the cache did not look up, and say once why it happens."""
+        dep = cand.deployment
+        self.metrics.core.incr(dep.kind, cand.model, dep.name, f"cache_skipped.{reason}")
+        if reason == "nondeterministic" and not self._told_nondeterministic:
+            self._told_nondeterministic = True
+            log.info(
+                "llmrelay: the cache is on but this request is not cached: only requests with"
+                " temperature=0 or a seed are (their answers should repeat). Pass"
+                " temperature=0 or seed=..., or set CacheConfig(cache_nondeterministic=True);"
+                " metrics count such requests as cache_skipped.nondeterministic"
+            )
 
     def _series(self, p: Prepared) -> tuple[str, str, str]:
         c = p.cands[0]
@@ -237,7 +310,8 @@ class Engine:
         """The memory tier's answer, if any (no loop needed: sync callers use it directly)."""
         if p.key is None or p.cc.refresh:
             return None
-        raw = self.cache.get_memory(p.key)
+        # with a disk tier the lookup goes on there: count its miss once, at the disk
+        raw = (self.cache.get_hot if self._disk_configured else self.cache.get_memory)(p.key)
         if raw is None:
             return None
         self.metrics.core.incr(*self._series(p), "cache_hits.memory")
@@ -245,9 +319,9 @@ class Engine:
         return resp
 
     def _disk_hit(self, p: Prepared) -> ChatResponse | None:
-        if p.key is None or p.cc.refresh or not self.cache.disk_enabled:
+        if p.key is None or p.cc.refresh or not self._disk_configured:
             return None
-        raw = self.cache.get(p.key)
+        raw = self.cache.get_disk(p.key)
         if raw is None:
             return None
         self.metrics.core.incr(*self._series(p), "cache_hits.disk")
@@ -288,15 +362,13 @@ class Engine:
         if not self.middleware:
             return await self._cached(p, timeout, memory_checked)
 
-        async def call(i: int, req: ChatRequest) -> ChatResponse:
-            if i == len(self.middleware):
-                if req is not p.req:
-                    p.req = req
-                    p.key = None  # a changed request is not the cached one
-                return await self._cached(p, timeout, memory_checked)
-            return await self.middleware[i](req, lambda r: call(i + 1, r))
+        async def terminal(req: ChatRequest) -> ChatResponse:
+            if req is not p.req:
+                p.req = req
+                p.key = None  # a changed request is not the cached one
+            return await self._cached(p, timeout, memory_checked)
 
-        return await call(0, p.req)
+        return await chain(self.middleware, terminal)(p.req)
 
     async def _cached(
         self, p: Prepared, timeout: float | None, memory_checked: bool
@@ -396,11 +468,23 @@ class Engine:
             raise InvalidRequestError(f"invalid timeout={timeout!r}: must be > 0", field="timeout")
         return asyncio.get_running_loop().time() + float(total)
 
-    def _record_attempt(self, cand: Candidate, err: BaseException | None, latency: float) -> None:
+    def _record_attempt(
+        self, cand: Candidate, err: BaseException | None, latency: float, sent: bool
+    ) -> None:
         dep = cand.deployment
         if err is None:
             return  # successes are recorded with their usage in _process
-        name = type(err).__name__ if isinstance(err, LLMRelayError) else "Cancelled"
+        if not sent and not isinstance(err, CircuitOpenError):
+            # refused before anything went out: its own outcome, no latency, no request
+            name = "throttled" if isinstance(err, ClientThrottledError) else "queue_timeouts"
+            self.metrics.core.incr(dep.kind, cand.model, dep.name, name)
+            return
+        if isinstance(err, DeadlineExceededError):
+            name = "DeadlineExceeded"  # the caller's budget, not the deployment's fault
+        elif isinstance(err, LLMRelayError):
+            name = type(err).__name__
+        else:
+            name = "Cancelled"
         self.metrics.core.record(
             dep.kind,
             cand.model,
@@ -408,7 +492,8 @@ class Engine:
             [("requests", 1), (f"failures.{name}", 1)],
             [("latency", latency)],
         )
-        dep.health.observe(latency, 0, ok=False)
+        if not isinstance(err, DeadlineExceededError | asyncio.CancelledError):
+            dep.health.observe(latency, 0, ok=False)
 
     async def _orchestrated(self, p: Prepared, timeout: float | None) -> ChatResponse:
         self.pool.maybe_sweep()
@@ -436,7 +521,7 @@ class Engine:
                 cand.model,
                 p.req,
                 remaining,
-                self.orchestrator.observe_rate_headers,
+                self.orchestrator.observe_reply_headers,
             )
             return resp, time.perf_counter() - t0
 

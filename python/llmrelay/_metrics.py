@@ -45,6 +45,12 @@ class MetricsSnapshot(msgspec.Struct, frozen=True, kw_only=True):
     cache: dict[str, int]
     dedup: dict[str, int]
     health: dict[str, dict[str, float | int | None]] = {}
+    #: per deployment: ``outstanding`` (rate-limit reservations booked and neither sent
+    #: nor refunded: 0 when nothing is waiting) and the capacity ``available`` per limit
+    limiter: dict[str, dict[str, float]] = {}
+    #: the disk tier when one is configured: ``path``, ``enabled`` and why it is off
+    #: (``error``: held by another process, forked from the process that opened it...)
+    disk_tier: dict[str, Any] = {}
 
     def total(self, name: str) -> int:
         """A counter summed over every series."""
@@ -96,6 +102,8 @@ class ServiceMetrics:
             cache=live.get("cache", {}),
             dedup=live.get("dedup", {}),
             health=live.get("health", {}),
+            limiter=live.get("limiter", {}),
+            disk_tier=live.get("disk_tier", {}),
         )
 
     def reset(self) -> None:

@@ -14,6 +14,7 @@ reservation and gives the breaker permit back.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import random
 import time
@@ -30,19 +31,29 @@ from llmrelay.errors import (
     Attempt,
     AuthenticationError,
     CircuitOpenError,
+    ClientThrottledError,
     ContextLengthError,
+    DeadlineExceededError,
     LLMRelayError,
     ProviderError,
     ProviderTimeoutError,
     ProviderUnavailableError,
     QueueFullError,
+    QueueTimeoutError,
     RateLimitError,
 )
 
 __all__ = ["CallContext", "DeploymentRuntime", "Lease", "RequestOrchestrator", "RetryBudget"]
 
+log = logging.getLogger("llmrelay")
+
+#: The window of the limiter cells learnt from headers (limits are per minute).
+_HEADER_WINDOW_S = 60.0
+
 T = TypeVar("T")
 Sleep = Callable[[float], Awaitable[None]]
+#: Called after each attempt: (candidate, error or None, seconds, whether it was sent).
+AttemptHook = Callable[[Candidate, BaseException | None, float, bool], None]
 
 
 class RetryBudget:
@@ -86,6 +97,8 @@ class DeploymentRuntime:
     budget: RetryBudget
     rate_keys: dict[str, str]
     waiters: dict[int, asyncio.Future[None]] = field(default_factory=dict)
+    #: rate-limit reservations booked and neither sent nor refunded yet
+    outstanding: int = 0
 
     def wake(self, tickets: list[int]) -> None:
         """Wake the callers whose tickets the scheduler just granted (any loop, any thread)."""
@@ -117,6 +130,7 @@ class CallContext:
     fallbacks: int = 0
     queue_wait_s: float = 0.0
     sending: bool = False  # an attempt is on the wire (slot taken, breaker asked)
+    sent: bool = False  # the current attempt got as far as the wire
 
 
 class Lease:
@@ -133,13 +147,22 @@ class Lease:
         self.permitted = False
         health.in_flight += 1
 
-    def finish(self, err: BaseException | None) -> None:
-        """Judge the call, free the slot and wake whoever it lets run (idempotent)."""
+    def held_s(self) -> float:
+        """Seconds since the slot was granted."""
+        return time.perf_counter() - self._started
+
+    def finish(self, err: BaseException | None, latency_s: float | None = None) -> None:
+        """Judge the call, free the slot and wake whoever it lets run (idempotent).
+
+        ``latency_s`` is the time the deployment took; by default the time since the
+        slot was granted. A stream passes the time spent waiting for its data, so a
+        consumer that holds a stream open does not make the deployment look slow.
+        """
         if self._done:
             return
         self._done = True
         self._health.in_flight -= 1
-        latency = time.perf_counter() - self._started
+        latency = time.perf_counter() - self._started if latency_s is None else latency_s
         rt = self._rt
         if self.permitted:
             rt.breaker.record(_breaker_outcome(err), latency)
@@ -149,6 +172,8 @@ class Lease:
 def _scheduler_outcome(err: BaseException | None) -> str:
     if err is None:
         return "success"
+    if isinstance(err, DeadlineExceededError):
+        return "ignored"  # the caller's budget ran out: says nothing about the deployment
     if isinstance(err, RateLimitError | ProviderTimeoutError):
         return "overload"
     if isinstance(err, ProviderUnavailableError) and err.status_code in (503, 529):
@@ -161,7 +186,7 @@ def _scheduler_outcome(err: BaseException | None) -> str:
 def _breaker_outcome(err: BaseException | None) -> str:
     if err is None:
         return "success"
-    if isinstance(err, RateLimitError | AuthenticationError):
+    if isinstance(err, RateLimitError | AuthenticationError | DeadlineExceededError):
         return "ignored"
     if isinstance(err, ProviderUnavailableError | ProviderTimeoutError):
         return "failure"
@@ -188,20 +213,14 @@ class RequestOrchestrator:
         self._sleep = sleep
         self._rng = rng or random.Random()
         self._metrics = metrics
+        self._clamp_warned: set[str] = set()
         # configured once at start: never let the idle sweep forget a configured cell
         self.limiter = _core.RateLimiter(idle_ttl_s=math.inf, clock=clock)
         self.runtimes: dict[str, DeploymentRuntime] = {}
+        self._clock = clock
         for dep in deployments:
-            limit = dep.config.max_concurrency or oc.max_concurrency
             bc = dep.config.circuit_breaker or config.circuit_breaker
-            sched = _core.PriorityScheduler(
-                max_concurrency=limit,
-                min_concurrency=min(oc.min_concurrency, limit),
-                max_queue=oc.max_queue_size,
-                adaptive=oc.adaptive_concurrency,
-                aging_s=oc.aging_s,
-                clock=clock,
-            )
+            sched = self._scheduler(dep)
             breaker = _core.CircuitBreaker(
                 dep.name,
                 failure_rate_threshold=bc.failure_rate_threshold,
@@ -219,6 +238,28 @@ class RequestOrchestrator:
             self.runtimes[dep.name] = DeploymentRuntime(
                 dep, sched, breaker, RetryBudget(oc.retry_budget_ratio), keys
             )
+
+    def _scheduler(self, dep: Deployment) -> Any:
+        oc = self._cfg
+        limit = dep.config.max_concurrency or oc.max_concurrency
+        return _core.PriorityScheduler(
+            max_concurrency=limit,
+            min_concurrency=min(oc.min_concurrency, limit),
+            max_queue=oc.max_queue_size,
+            adaptive=oc.adaptive_concurrency,
+            aging_s=oc.aging_s,
+            clock=self._clock,
+        )
+
+    def after_fork_in_child(self) -> None:
+        """Fresh schedulers in a forked child: the parent's calls in flight or queued at
+        the fork do not exist here and must not hold its slots. Breakers and limits keep
+        what they learnt."""
+        for rt in self.runtimes.values():
+            rt.scheduler = self._scheduler(rt.deployment)
+            rt.waiters.clear()
+            rt.outstanding = 0
+            rt.deployment.health.in_flight = 0
 
     def _configure_limits(self, name: str, rl: RateLimitConfig | None) -> dict[str, str]:
         keys: dict[str, str] = {}
@@ -274,12 +315,28 @@ class RequestOrchestrator:
             if dim in k:
                 self.limiter.reconcile(k[dim], float(est), float(actual))
 
+    def observe_reply_headers(self, dep: Deployment, adapter: Any, headers: Any) -> None:
+        """Learn from a reply's rate-limit headers. A header that cannot be used is
+        ignored, logged and counted (``rate_headers_ignored``): it never costs the reply."""
+        try:
+            self.observe_rate_headers(dep, adapter.rate_limit_info(headers))
+        except Exception as e:
+            log.warning(
+                "llmrelay: ignored unusable rate-limit headers from %s (%s)",
+                dep.name,
+                type(e).__name__,
+            )
+            self._metrics.core.incr(dep.kind, "", dep.name, "rate_headers_ignored")
+
     def observe_rate_headers(self, dep: Deployment, info: Any) -> None:
         """Pace from the provider's remaining/limit/reset figures, before a 429 happens.
 
         A dimension with no client-side limit configured gets a cell learned from
         the headers (``limit`` per minute, as OpenAI and Anthropic report them);
         then the cell is tightened so no more than ``remaining`` go before the reset.
+        A reset longer than the cell's window (a minute) is ignored, with a warning
+        and a ``rate_headers_ignored`` count: one reply must not be able to lock a
+        deployment for hours.
         """
         if info is None:
             return
@@ -290,6 +347,22 @@ class RequestOrchestrator:
             if remaining is None or reset is None:
                 continue
             limit = getattr(info, f"{pre}_limit", None)
+            if not math.isfinite(float(reset)) or reset > _HEADER_WINDOW_S:
+                # a per-minute cell cannot hold a longer reset: one reply must not be
+                # able to lock the deployment for hours (a 429 still pauses it, by its
+                # Retry-After)
+                if dep.name not in self._clamp_warned:
+                    self._clamp_warned.add(dep.name)
+                    log.warning(
+                        "llmrelay: %s reported a %s reset of %.0fs, longer than the %.0fs"
+                        " window of its limit; ignoring it",
+                        dep.name,
+                        pre,
+                        float(reset),
+                        _HEADER_WINDOW_S,
+                    )
+                self._metrics.core.incr(dep.kind, "", dep.name, "rate_headers_ignored")
+                continue
             key = rt.rate_keys.get(dim)
             if key is None:
                 if not limit or limit <= 0:
@@ -302,19 +375,32 @@ class RequestOrchestrator:
                 key, float(max(0.0, remaining)), lim, float(max(0.0, reset))
             )
 
-    async def _take_slot(self, rt: DeploymentRuntime, priority: int, deadline: float) -> int:
-        ticket, granted = rt.scheduler.acquire(priority)
+    async def _take_slot(
+        self, rt: DeploymentRuntime, cand: Candidate, ctx: CallContext, wait_until: float
+    ) -> int:
+        ticket, granted = rt.scheduler.acquire(ctx.priority)
         if granted:
             return int(ticket)
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         rt.waiters[ticket] = fut
         try:
-            async with asyncio.timeout_at(deadline):
+            async with asyncio.timeout_at(wait_until):
                 await fut
-        except BaseException:
+        except BaseException as e:
             rt.waiters.pop(ticket, None)
             rt.wake(rt.scheduler.cancel(ticket))
-            raise
+            if not isinstance(e, TimeoutError):
+                raise
+            name = cand.deployment.name
+            if wait_until < ctx.deadline:
+                raise QueueTimeoutError(
+                    f"waited {self._cfg.fallback_wait_share:.0%} of the time left for a slot of"
+                    f" {name} (limit {rt.scheduler.limit}); trying the next candidate",
+                    deployment=name,
+                ) from None
+            raise DeadlineExceededError(
+                "total timeout exceeded while queued", provider=name, model=cand.model
+            ) from None
         return int(ticket)
 
     async def _attempt(
@@ -323,38 +409,43 @@ class RequestOrchestrator:
         ctx: CallContext,
         send: Callable[[Candidate], Awaitable[T]],
         hold: bool,
+        others_left: bool,
     ) -> tuple[T, Lease | None]:
+        """One attempt: reserve rate capacity, take a slot, ask the breaker, send.
+
+        With ``others_left`` the waits before sending (limiter, slot) are bounded by a
+        share of the time left, so a degraded candidate cannot hold the call until its
+        deadline while a healthy one sits idle. A reservation not sent is refunded on
+        every path (refusal, timeout, cancellation).
+        """
         rt = self.runtimes[cand.deployment.name]
         loop = asyncio.get_running_loop()
+        now = loop.time()
+        wait_until = ctx.deadline
+        if others_left:
+            wait_until = now + (ctx.deadline - now) * self._cfg.fallback_wait_share
         costs = self._costs(rt, ctx)
-        if costs:
-            delay = float(self.limiter.reserve_many(costs))
-            if delay > 0:
-                if loop.time() + delay >= ctx.deadline:
-                    self._refund(costs)
-                    raise RateLimitError(
-                        f"client-side rate limit: next slot in {delay:.3f}s is past the deadline",
-                        retry_after=delay,
-                        provider=cand.deployment.name,
-                        model=cand.model,
-                    )
-                try:
+        reserved = False
+        lease: Lease | None = None
+        try:
+            if costs:
+                delay = float(self.limiter.reserve_many(costs))
+                reserved = True
+                rt.outstanding += 1
+                if delay > 0:
+                    if now + delay >= wait_until:
+                        why = "past the deadline" if wait_until >= ctx.deadline else "too far off"
+                        raise ClientThrottledError(
+                            f"client-side rate limit: next slot in {delay:.3f}s is {why}",
+                            retry_after=delay,
+                            provider=cand.deployment.name,
+                            model=cand.model,
+                        )
                     await self._sleep(delay)
-                except BaseException:
-                    self._refund(costs)
-                    raise
-        queued_at = time.perf_counter()
-        try:
-            ticket = await self._take_slot(rt, ctx.priority, ctx.deadline)
-        except TimeoutError:
-            raise ProviderTimeoutError(
-                "total timeout exceeded while queued",
-                provider=cand.deployment.name,
-                model=cand.model,
-            ) from None
-        ctx.queue_wait_s += time.perf_counter() - queued_at
-        lease = Lease(rt, ticket, cand.deployment.health)
-        try:
+            queued_at = time.perf_counter()
+            ticket = await self._take_slot(rt, cand, ctx, wait_until)
+            ctx.queue_wait_s += time.perf_counter() - queued_at
+            lease = Lease(rt, ticket, cand.deployment.health)
             if not rt.breaker.try_acquire():
                 raise CircuitOpenError(
                     f"circuit open for {cand.deployment.name}",
@@ -362,7 +453,10 @@ class RequestOrchestrator:
                     retry_after=float(rt.breaker.retry_after_s),
                 )
             lease.permitted = True
-            ctx.sending = True
+            if reserved:  # the capacity is spent on this send from here on
+                reserved = False
+                rt.outstanding -= 1
+            ctx.sending = ctx.sent = True
             if getattr(cand.deployment.adapter, "never_blocks", False):
                 result = await send(cand)  # answers at once: no deadline timer to arm
             else:
@@ -372,13 +466,17 @@ class RequestOrchestrator:
                 except TimeoutError as e:
                     if isinstance(e, LLMRelayError):
                         raise
-                    raise ProviderTimeoutError(
+                    raise DeadlineExceededError(
                         "total timeout exceeded",
                         provider=cand.deployment.name,
                         model=cand.model,
                     ) from None
         except BaseException as e:
-            lease.finish(e)
+            if reserved:
+                self._refund(costs)
+                rt.outstanding -= 1
+            if lease is not None:
+                lease.finish(e)
             if not isinstance(e, asyncio.CancelledError):
                 ctx.sending = False
             raise
@@ -402,7 +500,7 @@ class RequestOrchestrator:
         cands: list[Candidate],
         ctx: CallContext,
         send: Callable[[Candidate], Awaitable[T]],
-        on_attempt_end: Callable[[Candidate, BaseException | None, float], None] | None = None,
+        on_attempt_end: AttemptHook | None = None,
         *,
         hold: bool = False,
     ) -> tuple[T, Candidate, Lease | None]:
@@ -418,7 +516,7 @@ class RequestOrchestrator:
 
     def _final_error(self, ctx: CallContext, last: LLMRelayError | None) -> LLMRelayError:
         if last is None:
-            return ProviderTimeoutError("total timeout exceeded before any attempt")
+            return DeadlineExceededError("total timeout exceeded before any attempt")
         if len({(a.provider, a.model) for a in ctx.attempts}) <= 1:
             return last
         return AllProvidersFailedError("all providers failed", attempts=ctx.attempts)
@@ -428,14 +526,16 @@ class RequestOrchestrator:
         cands: list[Candidate],
         ctx: CallContext,
         send: Callable[[Candidate], Awaitable[T]],
-        on_attempt_end: Callable[[Candidate, BaseException | None, float], None] | None,
+        on_attempt_end: AttemptHook | None,
         loop: asyncio.AbstractEventLoop,
         hold: bool,
     ) -> tuple[T, Candidate, Lease | None]:
         last: LLMRelayError | None = None
+        share = self._cfg.fallback_wait_share
         for idx, cand in enumerate(cands):
             rt = self.runtimes[cand.deployment.name]
             rt.budget.on_call()
+            others_left = idx + 1 < len(cands)
             if idx > 0:
                 ctx.fallbacks += 1
             tries = 0
@@ -443,38 +543,46 @@ class RequestOrchestrator:
                 if loop.time() >= ctx.deadline:
                     raise self._final_error(ctx, last)
                 t0 = time.perf_counter()
+                ctx.sent = False
                 try:
-                    result, lease = await self._attempt(cand, ctx, send, hold)
+                    result, lease = await self._attempt(cand, ctx, send, hold, others_left)
                 except asyncio.CancelledError as e:
                     if ctx.sending:  # on the wire when the caller gave up: still an attempt
                         ctx.sending = False
                         if on_attempt_end is not None:
-                            on_attempt_end(cand, e, time.perf_counter() - t0)
+                            on_attempt_end(cand, e, time.perf_counter() - t0, True)
                     raise
                 except LLMRelayError as e:
                     if on_attempt_end is not None:
-                        on_attempt_end(cand, e, time.perf_counter() - t0)
+                        on_attempt_end(cand, e, time.perf_counter() - t0, ctx.sent)
                     ctx.attempts.append(Attempt(cand.deployment.name, cand.model, e))
                     last = e
                     if isinstance(e, QueueFullError):
                         raise  # back-pressure is the caller's to handle, at once
-                    if isinstance(e, ContextLengthError) and idx + 1 < len(cands):
+                    if isinstance(e, DeadlineExceededError):
+                        raise self._final_error(ctx, e) from None
+                    if isinstance(e, ContextLengthError) and others_left:
                         break  # a later candidate may have a larger window
                     if not e.retryable:
                         raise
-                    if isinstance(e, CircuitOpenError):
+                    if isinstance(e, CircuitOpenError | QueueTimeoutError):
                         break
+                    if isinstance(e, ClientThrottledError) and others_left:
+                        break  # its limit has no room in time: the next one may
                     tries += 1
                     if tries > self._cfg.max_retries or not rt.budget.try_spend():
                         break
                     delay = self.backoff(tries, e)
-                    if loop.time() + delay >= ctx.deadline:
+                    now = loop.time()
+                    if now + delay >= ctx.deadline:
                         break
+                    if others_left and delay > (ctx.deadline - now) * share:
+                        break  # waiting here would starve the candidates after it
                     ctx.retries += 1
                     await self._sleep(delay)
                     continue
                 if on_attempt_end is not None:
-                    on_attempt_end(cand, None, time.perf_counter() - t0)
+                    on_attempt_end(cand, None, time.perf_counter() - t0, True)
                 return result, cand, lease
         if last is None:
             raise AllProvidersFailedError("no candidate to try", attempts=ctx.attempts)

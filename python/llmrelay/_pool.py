@@ -235,6 +235,13 @@ class ProviderPool:
             if c is not None:
                 await c.aclose()
 
+    def after_fork_in_child(self) -> None:
+        """Forget the parent's clients and sweeps (their loops do not run in a child)."""
+        self._sweeps = set()
+        for dep in self._deployments.values():
+            dep._clients.clear()
+            dep._transports.clear()
+
     def loops(self) -> set[asyncio.AbstractEventLoop]:
         """The loops that own at least one open client."""
         return {loop for dep in self._deployments.values() for loop in dep._clients}

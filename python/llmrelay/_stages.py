@@ -21,6 +21,7 @@ from llmrelay._selection import ModelFacts
 from llmrelay._types import ChatChunk, ChatRequest, ChatResponse
 from llmrelay.errors import (
     ConfigError,
+    DeadlineExceededError,
     InvalidRequestError,
     ProviderTimeoutError,
     ProviderUnavailableError,
@@ -167,7 +168,7 @@ async def send_chat(
     model: str,
     req: ChatRequest,
     remaining: float,
-    observe: Callable[[Deployment, Any], None],
+    observe: Callable[[Deployment, Any, Mapping[str, str]], None],
 ) -> ChatResponse:
     """The execute stage: one HTTP exchange, errors typed, rate headers kept on the result."""
     adapter = dep.adapter
@@ -176,6 +177,7 @@ async def send_chat(
         return direct
     request = adapter.build_chat_request(req, model, stream=False)
     request.extensions["timeout"] = dep.httpx_timeout(remaining).as_dict()
+    clamped = remaining < dep.timeouts.read_s  # the read timer is the caller's deadline
     assert client is not None
     try:
         if transport is not None:
@@ -188,6 +190,10 @@ async def send_chat(
         else:
             resp = await client.send(request)
     except httpx.TimeoutException as e:
+        if clamped and isinstance(e, httpx.ReadTimeout):
+            raise DeadlineExceededError(
+                "total timeout exceeded waiting for the reply", provider=dep.name, model=model
+            ) from None
         raise ProviderTimeoutError(
             f"timed out: {type(e).__name__}", provider=dep.name, model=model
         ) from None
@@ -195,7 +201,7 @@ async def send_chat(
         raise ProviderUnavailableError(
             f"transport error: {type(e).__name__}", provider=dep.name, model=model
         ) from None
-    observe(dep, adapter.rate_limit_info(resp.headers))
+    observe(dep, adapter, resp.headers)
     if resp.status_code >= 400:
         raise adapter.error_from_response(resp, model, resp.content)
     out: ChatResponse = adapter.parse_chat_response(resp, model)

@@ -13,17 +13,21 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from llmrelay._middleware import chain
 from llmrelay._orchestrator import CallContext
 from llmrelay._selection import Candidate
 from llmrelay._stages import replay
-from llmrelay._types import ChatChunk
-from llmrelay.errors import LLMRelayError, ProviderTimeoutError
+from llmrelay._types import ChatChunk, ChatRequest, ChatResponse
+from llmrelay.errors import DeadlineExceededError, LLMRelayError, ProviderTimeoutError
 from llmrelay.providers import accumulate_chunks
 
 if TYPE_CHECKING:
     from llmrelay._engine import Engine, Prepared
 
 __all__ = ["stream_call"]
+
+#: How close to the deadline a timed-out read counts as cut by the deadline.
+_DEADLINE_EPS_S = 0.005
 
 
 async def stream_call(
@@ -37,11 +41,85 @@ async def stream_call(
 ) -> AsyncIterator[ChatChunk]:
     """The pipeline for a streamed call (cache replay, no in-flight joining)."""
     p = eng.prepare(messages, model, priority, cache, params, stream=True)
+    inner = _with_middleware(eng, p, timeout) if eng.middleware else _pipeline(eng, p, timeout, [])
+    async for chunk in inner:
+        yield chunk
+
+
+async def _with_middleware(
+    eng: Engine, p: Prepared, timeout: float | None
+) -> AsyncIterator[ChatChunk]:
+    """A stream inside the middleware chain.
+
+    Each middleware gets the request and ``call_next`` as for a plain call. The
+    stream starts when the innermost ``call_next`` is called (with the request it was
+    given, perhaps changed); that ``call_next`` returns the finished stream as one
+    ``ChatResponse`` (or raises its error) once the caller has read it to the end.
+    A middleware that returns a response without calling ``call_next`` answers the
+    stream itself (replayed as chunks); one that raises fails it. What a middleware
+    returns after ``call_next`` cannot change chunks already delivered: it is
+    ignored, but an error it raises reaches the caller at the end of the stream.
+    """
+    loop = asyncio.get_running_loop()
+    asked: asyncio.Future[ChatRequest] = loop.create_future()
+    ended: asyncio.Future[ChatResponse] = loop.create_future()
+
+    async def terminal(req: ChatRequest) -> ChatResponse:
+        if not asked.done():
+            asked.set_result(req)
+        return await asyncio.shield(ended)
+
+    mw = asyncio.ensure_future(chain(eng.middleware, terminal)(p.req))
+    try:
+        await asyncio.wait((asked, mw), return_when=asyncio.FIRST_COMPLETED)
+        if not asked.done():  # answered (or failed) without calling call_next
+            for chunk in replay(mw.result()):
+                yield chunk
+            return
+        req = asked.result()
+        if req is not p.req:
+            p.req = req
+            p.key = None  # a changed request is not the cached one
+        final: list[ChatResponse] = []
+        yielded = False
+        try:
+            async for chunk in _pipeline(eng, p, timeout, final):
+                yielded = True
+                yield chunk
+        except Exception as e:
+            ended.set_exception(e)
+            await asyncio.wait((mw,))  # the middleware's own handling of the error
+            if mw.exception() is not None:
+                raise mw.exception() from None  # type: ignore[misc]
+            if yielded:
+                raise  # chunks already delivered: its answer cannot replace them
+            for chunk in replay(mw.result()):  # recovered before anything was delivered
+                yield chunk
+            return
+        ended.set_result(final[0])
+        await mw
+    finally:
+        if not ended.done():
+            ended.cancel()  # abandoned or cancelled: the middleware sees CancelledError
+        if not mw.done():
+            mw.cancel()
+            await asyncio.wait((mw,))
+        if mw.done() and not mw.cancelled():
+            mw.exception()  # retrieved: whatever it raised was raised above or superseded
+        if not ended.cancelled():
+            ended.exception()
+
+
+async def _pipeline(
+    eng: Engine, p: Prepared, timeout: float | None, final: list[ChatResponse]
+) -> AsyncIterator[ChatChunk]:
+    """Cache replay, or the orchestrated stream; the whole response lands in ``final``."""
     if p.key is not None:
         hit = eng.memory_hit(p) or eng._disk_hit(p)
         if hit is not None:
             for chunk in replay(hit):
                 yield chunk
+            final.append(hit)
             return
         eng._count_miss(p)
     ctx = CallContext(p.priority, eng._deadline(timeout), p.est_in, p.est_out)
@@ -51,17 +129,32 @@ async def stream_call(
     async def open_stream(cand: Candidate) -> tuple[ChatChunk | None, Any]:
         dep = cand.deployment
         in_proc = getattr(dep.adapter, "in_process", False)
+        loop = asyncio.get_running_loop()
+        remaining = ctx.deadline - loop.time()
         agen = dep.adapter.stream(
             None if in_proc else eng.pool.client(dep),
             p.req,
             cand.model,
-            timeout=dep.httpx_timeout(ctx.deadline - asyncio.get_running_loop().time()),
+            timeout=dep.httpx_timeout(remaining),
             stream_idle_s=getattr(dep.timeouts, "stream_idle_s", idle),
+            on_response=lambda r: eng.orchestrator.observe_reply_headers(
+                dep, dep.adapter, r.headers
+            ),
         )
         try:
             first = await agen.__anext__()
         except StopAsyncIteration:
             return None, agen
+        except ProviderTimeoutError as e:
+            await agen.aclose()
+            # the head's read timer was the caller's deadline, not the deployment's read_s
+            if remaining < dep.timeouts.read_s and loop.time() >= ctx.deadline - _DEADLINE_EPS_S:
+                raise DeadlineExceededError(
+                    "total timeout exceeded waiting for the stream",
+                    provider=dep.name,
+                    model=cand.model,
+                ) from None
+            raise e from None
         except BaseException:
             await agen.aclose()
             raise
@@ -81,7 +174,11 @@ async def stream_call(
     eng._open_streams.add(token)
     chunks: list[ChatChunk] = []
     err: BaseException | None = None
-    ttft = time.perf_counter() - started
+    opened = time.perf_counter()
+    ttft = opened - started
+    # the deployment's time: the open, plus every wait for its data -- not the time the
+    # consumer holds each chunk (a slow consumer must not look like a slow provider)
+    provider_s = lease.held_s()
     try:
         if first is not None:
             chunks.append(first)
@@ -89,17 +186,22 @@ async def stream_call(
         while True:
             if eng._stop_streams:
                 raise LLMRelayError("the service was closed while the stream was in flight")
+            asked = time.perf_counter()
             try:
                 async with asyncio.timeout_at(ctx.deadline):
                     chunk = await eng._guarded(agen.__anext__())
             except StopAsyncIteration:
                 break
-            except TimeoutError:
-                raise ProviderTimeoutError(
+            except TimeoutError as e:
+                if isinstance(e, LLMRelayError):
+                    raise
+                raise DeadlineExceededError(
                     "total timeout exceeded mid-stream",
                     provider=cand.deployment.name,
                     model=cand.model,
                 ) from None
+            finally:
+                provider_s += time.perf_counter() - asked
             chunks.append(chunk)
             yield chunk
     except BaseException as e:
@@ -108,11 +210,11 @@ async def stream_call(
     finally:
         eng._open_streams.discard(token)
         await agen.aclose()
-        lease.finish(err)
+        lease.finish(err, provider_s)
         if err is None:
-            _finish_stream(eng, p, ctx, cand, chunks, started, ttft)
+            final.append(_finish_stream(eng, p, ctx, cand, chunks, started, ttft))
         else:
-            eng._record_attempt(cand, err, time.perf_counter() - started)
+            eng._record_attempt(cand, err, time.perf_counter() - started, True)
 
 
 def _finish_stream(
@@ -123,10 +225,10 @@ def _finish_stream(
     chunks: list[ChatChunk],
     started: float,
     ttft: float,
-) -> None:
+) -> ChatResponse:
     resp = accumulate_chunks(chunks)
     resp = msgspec.structs.replace(resp, model=resp.model or cand.model)
     out = eng._process(p, ctx, cand, (resp, time.perf_counter() - started), started)
     dep = cand.deployment
     eng.metrics.core.observe(dep.kind, cand.model, dep.name, "ttft", ttft)
-    _ = out
+    return out

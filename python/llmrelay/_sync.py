@@ -4,20 +4,35 @@ Sync methods run the same coroutines as the async ones, on one private event
 loop in a daemon thread, so any number of threads can call them at once. The
 loop starts on first use and stops on ``close()``; after ``os.fork`` a child
 starts its own.
+
+No sync call can outlive the loop: every wait of a calling thread is on a
+future the runner tracks, and ``stop()`` cancels whatever is still pending once
+the loop has stopped, so a thread blocked in ``chat``/``stream`` when another
+thread closes the service gets ``LLMRelayError`` instead of waiting forever.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import os
 import threading
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from typing import Any, TypeVar
 
+from llmrelay.errors import LLMRelayError
+
 __all__ = ["LoopThread"]
 
 T = TypeVar("T")
 _END = object()
+#: How long ``stop()`` waits for the loop thread to end.
+_JOIN_S = 5.0
+
+
+def _closed_error() -> LLMRelayError:
+    return LLMRelayError("the service is closed")
 
 
 class LoopThread:
@@ -29,6 +44,19 @@ class LoopThread:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._pid = 0
+        self._closed_pid = 0  # the process in which stop() ran (a forked child may start anew)
+        self._pending: set[concurrent.futures.Future[Any]] = set()
+
+    def after_fork_in_child(self) -> None:
+        """Forget the parent's loop and thread (they do not exist in a forked child)."""
+        self._lock = threading.Lock()
+        self._loop, self._thread, self._pid = None, None, 0
+        self._pending = set()
+
+    @property
+    def closed(self) -> bool:
+        """Whether ``stop()`` ran in this process."""
+        return self._closed_pid == os.getpid()
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -37,6 +65,8 @@ class LoopThread:
         if loop is not None and self._pid == os.getpid():
             return loop
         with self._lock:
+            if self.closed:
+                raise _closed_error()
             if self._loop is None or self._pid != os.getpid():
                 ready = threading.Event()
                 new_loop = asyncio.new_event_loop()
@@ -61,17 +91,45 @@ class LoopThread:
         """Whether the caller is the loop thread itself (where blocking would deadlock)."""
         return self._thread is not None and threading.current_thread() is self._thread
 
+    def _submit(
+        self, coro: Coroutine[Any, Any, T], loop: asyncio.AbstractEventLoop
+    ) -> concurrent.futures.Future[T]:
+        """Schedule ``coro`` on ``loop`` as a tracked future (closed: LLMRelayError)."""
+        try:
+            fut = asyncio.run_coroutine_threadsafe(coro, loop)
+        except RuntimeError:  # the loop is closed
+            coro.close()
+            raise _closed_error() from None
+        with self._lock:
+            if self.closed or loop is not self._loop:
+                fut.cancel()  # stop() already ran (or is running): the loop will not run it
+            else:
+                self._pending.add(fut)
+        fut.add_done_callback(self._pending.discard)
+        return fut
+
+    def _wait(self, fut: concurrent.futures.Future[T]) -> T:
+        try:
+            return fut.result()
+        except concurrent.futures.CancelledError:
+            if self.closed:
+                raise LLMRelayError("the service was closed while the call was waiting") from None
+            raise LLMRelayError("the call was cancelled on the service's loop") from None
+        except BaseException:
+            fut.cancel()
+            raise
+
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         """Run ``coro`` on the loop and wait for its result in the calling thread."""
         if self.in_loop_thread():
             coro.close()
             raise RuntimeError("the sync API cannot be called from its own loop thread")
-        fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
         try:
-            return fut.result()
-        except BaseException:
-            fut.cancel()
+            loop = self.loop
+        except LLMRelayError:
+            coro.close()
             raise
+        return self._wait(self._submit(coro, loop))
 
     def iterate(self, agen: AsyncIterator[T]) -> Iterator[T]:
         """Drive an async iterator on the loop, yielding its items in the calling thread."""
@@ -85,24 +143,32 @@ class LoopThread:
 
         try:
             while True:
-                item = asyncio.run_coroutine_threadsafe(step(), loop).result()
+                item = self._wait(self._submit(step(), loop))
                 if item is _END:
                     return
                 yield item
         finally:
             aclose = getattr(agen, "aclose", None)
-            if aclose is not None and loop.is_running():
-                asyncio.run_coroutine_threadsafe(aclose(), loop).result()
+            if aclose is not None and not self.closed and loop.is_running():
+                # closed meanwhile: the loop is gone and the stream with it
+                with contextlib.suppress(LLMRelayError):
+                    self._wait(self._submit(aclose(), loop))
 
     def stop(self) -> None:
-        """Stop the loop and join its thread (idempotent)."""
+        """Stop the loop, join its thread and fail every call still waiting (idempotent)."""
         with self._lock:
             loop, thread = self._loop, self._thread
+            same_process = self._pid == os.getpid()
             self._loop, self._thread = None, None
-        if loop is None or self._pid != os.getpid():
-            return
-        loop.call_soon_threadsafe(loop.stop)
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=5.0)
-        if not loop.is_running():
+            self._closed_pid = os.getpid()
+            pending = list(self._pending)
+            self._pending.clear()
+        if loop is not None and same_process:
+            with contextlib.suppress(RuntimeError):  # already closed
+                loop.call_soon_threadsafe(loop.stop)
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(timeout=_JOIN_S)
+        for fut in pending:
+            fut.cancel()  # their threads wake with LLMRelayError (see _wait)
+        if loop is not None and same_process and not loop.is_running() and not loop.is_closed():
             loop.close()

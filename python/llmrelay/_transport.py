@@ -15,6 +15,11 @@ burst of data. Use it wherever an
 Timeouts: the transport's ``connect_timeout_s`` bounds opening a TCP
 connection; the request's httpx ``read`` timeout bounds the wait for the
 response head (from sending the request) and for each later piece of the body.
+A request extension ``"llmrelay.body_idle_s"`` bounds each wait for a piece of
+a streamed body instead; it is timed on the core's runtime, where the bytes
+arrive, so a stalled event loop (a GC pause) is never taken for a silent
+provider. The response then carries the same extension, telling the reader
+that the idle gap is already timed.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import httpx
 
 from llmrelay import _core
 
-__all__ = ["RustTransport"]
+__all__ = ["BODY_IDLE_EXT", "RustTransport"]
 
 #: httpx exception class for each kind of ``_core.HttpTransportError``.
 _ERRORS: Final[dict[str, type[httpx.TransportError]]] = {
@@ -53,6 +58,9 @@ _Reply: TypeAlias = tuple[int, list[tuple[bytes, bytes]], bytes, str, "_core.Htt
 
 #: Most bytes handed over per read of a streamed body.
 _CHUNK: Final = 64 * 1024
+
+#: The request (and response) extension naming the idle bound of a streamed body.
+BODY_IDLE_EXT: Final = "llmrelay.body_idle_s"
 
 
 #: The completion queue of each event loop, registered as a reader on it.
@@ -139,6 +147,7 @@ class RustTransport(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         timeout = request.extensions.get("timeout")
         read_timeout = timeout.get("read") if timeout else None
+        body_idle = request.extensions.get(BODY_IDLE_EXT)
         try:
             body = request.content
         except httpx.RequestNotRead:
@@ -158,6 +167,7 @@ class RustTransport(httpx.AsyncBaseTransport):
                 read_timeout,
                 queue,
                 fut,
+                body_idle,
             )
         except _core.HttpTransportError as e:
             raise _to_httpx(e, request) from None
@@ -169,11 +179,14 @@ class RustTransport(httpx.AsyncBaseTransport):
         except _core.HttpTransportError as e:
             raise _to_httpx(e, request) from None
         status, headers, content, version, stream = cast(_Reply, result)
+        extensions: dict[str, object] = {"http_version": _VERSIONS.get(version) or version.encode()}
+        if body_idle is not None:
+            extensions[BODY_IDLE_EXT] = body_idle
         return httpx.Response(
             status,
             headers=headers,
             stream=httpx.ByteStream(content) if stream is None else _StreamedBody(stream, request),
-            extensions={"http_version": _VERSIONS.get(version) or version.encode()},
+            extensions=extensions,
         )
 
     async def aclose(self) -> None:

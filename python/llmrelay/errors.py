@@ -10,14 +10,17 @@ working::
     ├── InvalidRequestError (ValueError)     a bad call argument, named by field
     ├── ProviderError                        the provider answered with a failure
     │   ├── RateLimitError                   429; ``retry_after`` in seconds
+    │   │   └── ClientThrottledError         the client-side limit had no room; not sent
     │   ├── AuthenticationError              401 / 403
     │   ├── ProviderTimeoutError (TimeoutError)
+    │   │   └── DeadlineExceededError        the caller's own deadline cut the call
     │   ├── ProviderUnavailableError         5xx, 529, resets, streams cut short
     │   ├── ProviderResponseError            a reply that breaks the wire protocol
     │   ├── ContextLengthError               the prompt exceeds the model's window
     │   └── ContentFilterError               refused by the provider's filter
     ├── CircuitOpenError                     the deployment's breaker is open
     ├── QueueFullError                       the scheduler's queue is full
+    ├── QueueTimeoutError (TimeoutError)     waited too long for a deployment's slot
     └── AllProvidersFailedError              every candidate failed; see ``attempts``
 
 No exception carries an API key: messages are built from provider names,
@@ -31,9 +34,11 @@ __all__ = [
     "Attempt",
     "AuthenticationError",
     "CircuitOpenError",
+    "ClientThrottledError",
     "ConfigError",
     "ContentFilterError",
     "ContextLengthError",
+    "DeadlineExceededError",
     "InvalidRequestError",
     "LLMRelayError",
     "ProviderError",
@@ -41,6 +46,7 @@ __all__ = [
     "ProviderTimeoutError",
     "ProviderUnavailableError",
     "QueueFullError",
+    "QueueTimeoutError",
     "RateLimitError",
 ]
 
@@ -107,6 +113,11 @@ class RateLimitError(ProviderError):
         self.retry_after = retry_after
 
 
+class ClientThrottledError(RateLimitError):
+    """The client-side rate limit (configured, or learnt from the provider's headers) had
+    no room within the time the call could wait; nothing was sent to the provider."""
+
+
 class AuthenticationError(ProviderError):
     """The credential was rejected (HTTP 401 or 403)."""
 
@@ -115,6 +126,16 @@ class ProviderTimeoutError(ProviderError, TimeoutError):
     """The provider did not answer in time (connect, read, stream idle or total)."""
 
     retryable = True
+
+
+class DeadlineExceededError(ProviderTimeoutError):
+    """The call's own deadline (``timeout=`` or ``RequestTimeouts.total_s``) ran out.
+
+    The deployment is not blamed: a deadline cut is ignored by its circuit breaker
+    and its adaptive concurrency limit, and counted as ``failures.DeadlineExceeded``.
+    """
+
+    retryable = False
 
 
 class ProviderUnavailableError(ProviderError):
@@ -158,6 +179,20 @@ class QueueFullError(LLMRelayError):
     def __init__(self, message: str, *, capacity: int | None = None) -> None:
         super().__init__(message)
         self.capacity = capacity
+
+
+class QueueTimeoutError(LLMRelayError, TimeoutError):
+    """The call waited for a slot of a deployment as long as it could afford.
+
+    With other candidates left the wait is bounded by a share of the time left
+    (``OrchestratorConfig.fallback_wait_share``) and the call moves on; nothing was sent.
+    """
+
+    retryable = True
+
+    def __init__(self, message: str, *, deployment: str | None = None) -> None:
+        super().__init__(message)
+        self.deployment = deployment
 
 
 class Attempt:

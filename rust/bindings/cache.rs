@@ -164,6 +164,7 @@ impl PyDiskCache {
                 ("evictions", s.evictions),
                 ("oversize", s.oversize),
                 ("recovered", s.recovered),
+                ("lock_waits", s.lock_waits),
                 ("disabled", s.disabled),
                 ("entries", s.entries),
                 ("bytes", s.bytes),

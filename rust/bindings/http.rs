@@ -269,9 +269,11 @@ impl PyHttpClient {
 
     /// Start a request; `future` (an asyncio future) gets
     /// `(status, headers, body, http_version, stream)` or an `HttpTransportError`
-    /// through `completions`.
+    /// through `completions`. `timeout_s` bounds the wait for the response head
+    /// (and each piece of the body); `body_idle_s`, when given, bounds each wait
+    /// for a piece of a streamed body instead, timed on the runtime.
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (method, url, headers, body, timeout_s, completions, future))]
+    #[pyo3(signature = (method, url, headers, body, timeout_s, completions, future, body_idle_s=None))]
     fn request(
         &self,
         method: &str,
@@ -281,9 +283,14 @@ impl PyHttpClient {
         timeout_s: Option<f64>,
         completions: &Bound<'_, PyCompletions>,
         future: Py<PyAny>,
+        body_idle_s: Option<f64>,
     ) -> PyResult<PyHttpRequest> {
         let timeout = match timeout_s {
             Some(t) => Some(Duration::from_secs_f64(positive("timeout_s", t)?)),
+            None => None,
+        };
+        let body_idle = match body_idle_s {
+            Some(t) => Some(Duration::from_secs_f64(positive("body_idle_s", t)?)),
             None => None,
         };
         let pairs = headers.iter().map(|(n, v)| (&n[..], &v[..]));
@@ -292,7 +299,7 @@ impl PyHttpClient {
         let queue = completions.get().queue.clone();
         let (rt, job) = self
             .inner
-            .prepare(req, timeout, move |result| {
+            .prepare(req, timeout, body_idle, move |result| {
                 queue.push(future, Outcome::Reply(result))
             })
             .map_err(py_error)?;

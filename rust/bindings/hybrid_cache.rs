@@ -77,6 +77,24 @@ impl PyHybridCache {
         self.inner.get_memory(key).map(|v| PyBytes::new(py, &v))
     }
 
+    /// The memory tier, counting a hit but not a miss: follow a `None` with
+    /// `get_disk`, so a lookup that reaches the disk is counted once.
+    fn get_hot<'py>(&self, py: Python<'py>, key: &[u8]) -> Option<Bound<'py, PyBytes>> {
+        self.inner.get_hot(key).map(|v| PyBytes::new(py, &v))
+    }
+
+    /// The disk half of `get`, for a key that just missed memory (counts the hit
+    /// or the miss; promotes a hit). Releases the GIL around the disk read.
+    fn get_disk<'py>(&self, py: Python<'py>, key: &[u8]) -> Option<Bound<'py, PyBytes>> {
+        let c = &self.inner;
+        let v = if c.disk_active() {
+            py.allow_threads(|| c.get_disk(key))
+        } else {
+            c.get_disk(key)
+        };
+        v.map(|v| PyBytes::new(py, &v))
+    }
+
     #[pyo3(signature = (key, value, ttl_s = None))]
     fn set(&self, py: Python<'_>, key: &[u8], value: &[u8], ttl_s: Option<f64>) -> PyResult<()> {
         let ttl = cache::ttl_ns("ttl_s", ttl_s)?;

@@ -113,6 +113,7 @@ struct Counters {
     evictions: AtomicU64,
     oversize: AtomicU64,
     recovered: AtomicU64,
+    lock_waits: AtomicU64,
 }
 
 /// A snapshot of a disk tier's counters.
@@ -134,6 +135,8 @@ pub struct DiskStats {
     pub oversize: u64,
     /// Databases moved aside as corrupt at open.
     pub recovered: u64,
+    /// Waits (of 20 ms) at open for a lock still held by a handle this process closed.
+    pub lock_waits: u64,
     /// 1 if the tier is off (failed to open, broken or closed), else 0.
     pub disabled: u64,
     /// Entries stored (approximate).
@@ -169,6 +172,11 @@ pub struct DiskCache {
     entries: AtomicI64,
     counters: Counters,
     evicting: Mutex<()>,
+    /// The directory, as opened (for the record of handles closed by this process).
+    path: PathBuf,
+    /// The process that opened the database. A forked child never touches it:
+    /// sled's threads and locks are the parent's (see [`DiskCache::forked`]).
+    pid: u32,
 }
 
 fn seq_key(seq: u64) -> [u8; 8] {
@@ -197,8 +205,10 @@ impl DiskCache {
             entries: AtomicI64::new(0),
             counters: Counters::default(),
             evicting: Mutex::new(()),
+            path: config.path.clone(),
+            pid: std::process::id(),
         };
-        let store = match try_open(config, &config.path) {
+        let store = match try_open(config, &config.path, &cache.counters.lock_waits) {
             Ok(s) => Ok(s),
             Err(OpenFailure::Broken(why)) => cache.move_aside_and_reopen(config, why),
             Err(OpenFailure::Locked(why) | OpenFailure::Other(why)) => Err(why),
@@ -216,7 +226,7 @@ impl DiskCache {
     /// Run `f` on the open store; `None` if the tier is off. A panic inside
     /// sled disables the tier instead of unwinding into the caller.
     fn with_store<T>(&self, f: impl FnOnce(&Store) -> T) -> Option<T> {
-        if self.broken.load(Relaxed) {
+        if self.broken.load(Relaxed) || self.forked() {
             return None;
         }
         let guard = self.store.read();
@@ -241,13 +251,23 @@ impl DiskCache {
         self.clock.now_ns()
     }
 
+    /// Whether this is a forked child of the process that opened the tier. The
+    /// child never uses the database: its flusher thread and locks live in the
+    /// parent, so the tier is off here, and closing or dropping it returns at once.
+    pub fn forked(&self) -> bool {
+        std::process::id() != self.pid
+    }
+
     /// Whether the tier is open and usable.
     pub fn enabled(&self) -> bool {
-        !self.broken.load(Relaxed) && self.store.read().is_some()
+        !self.forked() && !self.broken.load(Relaxed) && self.store.read().is_some()
     }
 
     /// Why the tier is off, or the last disk error seen; `None` if all is well.
     pub fn error(&self) -> Option<String> {
+        if self.forked() {
+            return Some(FORKED.into());
+        }
         self.error.lock().clone()
     }
 
@@ -419,9 +439,15 @@ impl DiskCache {
     /// Flush and close the database, releasing its lock. Later calls are
     /// misses and dropped writes. Idempotent.
     pub fn close(&self) {
+        if self.forked() {
+            return; // the parent's handle: leave it alone (Drop forgets it)
+        }
         self.flush();
         let store = self.store.write().take();
-        drop(store);
+        if store.is_some() {
+            drop(store);
+            open::note_closed(&self.path);
+        }
     }
 
     /// Entries stored (approximate).
@@ -451,6 +477,7 @@ impl DiskCache {
             evictions: c.evictions.load(Relaxed),
             oversize: c.oversize.load(Relaxed),
             recovered: c.recovered.load(Relaxed),
+            lock_waits: c.lock_waits.load(Relaxed),
             disabled: u64::from(!self.enabled()),
             entries: self.len(),
             bytes: self.bytes(),
@@ -461,6 +488,25 @@ impl DiskCache {
     #[cfg(test)]
     pub(crate) fn put_raw(&self, key: &[u8], raw: &[u8]) {
         self.with_store(|s| s.data.insert(key, raw).unwrap());
+    }
+}
+
+/// Why a forked child's tier is off.
+const FORKED: &str = "the disk tier was opened by the parent process before fork; \
+    this process uses the memory tier only (give each worker its own disk_path, \
+    or build the service after fork)";
+
+impl Drop for DiskCache {
+    fn drop(&mut self) {
+        if self.forked() {
+            // Dropping sled's handle would flush and join threads that exist only
+            // in the parent, and wait forever: leak it instead.
+            if let Some(store) = self.store.get_mut().take() {
+                std::mem::forget(store);
+            }
+        } else if self.store.get_mut().take().is_some() {
+            open::note_closed(&self.path);
+        }
     }
 }
 

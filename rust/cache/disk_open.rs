@@ -3,8 +3,11 @@
 //! aside, and the scan that rebuilds the counts and the eviction index.
 
 use std::panic::catch_unwind;
-use std::path::Path;
-use std::sync::atomic::Ordering::Relaxed;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
 
 use super::{envelope, seq_key, DiskCache, DiskConfig, Store, WallClock};
 use crate::clock::Clock;
@@ -17,18 +20,53 @@ pub(super) enum OpenFailure {
 }
 
 /// How long an open waits for a lock held by a closing handle before giving up.
-const LOCK_WAIT: std::time::Duration = std::time::Duration::from_millis(600);
+const LOCK_WAIT: Duration = Duration::from_millis(600);
 
-/// Open the database; a lock still held (by a handle of this process that is
-/// closing, whose flusher thread exits within a flush period) is retried for a
-/// short while before the tier gives up.
-pub(super) fn try_open(cfg: &DiskConfig, path: &Path) -> std::result::Result<Store, OpenFailure> {
-    let start = std::time::Instant::now();
+/// Directories whose handle this process closed, and when: sled's flusher
+/// thread keeps the lock for up to a flush period after the handle is dropped.
+static CLOSED: Mutex<Vec<(PathBuf, Instant)>> = Mutex::new(Vec::new());
+
+fn key(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// Record that this process just closed its handle on `path`.
+pub(super) fn note_closed(path: &Path) {
+    let now = Instant::now();
+    let mut closed = CLOSED.lock();
+    closed.retain(|(_, at)| now.duration_since(*at) < LOCK_WAIT);
+    closed.push((key(path), now));
+}
+
+/// Until when a lock on `path` may still be our own closing handle's.
+fn own_lock_until(path: &Path) -> Option<Instant> {
+    let key = key(path);
+    let closed = CLOSED.lock();
+    closed
+        .iter()
+        .filter(|(p, _)| *p == key)
+        .map(|(_, at)| *at + LOCK_WAIT)
+        .max()
+}
+
+/// Open the database. A lock held by a handle this process just closed (its
+/// flusher thread exits within a flush period) is retried for a short while;
+/// a lock held by anyone else (another process, or a handle of this one still
+/// open) fails at once, so a second worker on the same path never blocks.
+pub(super) fn try_open(
+    cfg: &DiskConfig,
+    path: &Path,
+    waits: &AtomicU64,
+) -> std::result::Result<Store, OpenFailure> {
     loop {
         match try_open_once(cfg, path) {
-            Err(OpenFailure::Locked(_)) if start.elapsed() < LOCK_WAIT => {
-                std::thread::sleep(std::time::Duration::from_millis(20));
-            }
+            Err(OpenFailure::Locked(why)) => match own_lock_until(path) {
+                Some(until) if Instant::now() < until => {
+                    waits.fetch_add(1, Relaxed);
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                _ => return Err(OpenFailure::Locked(why)),
+            },
             other => return other,
         }
     }
@@ -47,9 +85,12 @@ fn try_open_once(cfg: &DiskConfig, path: &Path) -> std::result::Result<Store, Op
     });
     match opened {
         Ok(Ok(store)) => Ok(store),
-        Ok(Err(sled::Error::Io(e))) if e.to_string().contains("could not acquire lock") => Err(
-            OpenFailure::Locked(format!("database is in use by another handle: {e}")),
-        ),
+        Ok(Err(sled::Error::Io(e))) if e.to_string().contains("could not acquire lock") => {
+            Err(OpenFailure::Locked(format!(
+                "database is in use by another handle (another process, or another cache of \
+                 this one): {e}; give each process its own disk_path"
+            )))
+        }
         Ok(Err(sled::Error::Io(e)))
             if !matches!(
                 e.kind(),
@@ -89,7 +130,7 @@ impl DiskCache {
             .map_err(|e| format!("{why}; moving it aside failed: {e}"))?;
         self.counters.recovered.fetch_add(1, Relaxed);
         std::fs::create_dir_all(&cfg.path).map_err(|e| format!("{why}; recreating failed: {e}"))?;
-        try_open(cfg, &cfg.path).map_err(|f| match f {
+        try_open(cfg, &cfg.path, &self.counters.lock_waits).map_err(|f| match f {
             OpenFailure::Locked(w) | OpenFailure::Broken(w) | OpenFailure::Other(w) => {
                 format!("{why}; reopening fresh failed: {w}")
             }

@@ -391,6 +391,7 @@ impl HybridCache {
             ("disk_expired", d.expired),
             ("disk_oversize", d.oversize),
             ("disk_recovered", d.recovered),
+            ("disk_lock_waits", d.lock_waits),
             ("corrupt", d.corrupt),
             ("disk_errors", d.errors),
             (

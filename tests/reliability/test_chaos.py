@@ -67,6 +67,12 @@ def chaos_config(make_config: ConfigFactory, *, fallback: bool) -> Any:
         circuit_breaker=CircuitBreakerConfig(open_duration_s=0.05, minimum_calls=20),
         selection=ModelSelectionStrategy(fallbacks=fallbacks),
         cache=CacheConfig(enabled=False),
+        # the healthy fallback has timeouts of its own, not the primary's tight ones
+        provider_kw={
+            "claude": {
+                "timeouts": RequestTimeouts(read_s=5.0, stream_idle_s=5.0, total_s=TIMEOUT_S)
+            }
+        },
     )
 
 
@@ -220,6 +226,9 @@ async def test_attempt_cut_by_the_deadline_is_counted(
                     await svc.achat("cut by deadline", timeout=0.2)
         _check_accounting(svc, fakes)
         snap = svc.metrics.snapshot()
-        assert snap.total("failures.ProviderTimeoutError") == 2
-        # and the breaker saw two timeouts, as it would for read timeouts
-        assert svc._engine.orchestrator.runtimes["openai"].breaker.failure_rate == 1.0
+        assert snap.total("failures.DeadlineExceeded") == 2
+        assert snap.total("failures.ProviderTimeoutError") == 0
+        # the caller's deadline is not the deployment's fault: breaker and limit untouched
+        rt = svc._engine.orchestrator.runtimes["openai"]
+        assert rt.breaker.failure_rate == 0.0 and rt.breaker.state == "closed"
+        assert rt.scheduler.limit == 64

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from typing import Any, ClassVar, Protocol, TypeVar
 
 import httpx
 import msgspec
 
+from llmrelay._transport import BODY_IDLE_EXT
 from llmrelay._types import ChatChunk, ChatRequest, ChatResponse, EmbeddingResponse
 from llmrelay.errors import ProviderError, ProviderTimeoutError, ProviderUnavailableError
 from llmrelay.providers._errors import error_from_status, error_from_transport, response_error
@@ -211,16 +212,27 @@ class ProviderAdapter:
         *,
         timeout: httpx.Timeout | None = None,
         stream_idle_s: float | None = None,
+        on_response: Callable[[httpx.Response], None] | None = None,
     ) -> AsyncGenerator[ChatChunk, None]:
         """Stream a chat answer as chunks (an async generator: ``aclose()`` it if you stop early).
 
         A stream cut before its end marker raises ProviderUnavailableError; no bytes
         for ``stream_idle_s`` seconds raises ProviderTimeoutError. The reply is
-        closed on every exit, cancellation included.
+        closed on every exit, cancellation included. ``on_response`` sees the reply
+        (its headers) once it is known to be a success.
+
+        The idle gap is timed by the transport where it can (the core's transport
+        times it on its runtime, where the bytes arrive); otherwise here, and then a
+        timer that fires is not believed until the loop has had a chance to deliver
+        data that already arrived (after a loop stall, asyncio runs expired timers
+        before the callbacks of data received meanwhile).
         """
         request = self.build_chat_request(req, model, stream=True)
+        if stream_idle_s is not None:
+            request.extensions[BODY_IDLE_EXT] = stream_idle_s
         resp = await self._send(client, request, model, timeout, stream=True)
         byte_iter = resp.aiter_bytes()
+        timed_below = stream_idle_s is not None and BODY_IDLE_EXT in resp.extensions
         try:
             ctype = resp.headers.get("content-type", "")
             if not any(t in ctype for t in self.stream_content_types):
@@ -231,19 +243,20 @@ class ProviderAdapter:
                     model,
                     resp,
                 )
+            if on_response is not None:
+                on_response(resp)
             decoder = self.stream_decoder(model)
             while not decoder.done:
                 try:
-                    if stream_idle_s is None:
+                    if stream_idle_s is None or timed_below:
                         data = await anext(byte_iter)
                     else:
-                        async with asyncio.timeout(stream_idle_s):
-                            data = await anext(byte_iter)
+                        data = await _next_within(byte_iter, stream_idle_s)
                 except StopAsyncIteration:
                     for chunk in decoder.close():
                         yield well_typed(chunk, self.deployment, model)
                     break
-                except TimeoutError:
+                except (TimeoutError, httpx.ReadTimeout):
                     raise ProviderTimeoutError(
                         f"no stream data for {stream_idle_s}s",
                         provider=self.deployment,
@@ -265,3 +278,30 @@ class ProviderAdapter:
             with contextlib.suppress(Exception):
                 await byte_iter.aclose()  # type: ignore[attr-defined]  # httpx gives a generator
             await resp.aclose()
+
+
+#: Turns of the loop a fired idle timer waits for data that already arrived.
+_STALL_GRACE_TURNS = 3
+
+
+async def _next_within(it: AsyncIterator[bytes], idle_s: float) -> bytes:
+    """The next piece of ``it``, or TimeoutError after ``idle_s`` with nothing.
+
+    The read runs as its own task, so a timer that fired late (a stalled loop) can
+    let already-arrived data through first instead of cancelling the read.
+    """
+    step: asyncio.Future[bytes] = asyncio.ensure_future(anext(it))
+    try:
+        done, _ = await asyncio.wait((step,), timeout=idle_s)
+        for _ in range(_STALL_GRACE_TURNS):
+            if done or step.done():
+                return step.result()
+            await asyncio.sleep(0)
+        if step.done():
+            return step.result()
+    except BaseException:
+        step.cancel()
+        raise
+    step.cancel()
+    await asyncio.wait((step,))  # let the read finish cancelling before the body is closed
+    raise TimeoutError

@@ -67,11 +67,14 @@ def _float(text: str) -> float | None:
         return None
 
 
+_MAX_COUNT_DIGITS = 15  # 10**15 requests or tokens a minute: anything longer is garbage
+
+
 def _int(text: str | None) -> int | None:
     if text is None:
         return None
     text = text.strip()
-    if not text.isdigit() or not text.isascii():
+    if not text.isdigit() or not text.isascii() or len(text) > _MAX_COUNT_DIGITS:
         return None
     return int(text)
 

@@ -34,5 +34,6 @@ __all__ = [
     "estimate_tokens",
 ]
 
-for _cls in (FakeProvider, RateLimitInfo, RecordedRequest, SpawnedFake):
+# (RecordedRequest keeps its module: msgspec resolves its annotations there)
+for _cls in (FakeProvider, RateLimitInfo, SpawnedFake):
     _cls.__module__ = __name__

@@ -22,6 +22,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--stream-chunk-delay-s", type=float, default=0.0)
     p.add_argument("--model", default=None)
     p.add_argument("--api-key", default=None)
+    p.add_argument(
+        "--no-control",
+        action="store_true",
+        help="close the control channel (POST /__llmrelay__/control) used by FakeProvider.spawn",
+    )
     return p
 
 
@@ -34,6 +39,7 @@ async def _serve(args: argparse.Namespace) -> None:
         stream_chunk_delay_s=args.stream_chunk_delay_s,
         model=args.model,
         api_key=args.api_key,
+        control=not args.no_control,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

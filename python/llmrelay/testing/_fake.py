@@ -23,6 +23,7 @@ import msgspec
 
 from llmrelay.errors import ConfigError
 from llmrelay.testing._anthropic import AnthropicDialect
+from llmrelay.testing._control import CONTROL_PATH, handle_control
 from llmrelay.testing._dialect import Dialect, Exchange
 from llmrelay.testing._faults import FaultKind, FaultPlan
 from llmrelay.testing._ollama import OllamaDialect
@@ -78,6 +79,8 @@ class FakeProvider:
     ``model`` fixes the model name reported (default: echo the requested one); ``api_key``,
     when set, is the only key accepted; ``embedding_dims`` sizes default embeddings;
     ``clock`` (seconds, default ``time.monotonic``) times requests and rate-limit windows.
+    ``control`` opens the control channel (``POST /__llmrelay__/control``) through which a
+    fake run as a process is scripted from another (see :meth:`spawn`).
     """
 
     def __init__(
@@ -92,6 +95,7 @@ class FakeProvider:
         api_key: str | None = None,
         embedding_dims: int = 8,
         clock: Callable[[], float] | None = None,
+        control: bool = False,
     ) -> None:
         dialect = _DIALECTS.get(protocol)
         if dialect is None:
@@ -109,6 +113,7 @@ class FakeProvider:
         self.model = model
         self.api_key = api_key
         self.embedding_dims = embedding_dims
+        self.control = control
         self._port = port
         self._clock = clock or time.monotonic
         self._dialect = dialect()
@@ -416,6 +421,8 @@ class FakeProvider:
     # dispatch --------------------------------------------------------------------------------
 
     async def _handle(self, request: HttpRequest, responder: Responder) -> None:
+        if self.control and request.path == CONTROL_PATH:
+            return await handle_control(self, request, responder)
         dialect = self._dialect
         body = request.body
         parsed: Any = None
