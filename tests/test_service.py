@@ -541,3 +541,21 @@ async def test_embed_on_a_kind_without_embeddings_is_typed() -> None:
     async with LLMService(cfg) as svc:
         with pytest.raises(InvalidRequestError, match="no embeddings"):
             await svc.aembed("x")
+
+
+# ---- abatch back-pressure and progress --------------------------------------------------------
+
+
+async def test_abatch_never_overflows_the_queue_on_its_own(
+    make_config: ConfigFactory, fakes: dict[str, FakeProvider]
+) -> None:
+    cfg = make_config(orchestrator=OrchestratorConfig(max_queue_size=100, max_concurrency=4))
+    async with LLMService(cfg) as svc:
+        prompts = [f"prompt {i}" for i in range(400)]
+        out = await svc.abatch(prompts)
+        errors = [r for r in out if not isinstance(r, ChatResponse)]
+        assert errors == []
+        assert [r.text for r in out if isinstance(r, ChatResponse)] == [
+            f"echo: prompt {i}" for i in range(400)
+        ]
+        assert fakes["openai"].request_count == 400

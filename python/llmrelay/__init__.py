@@ -37,9 +37,15 @@ if TYPE_CHECKING:
         EmbeddingResponse,
         Message,
         ToolCall,
+        ToolCallDelta,
         Usage,
     )
-    from llmrelay.providers import ProviderRegistration, register_provider
+    from llmrelay.providers import (
+        ChunkAccumulator,
+        ProviderRegistration,
+        accumulate_chunks,
+        register_provider,
+    )
 
 __version__ = "0.1.0"
 
@@ -48,6 +54,7 @@ _LAZY = {
     "ChatChunk": "llmrelay._types",
     "ChatRequest": "llmrelay._types",
     "ChatResponse": "llmrelay._types",
+    "ChunkAccumulator": "llmrelay.providers",
     "Conversation": "llmrelay._conversation",
     "DefaultServiceProxy": "llmrelay._proxy",
     "EmbeddingResponse": "llmrelay._types",
@@ -57,7 +64,9 @@ _LAZY = {
     "ProviderRegistration": "llmrelay.providers",
     "ServiceMetrics": "llmrelay._metrics",
     "ToolCall": "llmrelay._types",
+    "ToolCallDelta": "llmrelay._types",
     "Usage": "llmrelay._types",
+    "accumulate_chunks": "llmrelay.providers",
     "configure": "llmrelay._proxy",
     "llm": "llmrelay._proxy",
     "register_provider": "llmrelay.providers",
@@ -83,6 +92,7 @@ __all__ = [
     "ChatChunk",
     "ChatRequest",
     "ChatResponse",
+    "ChunkAccumulator",
     "CircuitBreakerConfig",
     "Conversation",
     "DedupConfig",
@@ -102,8 +112,10 @@ __all__ = [
     "RequestTimeouts",
     "ServiceMetrics",
     "ToolCall",
+    "ToolCallDelta",
     "Usage",
     "__version__",
+    "accumulate_chunks",
     "configure",
     "errors",
     "llm",

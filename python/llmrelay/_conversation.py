@@ -2,20 +2,25 @@
 
 Trimming drops the oldest turns first, never the system prompt, and never
 separates an assistant's tool calls from the tool results that answer them
-(they go as one group). A conversation saves to and loads from JSON.
+(they go as one group). After tool results (``add_tool_result``) the
+conversation continues with ``asend()`` / ``astream()`` and no text. A call
+changes the history only when it succeeds: the user turn and the answer are
+added together (a stream's once it has ended), so a failed or abandoned call
+leaves it as it was. A conversation saves to and loads from JSON.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from llmrelay._types import ChatResponse, Message, to_messages
+from llmrelay._types import ChatChunk, ChatResponse, Message, ToolCall, to_messages
 from llmrelay.errors import InvalidRequestError
+from llmrelay.providers._accumulate import ChunkAccumulator
 
 if TYPE_CHECKING:
     from llmrelay._service import LLMService
@@ -53,7 +58,8 @@ def _groups(history: list[Message]) -> list[list[Message]]:
 
 
 class Conversation:
-    """A running chat with one service: ``send`` / ``asend`` add both sides to ``history``."""
+    """A running chat with one service: ``send`` / ``asend`` / ``stream`` / ``astream``
+    add both sides to ``history``."""
 
     def __init__(
         self,
@@ -103,9 +109,12 @@ class Conversation:
 
     def messages(self) -> list[Message]:
         """What the next request sends: the system prompt and the history that fits."""
+        return self._compose(self.history)
+
+    def _compose(self, history: list[Message]) -> list[Message]:
         head = [Message(role="system", content=self.system)] if self.system else []
         budget = self._budget()
-        groups = _groups(self.history)
+        groups = _groups(history)
         if budget is not None:
             used = sum(_tokens(m) for m in head)
             kept: list[list[Message]] = []
@@ -118,36 +127,146 @@ class Conversation:
             groups = list(reversed(kept))
         return head + [m for g in groups for m in g]
 
-    def _prepare(self, text: str | Message | Mapping[str, Any]) -> None:
-        if isinstance(text, str) and not text:
-            raise InvalidRequestError("invalid text='': empty message", field="text")
-        self.add(text)
+    @property
+    def pending_tool_calls(self) -> list[ToolCall]:
+        """The last assistant turn's tool calls that have no tool result yet, in order."""
+        groups = _groups(self.history)
+        if not groups:
+            return []
+        head, *results = groups[-1]
+        if head.role != "assistant" or not head.tool_calls:
+            return []
+        answered = {m.tool_call_id for m in results}
+        return [c for c in head.tool_calls if c.id not in answered]
 
-    async def asend(self, text: str | Message | Mapping[str, Any], **params: Any) -> ChatResponse:
-        """Add a user turn, get the answer, add it to the history, return it."""
-        self._prepare(text)
-        try:
-            resp = await self._service.achat(
-                self.messages(), self.model, priority=self.priority, **{**self.params, **params}
+    def add_tool_result(self, tool_call_id: str, content: Any, *, name: str | None = None) -> None:
+        """Append the result of one of :attr:`pending_tool_calls`.
+
+        ``content`` is a str, or anything JSON-encodable (sent as its JSON text). Then
+        ``asend()`` / ``astream()`` with no text continue the conversation, no user turn
+        needed.
+        """
+        pending = self.pending_tool_calls
+        if not any(c.id == tool_call_id for c in pending):
+            waiting = ", ".join(repr(c.id) for c in pending)
+            detail = (
+                f"the calls waiting for a result are {waiting}"
+                if waiting
+                else ("the last assistant turn made no tool call still waiting for a result")
             )
-        except BaseException:
-            self.history.pop()
-            raise
-        self.history.append(resp.message)
+            raise InvalidRequestError(
+                f"invalid tool_call_id={tool_call_id!r}: no tool call with this id; {detail}",
+                field="tool_call_id",
+            )
+        if not isinstance(content, str):
+            try:
+                content = msgspec.json.encode(content).decode()
+            except (TypeError, msgspec.EncodeError):
+                raise InvalidRequestError(
+                    f"invalid content of type {type(content).__name__}: expected a str or"
+                    " a JSON-encodable value",
+                    field="content",
+                ) from None
+        self.history.append(
+            Message(role="tool", content=content, tool_call_id=tool_call_id, name=name)
+        )
+
+    def _turn(self, text: str | Message | Mapping[str, Any] | None) -> list[Message]:
+        """The user turn a call adds (none for ``text=None``), checked before sending."""
+        pending = self.pending_tool_calls
+        if pending:
+            missing = ", ".join(repr(c.id) for c in pending)
+            raise InvalidRequestError(
+                f"invalid history: tool calls {missing} have no result yet;"
+                " add_tool_result() each before sending",
+                field="tool_call_id",
+            )
+        if text is None:
+            if not self.history or self.history[-1].role not in ("user", "tool"):
+                raise InvalidRequestError(
+                    "invalid text=None: nothing to answer (the history does not end with a"
+                    " user turn or a tool result); give the text of the next user turn",
+                    field="text",
+                )
+            return []
+        if isinstance(text, str):
+            if not text:
+                raise InvalidRequestError("invalid text='': empty message", field="text")
+            return to_messages(text)
+        return to_messages([text])
+
+    def _params(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {**self.params, **params} if params else self.params
+
+    async def asend(
+        self, text: str | Message | Mapping[str, Any] | None = None, **params: Any
+    ) -> ChatResponse:
+        """Add a user turn, get the answer, add both to the history, return the answer.
+
+        With no ``text`` the model answers the history as it is (after tool results).
+        If the call fails the history stays as it was.
+        """
+        turn = self._turn(text)
+        resp = await self._service.achat(
+            self._compose(self.history + turn),
+            self.model,
+            priority=self.priority,
+            **self._params(params),
+        )
+        self.history.extend([*turn, resp.message])
         return resp
 
-    def send(self, text: str | Message | Mapping[str, Any], **params: Any) -> ChatResponse:
+    def send(
+        self, text: str | Message | Mapping[str, Any] | None = None, **params: Any
+    ) -> ChatResponse:
         """The sync twin of :meth:`asend`."""
-        self._prepare(text)
-        try:
-            resp = self._service.chat(
-                self.messages(), self.model, priority=self.priority, **{**self.params, **params}
-            )
-        except BaseException:
-            self.history.pop()
-            raise
-        self.history.append(resp.message)
+        turn = self._turn(text)
+        resp = self._service.chat(
+            self._compose(self.history + turn),
+            self.model,
+            priority=self.priority,
+            **self._params(params),
+        )
+        self.history.extend([*turn, resp.message])
         return resp
+
+    def astream(
+        self, text: str | Message | Mapping[str, Any] | None = None, **params: Any
+    ) -> AsyncIterator[ChatChunk]:
+        """Like :meth:`asend`, streamed: an async iterator of :class:`ChatChunk`.
+
+        The user turn and the assistant turn (its text and tool calls, reassembled from
+        the deltas) are added to the history together, once the stream has ended
+        completely. A stream that fails or is left unfinished adds nothing: the history
+        is as before the call, so the same call can simply be made again. Bad input
+        raises here, before anything is sent.
+        """
+        turn = self._turn(text)
+        return self._streamed(turn, self._params(params))
+
+    def stream(
+        self, text: str | Message | Mapping[str, Any] | None = None, **params: Any
+    ) -> Iterator[ChatChunk]:
+        """The sync twin of :meth:`astream`."""
+        turn = self._turn(text)
+        return self._service._engine.runner.iterate(self._streamed(turn, self._params(params)))
+
+    async def _streamed(
+        self, turn: list[Message], params: dict[str, Any]
+    ) -> AsyncGenerator[ChatChunk, None]:
+        chunks = self._service.astream(
+            self._compose(self.history + turn), self.model, priority=self.priority, **params
+        )
+        acc = ChunkAccumulator()
+        try:
+            async for chunk in chunks:
+                acc.add(chunk)
+                yield chunk
+        finally:
+            aclose = getattr(chunks, "aclose", None)
+            if aclose is not None:
+                await aclose()
+        self.history.extend([*turn, acc.response().message])
 
     def to_json(self) -> str:
         """The conversation as JSON (system prompt, defaults and history)."""

@@ -10,7 +10,6 @@ view that shares the engine: pools, caches, limits, breakers and metrics.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -216,41 +215,50 @@ class LLMService:
         concurrency: int | None = None,
         priority: int | None = None,
         model: str | None = None,
+        on_progress: Callable[[int, int, int], object] | None = None,
         **params: Any,
     ) -> list[ChatResponse | LLMRelayError]:
         """Run many chats; results in input order, a failure in its slot, never sinking the rest.
 
         Each request is a prompt string, a message list, or a dict with ``messages``
         and any of ``model``, ``priority``, ``timeout``, ``cache`` and parameters.
+        The batch applies back-pressure: it never has more items in flight than the
+        scheduler's queue and slots can hold (``concurrency`` caps that further), so it
+        does not overflow the queue on its own (see :mod:`llmrelay._batch`).
+        ``on_progress(done, failed, cached)`` is called after each item, on the
+        service's loop; if it raises, the error is logged once and it is not called again.
         """
         if concurrency is not None and (isinstance(concurrency, bool) or concurrency < 1):
             raise InvalidRequestError(
                 f"invalid concurrency={concurrency!r}: must be >= 1", field="concurrency"
             )
-        sem = asyncio.Semaphore(concurrency or max(1, len(requests)))
+        from llmrelay._batch import BatchRunner, batch_limit, check_progress
 
-        async def one(item: MessagesIn | Mapping[str, Any]) -> ChatResponse | LLMRelayError:
-            async with sem:
-                try:
-                    if isinstance(item, Mapping):
-                        kw = dict(item)
-                        if "messages" not in kw:
-                            raise InvalidRequestError(
-                                "invalid batch item: a dict needs 'messages'", field="messages"
-                            )
-                        msgs = kw.pop("messages")
-                        kw.setdefault("priority", priority)
-                        kw.setdefault("model", model)
-                        return await self.achat(msgs, **{**params, **kw})
-                    return await self.achat(item, model, priority=priority, **params)
-                except LLMRelayError as e:
-                    return e
-                except Exception as e:  # a bug must not sink the batch either
-                    err = LLMRelayError(f"{type(e).__name__}: {e}")
-                    err.__cause__ = e
-                    return err
+        progress = check_progress(on_progress)
 
-        return list(await asyncio.gather(*(one(r) for r in requests)))
+        async def one(item: MessagesIn | Mapping[str, Any]) -> ChatResponse:
+            if isinstance(item, Mapping):
+                kw = dict(item)
+                if "messages" not in kw:
+                    raise InvalidRequestError(
+                        "invalid batch item: a dict needs 'messages'", field="messages"
+                    )
+                msgs = kw.pop("messages")
+                kw.setdefault("priority", priority)
+                kw.setdefault("model", model)
+                return await self.achat(msgs, **{**params, **kw})
+            return await self.achat(item, model, priority=priority, **params)
+
+        orch = self._engine.orchestrator
+        runner: BatchRunner[MessagesIn | Mapping[str, Any]] = BatchRunner(
+            one,
+            limit=batch_limit(self._engine.config, concurrency, len(requests)),
+            on_progress=progress,
+            backoff=orch.backoff,
+            sleep=orch._sleep,
+            max_retries=self._engine.config.orchestrator.max_retries,
+        )
+        return await runner.run(requests)
 
     def batch(
         self,
@@ -259,11 +267,19 @@ class LLMService:
         concurrency: int | None = None,
         priority: int | None = None,
         model: str | None = None,
+        on_progress: Callable[[int, int, int], object] | None = None,
         **params: Any,
     ) -> list[ChatResponse | LLMRelayError]:
-        """The sync twin of :meth:`abatch`."""
+        """The sync twin of :meth:`abatch` (``on_progress`` runs on the service's loop thread)."""
         return self._engine.runner.run(
-            self.abatch(requests, concurrency=concurrency, priority=priority, model=model, **params)
+            self.abatch(
+                requests,
+                concurrency=concurrency,
+                priority=priority,
+                model=model,
+                on_progress=on_progress,
+                **params,
+            )
         )
 
     # ---- conversations ---------------------------------------------------------------------

@@ -11,8 +11,11 @@ it received. Point any client at ``fake.base_url``::
         ...  # the first request gets a 429, the next one "Hello!"
         assert fake.request_count == 2
 
+``fake.script("Hi", match={"model": "gpt-4o"})`` (or ``path=``, or a predicate on the JSON
+body) answers only matching requests; ``fake.assert_all_consumed()`` fails on leftovers.
+
 With pytest, the fixtures ``fake_openai``, ``fake_anthropic`` and ``fake_ollama`` (a running
-fake per test) are registered automatically.
+fake per test, in sync and async tests alike) are registered automatically.
 """
 
 from __future__ import annotations

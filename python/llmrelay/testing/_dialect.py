@@ -18,7 +18,6 @@ from llmrelay.testing._faults import Fault
 from llmrelay.testing._ratelimit import RateLimitInfo
 from llmrelay.testing._script import (
     ChatPlan,
-    EmbeddingScript,
     ScriptedChat,
     embedding_vector,
     plan_chat,
@@ -85,14 +84,14 @@ class Exchange:
         return requested if isinstance(requested, str) and requested else self.fake.default_model
 
     def plan(self, prompt_tokens: int, last_user_text: str, max_tokens: int | None) -> ChatPlan:
-        script: ScriptedChat | None = self.fake._next_chat_script()
+        script: ScriptedChat | None = self.fake._next_chat_script(self.request.path, self.json)
         plan = plan_chat(script, prompt_tokens, last_user_text, max_tokens)
         self.fake._count_completion(plan.completion_tokens)
         return plan
 
     def embeddings(self, texts: list[str], dims: int | None = None) -> list[list[float]]:
         """The vectors to answer: the next embedding script's, else hashed ones of ``dims``."""
-        script: EmbeddingScript | None = self.fake._next_embedding_script()
+        script = self.fake._next_embedding_script(self.request.path, self.json)
         if script is not None and script.vectors is not None:
             return [list(v) for v in script.vectors]
         if script is not None and script.dims is not None:

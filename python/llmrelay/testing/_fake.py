@@ -17,7 +17,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, Self
+from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar
 
 import msgspec
 
@@ -29,7 +29,14 @@ from llmrelay.testing._faults import FaultKind, FaultPlan
 from llmrelay.testing._ollama import OllamaDialect
 from llmrelay.testing._openai import OpenAIDialect
 from llmrelay.testing._ratelimit import RateLimitInfo, WindowLimit
-from llmrelay.testing._script import EmbeddingScript, ScriptedChat, parse_tool_calls
+from llmrelay.testing._script import (
+    BodyPredicate,
+    EmbeddingScript,
+    ScriptedChat,
+    ScriptMatch,
+    parse_tool_calls,
+    pick_script,
+)
 from llmrelay.testing._server import HttpRequest, HttpServer, Responder
 
 if TYPE_CHECKING:
@@ -38,6 +45,7 @@ if TYPE_CHECKING:
 __all__ = ["FakeProvider", "Protocol", "RecordedRequest"]
 
 Protocol = Literal["openai", "anthropic", "ollama"]
+_S = TypeVar("_S", ScriptedChat, EmbeddingScript)
 _DIALECTS: dict[str, type[Dialect]] = {
     "openai": OpenAIDialect,
     "anthropic": AnthropicDialect,
@@ -119,10 +127,12 @@ class FakeProvider:
         self._dialect = dialect()
         self._routes = self._dialect.routes()
         self._server = HttpServer(self._handle)
-        self._lock = threading.Lock()
+        # re-entrant: a script's match predicate may read the fake (e.g. ``fake.requests``)
+        self._lock = threading.RLock()
         self._requests: list[RecordedRequest] = []
         self._chat_scripts: deque[ScriptedChat] = deque()
         self._embedding_scripts: deque[EmbeddingScript] = deque()
+        self._matching_scripts = 0  # queued scripts with a match= (else: first in, first out)
         self._faults = FaultPlan()
         self._static_limits: RateLimitInfo | None = None
         self._window: WindowLimit | None = None
@@ -249,12 +259,20 @@ class FakeProvider:
         embedding_dims: int | None = None,
         embeddings: Sequence[Sequence[float]] | None = None,
         times: int = 1,
+        match: BodyPredicate | Mapping[str, Any] | None = None,
     ) -> None:
         """Queue the next reply (``times`` copies); unscripted requests get the default echo.
 
         Chat replies (``reply`` and/or ``tool_calls``, optional ``finish_reason`` and token
         counts) and embedding replies (``embedding_dims`` or fixed ``embeddings``) are queued
         separately and consumed in order by chat and embedding requests respectively.
+
+        ``match`` makes the reply conditional: a callable called with the request's JSON
+        body (truthy: it matches), or a mapping with any of ``path`` (the request path),
+        ``model`` (the body's model) and ``body`` (such a callable), all of which must hold.
+        A request takes the first queued reply that matches it, else the first one without
+        ``match``, else the default echo. :meth:`assert_all_consumed` checks that none is
+        left over.
         """
         if not isinstance(times, int) or isinstance(times, bool) or times < 1:
             raise ConfigError(f"times={times!r}: must be an int >= 1")
@@ -277,6 +295,7 @@ class FakeProvider:
             )
         if reply is not None and not isinstance(reply, str):
             raise ConfigError(f"reply={reply!r}: must be a str")
+        matcher = ScriptMatch.parse(match)
         if chat_given:
             chat = ScriptedChat(
                 reply,
@@ -284,9 +303,11 @@ class FakeProvider:
                 finish_reason,
                 prompt_tokens,
                 completion_tokens,
+                matcher,
             )
             with self._lock:
                 self._chat_scripts.extend([chat] * times)
+                self._matching_scripts += times if matcher is not None else 0
             return
         if embedding_dims is not None and (
             not isinstance(embedding_dims, int) or embedding_dims < 1
@@ -298,9 +319,27 @@ class FakeProvider:
                 vectors = tuple(tuple(float(x) for x in v) for v in embeddings)
             except (TypeError, ValueError):
                 raise ConfigError(f"embeddings={embeddings!r}: must be lists of floats") from None
-        item = EmbeddingScript(embedding_dims, vectors)
+        item = EmbeddingScript(embedding_dims, vectors, matcher)
         with self._lock:
             self._embedding_scripts.extend([item] * times)
+            self._matching_scripts += times if matcher is not None else 0
+
+    @property
+    def pending_scripts(self) -> list[str]:
+        """What is still queued: one description per scripted reply, chat replies first."""
+        with self._lock:
+            chats = [s.describe() for s in self._chat_scripts]
+            return chats + [s.describe() for s in self._embedding_scripts]
+
+    def assert_all_consumed(self) -> None:
+        """Raise ``AssertionError`` listing every scripted reply no request has taken."""
+        left = self.pending_scripts
+        if left:
+            lines = "\n".join(f"  - {d}" for d in left)
+            raise AssertionError(
+                f"{self!r}: {len(left)} scripted repl{'y' if len(left) == 1 else 'ies'}"
+                f" not consumed:\n{lines}"
+            )
 
     def inject(
         self,
@@ -392,6 +431,7 @@ class FakeProvider:
             self._requests.clear()
             self._chat_scripts.clear()
             self._embedding_scripts.clear()
+            self._matching_scripts = 0
             self._static_limits = None
             self._window = None
         self._faults.clear()
@@ -401,17 +441,30 @@ class FakeProvider:
     def _next_id(self) -> int:
         return next(self._ids)
 
-    def _next_chat_script(self) -> ScriptedChat | None:
+    def _next_chat_script(self, path: str, body: Any) -> ScriptedChat | None:
         if not self._chat_scripts:
             return None
-        with self._lock:
-            return self._chat_scripts.popleft() if self._chat_scripts else None
+        return self._take(self._chat_scripts, path, body)
 
-    def _next_embedding_script(self) -> EmbeddingScript | None:
+    def _next_embedding_script(self, path: str, body: Any) -> EmbeddingScript | None:
         if not self._embedding_scripts:
             return None
+        return self._take(self._embedding_scripts, path, body)
+
+    def _take(self, queue: deque[_S], path: str, body: Any) -> _S | None:
         with self._lock:
-            return self._embedding_scripts.popleft() if self._embedding_scripts else None
+            if not queue:
+                return None
+            if not self._matching_scripts:
+                return queue.popleft()
+            i = pick_script(queue, path, body)
+            if i is None:
+                return None
+            script = queue[i]
+            del queue[i]
+            if script.match is not None:
+                self._matching_scripts -= 1
+            return script
 
     def _count_completion(self, tokens: int) -> None:
         window = self._window

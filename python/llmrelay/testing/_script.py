@@ -2,7 +2,10 @@
 
 A reply is planned once per request (text, tool calls, finish reason, token counts) and then
 rendered by a protocol module. The default reply echoes the last user message; scripted
-replies are consumed in order, chat and embedding scripts from separate queues.
+replies are consumed in order, chat and embedding scripts from separate queues. A script
+given ``match=`` answers only a request it matches (see :class:`ScriptMatch`); a request
+takes the first queued script that matches it, else the first one without ``match``, else
+the default reply.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import math
 import struct
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -22,10 +25,12 @@ __all__ = [
     "ChatPlan",
     "EmbeddingScript",
     "Finish",
+    "ScriptMatch",
     "ScriptedChat",
     "ToolCallSpec",
     "embedding_vector",
     "estimate_tokens",
+    "pick_script",
     "plan_chat",
     "text_pieces",
 ]
@@ -53,6 +58,62 @@ class ToolCallSpec:
         return _json_encode(self.arguments).decode()
 
 
+BodyPredicate = Callable[[dict[str, Any]], object]
+_MATCH_KEYS = frozenset({"path", "model", "body"})
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class ScriptMatch:
+    """Which requests a script answers: all of ``path``, ``model`` and ``body`` that are set.
+
+    ``path`` is the request path (``"/v1/chat/completions"``), ``model`` the ``model`` of
+    the JSON body, ``body`` a predicate called with the JSON body (truthy: a match).
+    """
+
+    path: str | None = None
+    model: str | None = None
+    body: BodyPredicate | None = None
+
+    @classmethod
+    def parse(cls, match: object) -> ScriptMatch | None:
+        """``script(match=...)``: None, a body predicate, or a mapping of path/model/body."""
+        if match is None:
+            return None
+        if callable(match):
+            return cls(body=match)
+        if not isinstance(match, Mapping) or not match:
+            raise ConfigError(
+                f"match={match!r}: must be a callable(body) -> bool or a mapping with any of"
+                " 'path', 'model', 'body'"
+            )
+        unknown = set(match) - _MATCH_KEYS
+        if unknown:
+            raise ConfigError(f"match has unknown keys {sorted(unknown)}: use path, model, body")
+        for key in ("path", "model"):
+            value = match.get(key)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise ConfigError(f"match[{key!r}]={value!r}: must be a non-empty str")
+        body = match.get("body")
+        if body is not None and not callable(body):
+            raise ConfigError(f"match['body']={body!r}: must be a callable(body) -> bool")
+        return cls(match.get("path"), match.get("model"), body)
+
+    def __call__(self, path: str, body: Any) -> bool:
+        if self.path is not None and path != self.path:
+            return False
+        if self.model is not None and not (
+            isinstance(body, dict) and body.get("model") == self.model
+        ):
+            return False
+        return self.body is None or bool(self.body(body if isinstance(body, dict) else {}))
+
+    def __repr__(self) -> str:
+        parts = [f"{k}={v!r}" for k, v in (("path", self.path), ("model", self.model)) if v]
+        if self.body is not None:
+            parts.append(f"body={getattr(self.body, '__qualname__', repr(self.body))}")
+        return f"match({', '.join(parts)})"
+
+
 @dataclass(frozen=True, slots=True)
 class ScriptedChat:
     """One queued chat reply."""
@@ -62,6 +123,14 @@ class ScriptedChat:
     finish_reason: Finish | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    match: ScriptMatch | None = None
+
+    def describe(self) -> str:
+        parts = [repr(self.text)] if self.text is not None else []
+        parts += [f"tool call {c.name}({c.arguments_json})" for c in self.tool_calls]
+        if self.match is not None:
+            parts.append(repr(self.match))
+        return "chat reply " + ", ".join(parts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +139,31 @@ class EmbeddingScript:
 
     dims: int | None = None
     vectors: tuple[tuple[float, ...], ...] | None = None
+    match: ScriptMatch | None = None
+
+    def describe(self) -> str:
+        what = (
+            f"{len(self.vectors)} fixed vectors"
+            if self.vectors is not None
+            else (f"dims={self.dims}")
+        )
+        return f"embedding reply {what}" + (f", {self.match!r}" if self.match else "")
+
+
+def pick_script(
+    queue: Iterable[ScriptedChat | EmbeddingScript], path: str, body: Any
+) -> int | None:
+    """The index of the script a request takes: the first matching one with ``match``,
+    else the first one without, else None."""
+    fallback: int | None = None
+    for i, script in enumerate(queue):
+        match = script.match
+        if match is None:
+            if fallback is None:
+                fallback = i
+        elif match(path, body):
+            return i
+    return fallback
 
 
 @dataclass(slots=True)
