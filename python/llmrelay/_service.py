@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, Unpack
 
 import httpx
 
@@ -20,14 +20,47 @@ from llmrelay import _core
 from llmrelay._cachekey import CacheControl
 from llmrelay._config import LLMServiceConfig
 from llmrelay._engine import Engine, Middleware
+from llmrelay._metrics import ServiceMetrics
+from llmrelay._params import ChatParams, EmbedParams, check_embed, short
 from llmrelay._priority import Priority
-from llmrelay._types import ChatChunk, ChatResponse, EmbeddingResponse, Message
+from llmrelay._types import ChatChunk, ChatResponse, EmbeddingResponse, MessagesIn
 from llmrelay.errors import InvalidRequestError, LLMRelayError
 
-__all__ = ["LLMService", "Priority"]
+if TYPE_CHECKING:
+    from llmrelay._conversation import Conversation
 
-MessagesIn = str | Sequence[Mapping[str, Any] | Message]
-CacheIn = bool | CacheControl | None
+__all__ = ["BatchItem", "CacheIn", "LLMService", "MessagesIn", "Priority"]
+
+CacheIn = bool | CacheControl | Mapping[str, Any] | None
+#: One request of a batch: a prompt, a message list, or a dict with ``messages`` and
+#: any of ``model``, ``priority``, ``timeout``, ``cache`` and the chat parameters.
+BatchItem = MessagesIn | Mapping[str, Any]
+
+
+def _batch_requests(requests: Any, concurrency: Any) -> list[Any]:
+    """The requests of a batch as a list; InvalidRequestError for a bad batch or concurrency.
+
+    A bare string (or bytes, or one dict) is refused rather than iterated: ``"hey"``
+    would otherwise run three requests, ``"h"``, ``"e"`` and ``"y"``.
+    """
+    if concurrency is not None and (
+        isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1
+    ):
+        raise InvalidRequestError(
+            f"invalid concurrency={short(concurrency)}: must be an int >= 1", field="concurrency"
+        )
+    if isinstance(requests, (str, bytes, Mapping)):
+        raise InvalidRequestError(
+            f"requests={short(requests)}: expected a list of requests; for one request "
+            "use achat()/chat(), or pass a list of one",
+            field="requests",
+        )
+    try:
+        return list(requests)
+    except TypeError:
+        raise InvalidRequestError(
+            f"requests={short(requests)}: expected a list of requests", field="requests"
+        ) from None
 
 
 class LLMService:
@@ -72,7 +105,7 @@ class LLMService:
         priority: int | None = None,
         timeout: float | None = None,
         cache: CacheIn = None,
-        **params: Any,
+        **params: Unpack[ChatParams],
     ) -> LLMService:
         """A view with other defaults sharing this service's engine; closing it closes nothing."""
         view = object.__new__(LLMService)
@@ -93,7 +126,7 @@ class LLMService:
         return self._engine.config
 
     @property
-    def metrics(self) -> Any:
+    def metrics(self) -> ServiceMetrics:
         """The service's :class:`ServiceMetrics` (``snapshot()``, ``reset()``, ``prometheus()``)."""
         return self._engine.metrics
 
@@ -103,7 +136,7 @@ class LLMService:
         priority: int | None,
         timeout: float | None,
         cache: CacheIn,
-        params: dict[str, Any],
+        params: Mapping[str, Any],
     ) -> tuple[str | None, int, float | None, CacheIn, dict[str, Any]]:
         return (
             model if model is not None else self._model,
@@ -112,7 +145,7 @@ class LLMService:
             else (self._priority if self._priority is not None else Priority.NORMAL),
             timeout if timeout is not None else self._timeout,
             cache if cache is not None else self._cache,
-            {**self._params, **params} if self._params else params,
+            {**self._params, **params} if self._params else dict(params),
         )
 
     # ---- chat ------------------------------------------------------------------------------
@@ -125,7 +158,7 @@ class LLMService:
         priority: int | None = None,
         timeout: float | None = None,
         cache: CacheIn = None,
-        **params: Any,
+        **params: Unpack[ChatParams],
     ) -> ChatResponse:
         """Send a chat request; returns the response or raises one typed error."""
         m, p, t, c, kw = self._args(model, priority, timeout, cache, params)
@@ -139,7 +172,7 @@ class LLMService:
         priority: int | None = None,
         timeout: float | None = None,
         cache: CacheIn = None,
-        **params: Any,
+        **params: Unpack[ChatParams],
     ) -> ChatResponse:
         """The sync twin of :meth:`achat` (safe from many threads at once)."""
         m, p, t, c, kw = self._args(model, priority, timeout, cache, params)
@@ -158,7 +191,7 @@ class LLMService:
         priority: int | None = None,
         timeout: float | None = None,
         cache: CacheIn = None,
-        **params: Any,
+        **params: Unpack[ChatParams],
     ) -> AsyncIterator[ChatChunk]:
         """Stream a chat response as :class:`ChatChunk` deltas (usage on the last one)."""
         m, p, t, c, kw = self._args(model, priority, timeout, cache, params)
@@ -172,7 +205,7 @@ class LLMService:
         priority: int | None = None,
         timeout: float | None = None,
         cache: CacheIn = None,
-        **params: Any,
+        **params: Unpack[ChatParams],
     ) -> Iterator[ChatChunk]:
         """The sync twin of :meth:`astream`."""
         m, p, t, c, kw = self._args(model, priority, timeout, cache, params)
@@ -188,11 +221,16 @@ class LLMService:
         *,
         priority: int | None = None,
         timeout: float | None = None,
-        **params: Any,
+        **params: Unpack[EmbedParams],
     ) -> EmbeddingResponse:
-        """Embed one text or many; returns one vector per input, in order."""
-        m, p, t, _, kw = self._args(model, priority, timeout, None, params)
-        return await self._engine.embed(inputs, m, p, t, kw)
+        """Embed one text or many; returns one vector per input, in order.
+
+        ``params`` are the keys of :class:`EmbedParams`; anything else raises
+        InvalidRequestError before anything is sent.
+        """
+        texts, checked = check_embed(inputs, params)
+        m, p, t, _, _ = self._args(model, priority, timeout, None, {})
+        return await self._engine.embed(texts, m, p, t, checked)
 
     def embed(
         self,
@@ -201,35 +239,34 @@ class LLMService:
         *,
         priority: int | None = None,
         timeout: float | None = None,
-        **params: Any,
+        **params: Unpack[EmbedParams],
     ) -> EmbeddingResponse:
         """The sync twin of :meth:`aembed`."""
-        m, p, t, _, kw = self._args(model, priority, timeout, None, params)
-        return self._engine.runner.run(self._engine.embed(inputs, m, p, t, kw))
+        texts, checked = check_embed(inputs, params)
+        m, p, t, _, _ = self._args(model, priority, timeout, None, {})
+        return self._engine.runner.run(self._engine.embed(texts, m, p, t, checked))
 
     # ---- batch -----------------------------------------------------------------------------
 
     async def abatch(
         self,
-        requests: Sequence[MessagesIn | Mapping[str, Any]],
+        requests: Sequence[BatchItem],
         *,
         concurrency: int | None = None,
         priority: int | None = None,
         model: str | None = None,
-        **params: Any,
+        **params: Unpack[ChatParams],
     ) -> list[ChatResponse | LLMRelayError]:
         """Run many chats; results in input order, a failure in its slot, never sinking the rest.
 
         Each request is a prompt string, a message list, or a dict with ``messages``
         and any of ``model``, ``priority``, ``timeout``, ``cache`` and parameters.
+        ``requests`` must be a list (or any iterable but a str, bytes or dict).
         """
-        if concurrency is not None and (isinstance(concurrency, bool) or concurrency < 1):
-            raise InvalidRequestError(
-                f"invalid concurrency={concurrency!r}: must be >= 1", field="concurrency"
-            )
+        requests = _batch_requests(requests, concurrency)
         sem = asyncio.Semaphore(concurrency or max(1, len(requests)))
 
-        async def one(item: MessagesIn | Mapping[str, Any]) -> ChatResponse | LLMRelayError:
+        async def one(item: BatchItem) -> ChatResponse | LLMRelayError:
             async with sem:
                 try:
                     if isinstance(item, Mapping):
@@ -254,12 +291,12 @@ class LLMService:
 
     def batch(
         self,
-        requests: Sequence[MessagesIn | Mapping[str, Any]],
+        requests: Sequence[BatchItem],
         *,
         concurrency: int | None = None,
         priority: int | None = None,
         model: str | None = None,
-        **params: Any,
+        **params: Unpack[ChatParams],
     ) -> list[ChatResponse | LLMRelayError]:
         """The sync twin of :meth:`abatch`."""
         return self._engine.runner.run(
@@ -273,8 +310,8 @@ class LLMService:
         system: str | None = None,
         model: str | None = None,
         priority: int | None = None,
-        **params: Any,
-    ) -> Any:
+        **params: Unpack[ChatParams],
+    ) -> Conversation:
         """A :class:`Conversation` with this service: history, system prompt, trimming."""
         from llmrelay._conversation import Conversation
 
