@@ -250,3 +250,32 @@ async def test_a_slashed_name_of_no_deployment_is_refused() -> None:
         async with LLMService(listed) as svc:
             await svc.achat("hi", "meta-llama/Llama-3-8b")  # listed: fine without a prefix
             assert fake.requests[-1].json["model"] == "meta-llama/Llama-3-8b"
+
+
+def test_message_objects_of_the_wrong_shape_are_refused() -> None:
+    from llmrelay import Message
+
+    for content in (5, ["text"], {"type": "text"}):
+        with pytest.raises(InvalidRequestError) as info:
+            build_request([Message(role="user", content=content)], None, {})  # type: ignore[arg-type]
+        assert info.value.field == "messages[0].content"
+
+
+async def test_a_view_with_a_bad_default_fails_when_made(make_config: ConfigFactory) -> None:
+    async with LLMService(make_config()) as svc:
+        with pytest.raises(InvalidRequestError) as info:
+            svc.with_options(temprature=0)  # type: ignore[call-arg]
+        assert info.value.field == "params.temprature"
+        with pytest.raises(InvalidRequestError) as info:
+            svc.with_options(n=0)
+        assert info.value.field == "params.n"
+
+
+async def test_a_views_chat_defaults_stay_out_of_embeddings(
+    make_config: ConfigFactory, fakes: dict[str, FakeProvider]
+) -> None:
+    async with LLMService(make_config()) as svc:
+        view = svc.with_options(temperature=0, max_tokens=5)
+        await view.aembed("x", "openai/text-embedding-3-small")
+        sent = fakes["openai"].requests[-1].json
+        assert "temperature" not in sent and "max_tokens" not in sent

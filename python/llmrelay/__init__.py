@@ -28,14 +28,17 @@ if TYPE_CHECKING:
     from llmrelay._cachekey import CacheControl
     from llmrelay._conversation import Conversation
     from llmrelay._metrics import MetricsSnapshot, ServiceMetrics
+    from llmrelay._params import ChatParams, EmbedParams
     from llmrelay._proxy import DefaultServiceProxy, configure, llm
     from llmrelay._service import LLMService
     from llmrelay._types import (
         ChatChunk,
         ChatRequest,
         ChatResponse,
+        Choice,
         EmbeddingResponse,
         Message,
+        TokenLogprob,
         ToolCall,
         Usage,
     )
@@ -46,16 +49,20 @@ __version__ = "0.1.0"
 _LAZY = {
     "CacheControl": "llmrelay._cachekey",
     "ChatChunk": "llmrelay._types",
+    "ChatParams": "llmrelay._params",
     "ChatRequest": "llmrelay._types",
     "ChatResponse": "llmrelay._types",
+    "Choice": "llmrelay._types",
     "Conversation": "llmrelay._conversation",
     "DefaultServiceProxy": "llmrelay._proxy",
+    "EmbedParams": "llmrelay._params",
     "EmbeddingResponse": "llmrelay._types",
     "LLMService": "llmrelay._service",
     "Message": "llmrelay._types",
     "MetricsSnapshot": "llmrelay._metrics",
     "ProviderRegistration": "llmrelay.providers",
     "ServiceMetrics": "llmrelay._metrics",
+    "TokenLogprob": "llmrelay._types",
     "ToolCall": "llmrelay._types",
     "Usage": "llmrelay._types",
     "configure": "llmrelay._proxy",
@@ -81,12 +88,15 @@ __all__ = [
     "CacheConfig",
     "CacheControl",
     "ChatChunk",
+    "ChatParams",
     "ChatRequest",
     "ChatResponse",
+    "Choice",
     "CircuitBreakerConfig",
     "Conversation",
     "DedupConfig",
     "DefaultServiceProxy",
+    "EmbedParams",
     "EmbeddingResponse",
     "LLMRelayError",
     "LLMService",
@@ -101,6 +111,7 @@ __all__ = [
     "RateLimitConfig",
     "RequestTimeouts",
     "ServiceMetrics",
+    "TokenLogprob",
     "ToolCall",
     "Usage",
     "__version__",

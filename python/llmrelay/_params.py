@@ -22,7 +22,6 @@ import msgspec
 from llmrelay.errors import InvalidRequestError
 
 __all__ = [
-    "CHAT_PARAMS",
     "ChatParams",
     "EmbedParams",
     "ReasoningEffort",
@@ -267,8 +266,6 @@ _CHECKS: dict[str, Any] = {
     "logit_bias": _logit_bias,
     "service_tier": _tier,
 }
-#: The names ``build_request`` accepts (the keys of :class:`ChatParams`).
-CHAT_PARAMS = frozenset(_CHECKS)
 
 
 def check_chat_params(params: Mapping[str, Any]) -> dict[str, Any]:

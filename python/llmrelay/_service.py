@@ -21,7 +21,7 @@ from llmrelay._cachekey import CacheControl
 from llmrelay._config import LLMServiceConfig
 from llmrelay._engine import Engine, Middleware
 from llmrelay._metrics import ServiceMetrics
-from llmrelay._params import ChatParams, EmbedParams, check_embed, short
+from llmrelay._params import ChatParams, EmbedParams, check_chat_params, check_embed, short
 from llmrelay._priority import Priority
 from llmrelay._types import ChatChunk, ChatResponse, EmbeddingResponse, MessagesIn
 from llmrelay.errors import InvalidRequestError, LLMRelayError
@@ -115,6 +115,7 @@ class LLMService:
         view._timeout = timeout if timeout is not None else self._timeout
         view._cache = cache if cache is not None else self._cache
         view._params = {**self._params, **params}
+        check_chat_params(view._params)  # a bad default fails here, not at the first call
         view._is_view = True
         if view._priority is not None:
             self._engine.check_priority(view._priority)

@@ -49,6 +49,7 @@ _IGNORED_MESSAGE_KEYS = frozenset(
 _MESSAGE_KEYS = frozenset(("role", "content", "name", "tool_calls", "tool_call_id"))
 _json_encode = msgspec.json.encode
 _json_decode = msgspec.json.decode
+_msgpack_encode = msgspec.msgpack.encode
 
 
 class SupportsModelDump(Protocol):
@@ -259,6 +260,13 @@ def _message(d: Any, field: str) -> Message:
             raise _bad(f"{field}.role", d.role, "one of system, user, assistant, tool")
         if d.role == "tool" and not d.tool_call_id:
             raise _bad(f"{field}.tool_call_id", d.tool_call_id, "the id of the answered tool call")
+        content = d.content
+        if not (
+            content is None
+            or type(content) is str
+            or (isinstance(content, list) and all(type(p) is ContentPart for p in content))
+        ):
+            raise _bad(f"{field}.content", content, "a string, a list of ContentPart or None")
         return d
     if not isinstance(d, Mapping):
         if not callable(getattr(d, "model_dump", None)):
@@ -515,10 +523,40 @@ def build_request(
     checked = check_chat_params(params) if params else {}
     req = ChatRequest(messages=msgs, model=model, stream=stream, **checked)
     try:
-        _json_encode(req)
+        _encodable(req)
     except (UnicodeEncodeError, TypeError, ValueError, OverflowError):
         raise _unencodable(req) from None
     return req
+
+
+def _encodable(req: ChatRequest) -> None:
+    """Raise if any part of ``req`` cannot be sent as JSON; cheap when it can.
+
+    An ASCII string (``isascii`` is O(1)) holds no surrogate; any other text is
+    encoded once, which also computes the UTF-8 form CPython keeps with the string,
+    so the body encode later reuses it. The parameters, small, are encoded whole.
+    """
+    for m in req.messages:
+        content = m.content
+        if type(content) is str:
+            if not content.isascii():
+                _msgpack_encode(content)
+        elif content is not None:
+            _msgpack_encode(content)
+        if m.tool_calls is not None or m.name is not None or m.tool_call_id is not None:
+            _json_encode((m.name, m.tool_call_id, m.tool_calls))
+    _json_encode(
+        (
+            req.model,
+            req.stop,
+            req.tools,
+            req.tool_choice,
+            req.response_format,
+            req.user,
+            req.metadata,
+            req.extra,
+        )
+    )
 
 
 def _unencodable(req: ChatRequest) -> InvalidRequestError:
