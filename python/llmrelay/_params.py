@@ -7,19 +7,23 @@ with ``field="params.<name>"``. A parameter given at its OpenAI default (``n=1``
 ``service_tier="auto"``, ``logit_bias={}``) is treated as unset: it means the same
 to every provider and shares cache entries with the call that leaves it out.
 
-``unencodable`` finds the string with a lone surrogate, or the object JSON cannot
-hold, that made an encode fail, and names its path: validation encodes a request
-once (microseconds) and walks it only when that fails.
+``check_encodable`` refuses a request part of which cannot be sent (a string with
+a lone surrogate, an object JSON cannot hold) at the cost of an O(1) check per
+ASCII string and one encode of the rest; only when that fails does
+``unencodable`` walk the request to name the path.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal, TypedDict
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 import msgspec
 
 from llmrelay.errors import InvalidRequestError
+
+if TYPE_CHECKING:
+    from llmrelay._types import ChatRequest
 
 __all__ = [
     "ChatParams",
@@ -29,6 +33,7 @@ __all__ = [
     "bad",
     "check_chat_params",
     "check_embed",
+    "check_encodable",
     "short",
     "unencodable",
 ]
@@ -38,6 +43,7 @@ ServiceTier = Literal["auto", "default", "flex", "scale", "priority", "fast"]
 _EFFORTS = frozenset(("none", "minimal", "low", "medium", "high", "xhigh", "max"))
 _TIERS = frozenset(("auto", "default", "flex", "scale", "priority", "fast"))
 _json_encode = msgspec.json.encode
+_msgpack_encode = msgspec.msgpack.encode
 
 
 class ChatParams(TypedDict, total=False):
@@ -407,3 +413,54 @@ def unencodable(value: Any, path: str) -> InvalidRequestError | None:
     except (UnicodeEncodeError, TypeError, ValueError, OverflowError):
         return bad(path, value, "a JSON value (str, number, bool, None, list or dict)")
     return None
+
+
+# ---------------------------------------------------------------- a whole request
+
+
+def check_encodable(req: ChatRequest) -> None:
+    """Raise InvalidRequestError, naming the path, if part of ``req`` cannot be sent."""
+    try:
+        _encodable(req)
+    except (UnicodeEncodeError, TypeError, ValueError, OverflowError):
+        raise _unencodable(req) from None
+
+
+def _encodable(req: ChatRequest) -> None:
+    """Raise if any part of ``req`` cannot be sent as JSON; cheap when it can.
+
+    An ASCII string (``isascii`` is O(1)) holds no surrogate; any other text is
+    encoded once, which also computes the UTF-8 form CPython keeps with the string,
+    so the body encode later reuses it. The parameters, small, are encoded whole.
+    """
+    for m in req.messages:
+        content = m.content
+        if type(content) is str:
+            if not content.isascii():
+                _msgpack_encode(content)
+        elif content is not None:
+            _msgpack_encode(content)
+        if m.tool_calls is not None or m.name is not None or m.tool_call_id is not None:
+            _json_encode((m.name, m.tool_call_id, m.tool_calls))
+    _json_encode(
+        (
+            req.model,
+            req.stop,
+            req.tools,
+            req.tool_choice,
+            req.response_format,
+            req.user,
+            req.metadata,
+            req.extra,
+        )
+    )
+
+
+def _unencodable(req: ChatRequest) -> InvalidRequestError:
+    """The error naming what made ``req`` impossible to encode."""
+    for name in req.__struct_fields__:
+        path = name if name in ("messages", "model") else f"params.{name}"
+        err = unencodable(getattr(req, name), path)
+        if err is not None:
+            return err
+    return InvalidRequestError("the request cannot be encoded as JSON", field="messages")

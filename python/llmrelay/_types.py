@@ -18,7 +18,7 @@ from typing import Any, Literal, Protocol, cast
 import msgspec
 
 from llmrelay._params import bad as _bad
-from llmrelay._params import check_chat_params, unencodable
+from llmrelay._params import check_chat_params, check_encodable
 from llmrelay.errors import InvalidRequestError
 
 __all__ = [
@@ -49,7 +49,6 @@ _IGNORED_MESSAGE_KEYS = frozenset(
 _MESSAGE_KEYS = frozenset(("role", "content", "name", "tool_calls", "tool_call_id"))
 _json_encode = msgspec.json.encode
 _json_decode = msgspec.json.decode
-_msgpack_encode = msgspec.msgpack.encode
 
 
 class SupportsModelDump(Protocol):
@@ -522,48 +521,5 @@ def build_request(
         raise _bad("model", model, "a non-empty model name")
     checked = check_chat_params(params) if params else {}
     req = ChatRequest(messages=msgs, model=model, stream=stream, **checked)
-    try:
-        _encodable(req)
-    except (UnicodeEncodeError, TypeError, ValueError, OverflowError):
-        raise _unencodable(req) from None
+    check_encodable(req)
     return req
-
-
-def _encodable(req: ChatRequest) -> None:
-    """Raise if any part of ``req`` cannot be sent as JSON; cheap when it can.
-
-    An ASCII string (``isascii`` is O(1)) holds no surrogate; any other text is
-    encoded once, which also computes the UTF-8 form CPython keeps with the string,
-    so the body encode later reuses it. The parameters, small, are encoded whole.
-    """
-    for m in req.messages:
-        content = m.content
-        if type(content) is str:
-            if not content.isascii():
-                _msgpack_encode(content)
-        elif content is not None:
-            _msgpack_encode(content)
-        if m.tool_calls is not None or m.name is not None or m.tool_call_id is not None:
-            _json_encode((m.name, m.tool_call_id, m.tool_calls))
-    _json_encode(
-        (
-            req.model,
-            req.stop,
-            req.tools,
-            req.tool_choice,
-            req.response_format,
-            req.user,
-            req.metadata,
-            req.extra,
-        )
-    )
-
-
-def _unencodable(req: ChatRequest) -> InvalidRequestError:
-    """The error naming what made ``req`` impossible to encode."""
-    for name in req.__struct_fields__:
-        path = name if name in ("messages", "model") else f"params.{name}"
-        err = unencodable(getattr(req, name), path)
-        if err is not None:
-            return err
-    return InvalidRequestError("the request cannot be encoded as JSON", field="messages")
