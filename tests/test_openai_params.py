@@ -431,3 +431,18 @@ async def test_a_broken_base64_embedding_is_a_typed_error() -> None:
         with pytest.raises(Exception) as info:
             await openai().embed(client, ["a"], "m", encoding_format="base64")
     assert type(info.value).__name__ == "ProviderResponseError"
+
+
+async def test_a_calls_output_limit_replaces_the_views_under_either_name(
+    make_config: ConfigFactory, fakes: dict[str, FakeProvider]
+) -> None:
+    async with LLMService(make_config()) as svc:
+        view = svc.with_options(max_tokens=100)
+        await view.achat("hi", max_completion_tokens=50)
+        sent = fakes["openai"].requests[-1].json
+        assert sent["max_completion_tokens"] == 50 and "max_tokens" not in sent
+        other = svc.with_options(max_completion_tokens=100).with_options(max_tokens=20)
+        await other.achat("hi")
+        assert fakes["openai"].requests[-1].json["max_tokens"] == 20
+        with pytest.raises(InvalidRequestError):
+            await svc.achat("hi", max_tokens=1, max_completion_tokens=2)

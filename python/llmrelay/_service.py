@@ -37,6 +37,19 @@ CacheIn = bool | CacheControl | Mapping[str, Any] | None
 BatchItem = MessagesIn | Mapping[str, Any]
 
 
+def _merged(defaults: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
+    """A view's default parameters under a call's: the call's win, and its output limit
+    (``max_tokens`` or ``max_completion_tokens``) replaces the view's under either name."""
+    out = {**defaults, **params}
+    for name, other in (
+        ("max_tokens", "max_completion_tokens"),
+        ("max_completion_tokens", "max_tokens"),
+    ):
+        if name in params and other not in params:
+            out.pop(other, None)
+    return out
+
+
 def _batch_requests(requests: Any, concurrency: Any) -> list[Any]:
     """The requests of a batch as a list; InvalidRequestError for a bad batch or concurrency.
 
@@ -114,7 +127,7 @@ class LLMService:
         view._priority = priority if priority is not None else self._priority
         view._timeout = timeout if timeout is not None else self._timeout
         view._cache = cache if cache is not None else self._cache
-        view._params = {**self._params, **params}
+        view._params = _merged(self._params, params)
         check_chat_params(view._params)  # a bad default fails here, not at the first call
         view._is_view = True
         if view._priority is not None:
@@ -146,7 +159,7 @@ class LLMService:
             else (self._priority if self._priority is not None else Priority.NORMAL),
             timeout if timeout is not None else self._timeout,
             cache if cache is not None else self._cache,
-            {**self._params, **params} if self._params else dict(params),
+            _merged(self._params, params) if self._params else dict(params),
         )
 
     # ---- chat ------------------------------------------------------------------------------
