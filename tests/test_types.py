@@ -372,3 +372,142 @@ def test_unhashable_role_is_a_typed_error() -> None:
     with pytest.raises(InvalidRequestError) as info:
         to_messages([{"role": ["user"], "content": "x"}])
     assert info.value.field == "messages[0].role"
+
+
+# ---------------------------------------------------------------- to_dict and SDK objects
+
+
+def test_to_dict_is_json_ready_and_keeps_openai_shapes() -> None:
+    import json
+
+    from llmrelay import ChatResponse, EmbeddingResponse
+    from llmrelay._types import Choice, TokenLogprob
+
+    call = ToolCall(id="c1", name="f", arguments={"q": "x"})
+    msg = Message(role="assistant", content=None, tool_calls=[call])
+    usage = Usage(prompt_tokens=3, completion_tokens=4, total_tokens=7)
+    lp = [TokenLogprob(token="a", logprob=-0.5, top_logprobs=[TokenLogprob(token="b", logprob=-1)])]
+    alt = Choice(
+        index=1, text="B", message=Message(role="assistant", content="B"), finish_reason="stop"
+    )
+    resp = ChatResponse(
+        id="r",
+        model="m",
+        provider="p",
+        text="",
+        message=msg,
+        tool_calls=[call],
+        finish_reason="tool_calls",
+        usage=usage,
+        logprobs=lp,
+        alternatives=[alt],
+    )
+    d = resp.to_dict()
+    assert json.loads(json.dumps(d)) == d
+    assert d["message"] == msg.to_dict()  # OpenAI-style, straight back into a history
+    assert d["tool_calls"] == [call.to_dict()]
+    assert d["usage"] == {
+        "prompt_tokens": 3,
+        "completion_tokens": 4,
+        "total_tokens": 7,
+        "cached_tokens": 0,
+    }
+    assert [c["text"] for c in d["choices"]] == ["", "B"] and "alternatives" not in d
+    assert d["choices"][0]["message"] == d["message"]
+    assert d["logprobs"][0]["top_logprobs"][0] == {
+        "token": "b",
+        "logprob": -1.0,
+        "bytes": None,
+        "top_logprobs": [],
+    }
+    assert (d["latency_s"], d["cached"], d["attempts"]) == (0.0, False, 1)
+    assert to_messages([d["message"]]) == [msg]
+
+    chunk = ChatChunk(tool_calls=[ToolCallDelta(index=0, id="c1", name="f")])
+    cd = chunk.to_dict()
+    assert json.loads(json.dumps(cd)) == cd
+    assert cd["text"] == "" and cd["usage"] is None and cd["finish_reason"] is None
+    assert cd["tool_calls"] == [{"index": 0, "id": "c1", "name": "f", "arguments_delta": ""}]
+    assert ChatChunk(usage=usage).to_dict()["usage"]["total_tokens"] == 7
+
+    emb = EmbeddingResponse(embeddings=[[0.5, 1.0]], model="e", provider="p", usage=usage)
+    ed = emb.to_dict()
+    assert json.loads(json.dumps(ed)) == ed and ed["embeddings"] == [[0.5, 1.0]]
+    assert usage.to_dict()["prompt_tokens"] == 3
+
+
+def test_openai_sdk_messages_are_accepted() -> None:
+    from openai.types.chat import (
+        ChatCompletion,
+        ChatCompletionDeveloperMessageParam,
+        ChatCompletionMessage,
+        ChatCompletionMessageParam,
+        ChatCompletionToolMessageParam,
+        ChatCompletionUserMessageParam,
+    )
+
+    completion = ChatCompletion.model_validate(
+        {
+            "id": "chatcmpl-1",
+            "object": "chat.completion",
+            "created": 1,
+            "model": "gpt-4o",
+            "choices": [
+                {
+                    "index": 0,
+                    "finish_reason": "tool_calls",
+                    "logprobs": None,
+                    "message": {
+                        "role": "assistant",
+                        "content": None,
+                        "refusal": None,
+                        "annotations": [],
+                        "tool_calls": [
+                            {
+                                "id": "call_1",
+                                "type": "function",
+                                "function": {"name": "lookup", "arguments": '{"q": "tides"}'},
+                            }
+                        ],
+                    },
+                }
+            ],
+        }
+    )
+    sdk_message = completion.choices[0].message
+    assert isinstance(sdk_message, ChatCompletionMessage)
+    developer: ChatCompletionDeveloperMessageParam = {"role": "developer", "content": "be brief"}
+    user: ChatCompletionUserMessageParam = {
+        "role": "user",
+        "content": [{"type": "text", "text": "tides?"}],
+        "name": "ann",
+    }
+    tool: ChatCompletionToolMessageParam = {
+        "role": "tool",
+        "content": "high at noon",
+        "tool_call_id": "call_1",
+    }
+    history: list[ChatCompletionMessageParam] = [developer, user]
+    msgs = to_messages([*history, sdk_message, tool])
+    assert msgs[0] == Message(role="system", content="be brief")
+    assert msgs[1].name == "ann" and msgs[1].text == "tides?"
+    assert msgs[2].tool_calls == [ToolCall(id="call_1", name="lookup", arguments={"q": "tides"})]
+    assert msgs[2].content is None and msgs[3].tool_call_id == "call_1"
+    plain = ChatCompletionMessage(role="assistant", content="Hi")
+    assert Message.from_dict(plain.model_dump()).content == "Hi"
+    assert to_messages([plain]) == [Message(role="assistant", content="Hi")]
+
+
+def test_objects_whose_model_dump_fails_are_typed_errors() -> None:
+    class Broken:
+        def model_dump(self) -> Any:
+            raise RuntimeError("no")
+
+    class NotADict:
+        def model_dump(self) -> Any:
+            return [1]
+
+    for obj in (Broken(), NotADict()):
+        with pytest.raises(InvalidRequestError) as info:
+            to_messages([{"role": "user", "content": "x"}, obj])  # type: ignore[list-item]
+        assert info.value.field == "messages[1]"

@@ -28,7 +28,7 @@ from llmrelay._metrics import ServiceMetrics
 from llmrelay._middleware import Middleware, chain
 from llmrelay._orchestrator import CallContext, RequestOrchestrator
 from llmrelay._pool import ProviderPool
-from llmrelay._selection import Candidate, Selector
+from llmrelay._selection import Candidate, Selector, honouring
 from llmrelay._stages import (
     cache_control,
     cancel_task,
@@ -278,6 +278,7 @@ class Engine:
         cands = self.selector.candidates(
             name, needs=needs_of(req, stream), est_tokens=est_in + (req.max_tokens or 0)
         )
+        cands = honouring(cands, req, stream=stream)
         key = None
         if self.cache is not None:
             if cc.skip:

@@ -9,15 +9,18 @@ happens once; a ConfigError names what to set when nothing is configured.
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterator, Iterator, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Unpack
 
 from llmrelay._config import LLMServiceConfig
-from llmrelay.errors import ConfigError
+from llmrelay._params import ChatParams, EmbedParams
+from llmrelay.errors import ConfigError, LLMRelayError
 
 if TYPE_CHECKING:
-    from llmrelay._service import LLMService
-    from llmrelay._types import ChatChunk, ChatResponse, EmbeddingResponse
+    from llmrelay._conversation import Conversation
+    from llmrelay._metrics import ServiceMetrics
+    from llmrelay._service import BatchItem, CacheIn, LLMService
+    from llmrelay._types import ChatChunk, ChatResponse, EmbeddingResponse, MessagesIn
 
 __all__ = ["DefaultServiceProxy", "configure"]
 
@@ -59,50 +62,143 @@ class DefaultServiceProxy:
                 self._service = LLMService(cfg)
             return self._service
 
-    def chat(self, messages: Any, model: str | None = None, **kw: Any) -> ChatResponse:
+    def chat(
+        self,
+        messages: MessagesIn,
+        model: str | None = None,
+        *,
+        priority: int | None = None,
+        timeout: float | None = None,
+        cache: CacheIn = None,
+        **params: Unpack[ChatParams],
+    ) -> ChatResponse:
         """``LLMService.chat`` on the default service."""
-        return self.service.chat(messages, model, **kw)
+        return self.service.chat(
+            messages, model, priority=priority, timeout=timeout, cache=cache, **params
+        )
 
-    async def achat(self, messages: Any, model: str | None = None, **kw: Any) -> ChatResponse:
+    async def achat(
+        self,
+        messages: MessagesIn,
+        model: str | None = None,
+        *,
+        priority: int | None = None,
+        timeout: float | None = None,
+        cache: CacheIn = None,
+        **params: Unpack[ChatParams],
+    ) -> ChatResponse:
         """``LLMService.achat`` on the default service."""
-        return await self.service.achat(messages, model, **kw)
+        return await self.service.achat(
+            messages, model, priority=priority, timeout=timeout, cache=cache, **params
+        )
 
-    def stream(self, messages: Any, model: str | None = None, **kw: Any) -> Iterator[ChatChunk]:
+    def stream(
+        self,
+        messages: MessagesIn,
+        model: str | None = None,
+        *,
+        priority: int | None = None,
+        timeout: float | None = None,
+        cache: CacheIn = None,
+        **params: Unpack[ChatParams],
+    ) -> Iterator[ChatChunk]:
         """``LLMService.stream`` on the default service."""
-        return self.service.stream(messages, model, **kw)
+        return self.service.stream(
+            messages, model, priority=priority, timeout=timeout, cache=cache, **params
+        )
 
     def astream(
-        self, messages: Any, model: str | None = None, **kw: Any
+        self,
+        messages: MessagesIn,
+        model: str | None = None,
+        *,
+        priority: int | None = None,
+        timeout: float | None = None,
+        cache: CacheIn = None,
+        **params: Unpack[ChatParams],
     ) -> AsyncIterator[ChatChunk]:
         """``LLMService.astream`` on the default service."""
-        return self.service.astream(messages, model, **kw)
+        return self.service.astream(
+            messages, model, priority=priority, timeout=timeout, cache=cache, **params
+        )
 
-    def embed(self, inputs: Any, model: str | None = None, **kw: Any) -> EmbeddingResponse:
+    def embed(
+        self,
+        inputs: str | Sequence[str],
+        model: str | None = None,
+        *,
+        priority: int | None = None,
+        timeout: float | None = None,
+        **params: Unpack[EmbedParams],
+    ) -> EmbeddingResponse:
         """``LLMService.embed`` on the default service."""
-        return self.service.embed(inputs, model, **kw)
+        return self.service.embed(inputs, model, priority=priority, timeout=timeout, **params)
 
-    async def aembed(self, inputs: Any, model: str | None = None, **kw: Any) -> EmbeddingResponse:
+    async def aembed(
+        self,
+        inputs: str | Sequence[str],
+        model: str | None = None,
+        *,
+        priority: int | None = None,
+        timeout: float | None = None,
+        **params: Unpack[EmbedParams],
+    ) -> EmbeddingResponse:
         """``LLMService.aembed`` on the default service."""
-        return await self.service.aembed(inputs, model, **kw)
+        return await self.service.aembed(
+            inputs, model, priority=priority, timeout=timeout, **params
+        )
 
-    def batch(self, requests: Any, **kw: Any) -> list[Any]:
+    def batch(
+        self,
+        requests: Sequence[BatchItem],
+        *,
+        concurrency: int | None = None,
+        priority: int | None = None,
+        model: str | None = None,
+        **params: Unpack[ChatParams],
+    ) -> list[ChatResponse | LLMRelayError]:
         """``LLMService.batch`` on the default service."""
-        return self.service.batch(requests, **kw)
+        return self.service.batch(
+            requests, concurrency=concurrency, priority=priority, model=model, **params
+        )
 
-    async def abatch(self, requests: Any, **kw: Any) -> list[Any]:
+    async def abatch(
+        self,
+        requests: Sequence[BatchItem],
+        *,
+        concurrency: int | None = None,
+        priority: int | None = None,
+        model: str | None = None,
+        **params: Unpack[ChatParams],
+    ) -> list[ChatResponse | LLMRelayError]:
         """``LLMService.abatch`` on the default service."""
-        return await self.service.abatch(requests, **kw)
+        return await self.service.abatch(
+            requests, concurrency=concurrency, priority=priority, model=model, **params
+        )
 
-    def conversation(self, *args: Any, **kw: Any) -> Any:
+    def conversation(
+        self,
+        system: str | None = None,
+        model: str | None = None,
+        priority: int | None = None,
+        **params: Unpack[ChatParams],
+    ) -> Conversation:
         """``LLMService.conversation`` on the default service."""
-        return self.service.conversation(*args, **kw)
+        return self.service.conversation(system, model, priority, **params)
 
-    def with_options(self, **kw: Any) -> LLMService:
+    def with_options(
+        self,
+        model: str | None = None,
+        priority: int | None = None,
+        timeout: float | None = None,
+        cache: CacheIn = None,
+        **params: Unpack[ChatParams],
+    ) -> LLMService:
         """``LLMService.with_options`` on the default service."""
-        return self.service.with_options(**kw)
+        return self.service.with_options(model, priority, timeout, cache, **params)
 
     @property
-    def metrics(self) -> Any:
+    def metrics(self) -> ServiceMetrics:
         """The default service's metrics."""
         return self.service.metrics
 

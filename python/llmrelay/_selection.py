@@ -2,7 +2,9 @@
 
 A model is ``"<deployment>/<model>"`` or a bare model name, which means every
 deployment listing it in ``models`` (or, when none lists it, every deployment
-whose provider's registry knows it, or the only deployment there is). The
+whose provider's registry knows it, or the only deployment there is). A name
+with a ``/`` whose head is no deployment (``"nope/none"``) must be listed or
+known; it never falls to the only deployment. The
 asked model's deployments come first, ordered by the strategy; its fallbacks
 follow in configured order. Candidates lacking a capability the request needs
 (tools, vision, JSON mode, streaming) or too small for the request's estimated
@@ -17,9 +19,10 @@ from dataclasses import dataclass
 
 from llmrelay._config import ModelSelectionStrategy
 from llmrelay._pool import Deployment, ProviderPool
+from llmrelay._types import ChatRequest
 from llmrelay.errors import InvalidRequestError
 
-__all__ = ["Candidate", "Selector"]
+__all__ = ["Candidate", "Selector", "honouring"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +48,46 @@ class ModelFacts:
     streaming: bool | None = None
     context_window: int | None = None
     cost_per_mtok: float | None = None
+
+
+def _mapped(req: ChatRequest) -> bool:
+    """Whether ``req`` has a parameter some provider may have no equivalent for."""
+    return not (
+        req.n is None
+        and req.reasoning_effort is None
+        and req.frequency_penalty is None
+        and req.presence_penalty is None
+        and req.logprobs is None
+        and req.parallel_tool_calls is None
+        and req.logit_bias is None
+        and req.service_tier is None
+    )
+
+
+def honouring(cands: list[Candidate], req: ChatRequest, *, stream: bool) -> list[Candidate]:
+    """The candidates whose provider can honour every parameter of ``req``.
+
+    The first (the asked model) must: its InvalidRequestError, naming the parameter
+    and the provider, is raised before anything is sent. A fallback that cannot is
+    skipped, so a fallback never answers a different question. ``cands`` is
+    returned as is when nothing needs checking.
+    """
+    if not cands or not _mapped(req):
+        return cands
+    out: list[Candidate] = []
+    for i, c in enumerate(cands):
+        check = getattr(c.deployment.adapter, "check_request", None)
+        if check is None:
+            out.append(c)
+            continue
+        try:
+            check(req, stream=stream)
+        except InvalidRequestError:
+            if i == 0:
+                raise
+            continue
+        out.append(c)
+    return out
 
 
 FactsFn = Callable[[str, str], ModelFacts]
@@ -119,9 +162,17 @@ class Selector:
         if known:
             return tuple(known)
         deps = list(self._pool)
+        names = [d.name for d in deps]
+        if sep:
+            # "<name>/<model>" whose name is no deployment: a typo, never the only one
+            raise InvalidRequestError(
+                f"invalid model={model!r}: no deployment is named {head!r} and none lists "
+                f"{model!r} in its models (deployments: {names}; a model whose own name "
+                f"has a '/' goes as '<deployment>/{model}' or listed in models=[...])",
+                field="model",
+            )
         if len(deps) == 1:
             return (Candidate(deps[0], model),)
-        names = [d.name for d in deps]
         raise InvalidRequestError(
             f"invalid model={model!r}: no configured provider serves it "
             f"(use '<provider>/<model>'; providers: {names})",

@@ -11,7 +11,7 @@ view that shares the engine: pools, caches, limits, breakers and metrics.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, Unpack
 
 import httpx
 
@@ -19,14 +19,60 @@ from llmrelay import _core
 from llmrelay._cachekey import CacheControl
 from llmrelay._config import LLMServiceConfig
 from llmrelay._engine import Engine, Middleware
+from llmrelay._metrics import ServiceMetrics
+from llmrelay._params import ChatParams, EmbedParams, check_chat_params, check_embed, short
 from llmrelay._priority import Priority
-from llmrelay._types import ChatChunk, ChatResponse, EmbeddingResponse, Message
+from llmrelay._types import ChatChunk, ChatResponse, EmbeddingResponse, MessagesIn
 from llmrelay.errors import InvalidRequestError, LLMRelayError
 
-__all__ = ["LLMService", "Priority"]
+if TYPE_CHECKING:
+    from llmrelay._conversation import Conversation
 
-MessagesIn = str | Sequence[Mapping[str, Any] | Message]
-CacheIn = bool | CacheControl | None
+__all__ = ["BatchItem", "CacheIn", "LLMService", "MessagesIn", "Priority"]
+
+CacheIn = bool | CacheControl | Mapping[str, Any] | None
+#: One request of a batch: a prompt, a message list, or a dict with ``messages`` and
+#: any of ``model``, ``priority``, ``timeout``, ``cache`` and the chat parameters.
+BatchItem = MessagesIn | Mapping[str, Any]
+
+
+def _merged(defaults: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str, Any]:
+    """A view's default parameters under a call's: the call's win, and its output limit
+    (``max_tokens`` or ``max_completion_tokens``) replaces the view's under either name."""
+    out = {**defaults, **params}
+    for name, other in (
+        ("max_tokens", "max_completion_tokens"),
+        ("max_completion_tokens", "max_tokens"),
+    ):
+        if name in params and other not in params:
+            out.pop(other, None)
+    return out
+
+
+def _batch_requests(requests: Any, concurrency: Any) -> list[Any]:
+    """The requests of a batch as a list; InvalidRequestError for a bad batch or concurrency.
+
+    A bare string (or bytes, or one dict) is refused rather than iterated: ``"hey"``
+    would otherwise run three requests, ``"h"``, ``"e"`` and ``"y"``.
+    """
+    if concurrency is not None and (
+        isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1
+    ):
+        raise InvalidRequestError(
+            f"invalid concurrency={short(concurrency)}: must be an int >= 1", field="concurrency"
+        )
+    if isinstance(requests, (str, bytes, Mapping)):
+        raise InvalidRequestError(
+            f"requests={short(requests)}: expected a list of requests; for one request "
+            "use achat()/chat(), or pass a list of one",
+            field="requests",
+        )
+    try:
+        return list(requests)
+    except TypeError:
+        raise InvalidRequestError(
+            f"requests={short(requests)}: expected a list of requests", field="requests"
+        ) from None
 
 
 class LLMService:
@@ -71,7 +117,7 @@ class LLMService:
         priority: int | None = None,
         timeout: float | None = None,
         cache: CacheIn = None,
-        **params: Any,
+        **params: Unpack[ChatParams],
     ) -> LLMService:
         """A view with other defaults sharing this service's engine; closing it closes nothing."""
         view = object.__new__(LLMService)
@@ -80,7 +126,8 @@ class LLMService:
         view._priority = priority if priority is not None else self._priority
         view._timeout = timeout if timeout is not None else self._timeout
         view._cache = cache if cache is not None else self._cache
-        view._params = {**self._params, **params}
+        view._params = _merged(self._params, params)
+        check_chat_params(view._params)  # a bad default fails here, not at the first call
         view._is_view = True
         if view._priority is not None:
             self._engine.check_priority(view._priority)
@@ -92,7 +139,7 @@ class LLMService:
         return self._engine.config
 
     @property
-    def metrics(self) -> Any:
+    def metrics(self) -> ServiceMetrics:
         """The service's :class:`ServiceMetrics` (``snapshot()``, ``reset()``, ``prometheus()``)."""
         return self._engine.metrics
 
@@ -102,7 +149,7 @@ class LLMService:
         priority: int | None,
         timeout: float | None,
         cache: CacheIn,
-        params: dict[str, Any],
+        params: Mapping[str, Any],
     ) -> tuple[str | None, int, float | None, CacheIn, dict[str, Any]]:
         return (
             model if model is not None else self._model,
@@ -111,7 +158,7 @@ class LLMService:
             else (self._priority if self._priority is not None else Priority.NORMAL),
             timeout if timeout is not None else self._timeout,
             cache if cache is not None else self._cache,
-            {**self._params, **params} if self._params else params,
+            _merged(self._params, params) if self._params else dict(params),
         )
 
     # ---- chat ------------------------------------------------------------------------------
@@ -124,7 +171,7 @@ class LLMService:
         priority: int | None = None,
         timeout: float | None = None,
         cache: CacheIn = None,
-        **params: Any,
+        **params: Unpack[ChatParams],
     ) -> ChatResponse:
         """Send a chat request; returns the response or raises one typed error."""
         m, p, t, c, kw = self._args(model, priority, timeout, cache, params)
@@ -138,7 +185,7 @@ class LLMService:
         priority: int | None = None,
         timeout: float | None = None,
         cache: CacheIn = None,
-        **params: Any,
+        **params: Unpack[ChatParams],
     ) -> ChatResponse:
         """The sync twin of :meth:`achat` (safe from many threads at once)."""
         m, p, t, c, kw = self._args(model, priority, timeout, cache, params)
@@ -157,7 +204,7 @@ class LLMService:
         priority: int | None = None,
         timeout: float | None = None,
         cache: CacheIn = None,
-        **params: Any,
+        **params: Unpack[ChatParams],
     ) -> AsyncIterator[ChatChunk]:
         """Stream a chat response as :class:`ChatChunk` deltas (usage on the last one)."""
         m, p, t, c, kw = self._args(model, priority, timeout, cache, params)
@@ -171,7 +218,7 @@ class LLMService:
         priority: int | None = None,
         timeout: float | None = None,
         cache: CacheIn = None,
-        **params: Any,
+        **params: Unpack[ChatParams],
     ) -> Iterator[ChatChunk]:
         """The sync twin of :meth:`astream`."""
         m, p, t, c, kw = self._args(model, priority, timeout, cache, params)
@@ -187,11 +234,16 @@ class LLMService:
         *,
         priority: int | None = None,
         timeout: float | None = None,
-        **params: Any,
+        **params: Unpack[EmbedParams],
     ) -> EmbeddingResponse:
-        """Embed one text or many; returns one vector per input, in order."""
-        m, p, t, _, kw = self._args(model, priority, timeout, None, params)
-        return await self._engine.embed(inputs, m, p, t, kw)
+        """Embed one text or many; returns one vector per input, in order.
+
+        ``params`` are the keys of :class:`EmbedParams`; anything else raises
+        InvalidRequestError before anything is sent.
+        """
+        texts, checked = check_embed(inputs, params)
+        m, p, t, _, _ = self._args(model, priority, timeout, None, {})
+        return await self._engine.embed(texts, m, p, t, checked)
 
     def embed(
         self,
@@ -200,23 +252,24 @@ class LLMService:
         *,
         priority: int | None = None,
         timeout: float | None = None,
-        **params: Any,
+        **params: Unpack[EmbedParams],
     ) -> EmbeddingResponse:
         """The sync twin of :meth:`aembed`."""
-        m, p, t, _, kw = self._args(model, priority, timeout, None, params)
-        return self._engine.runner.run(self._engine.embed(inputs, m, p, t, kw))
+        texts, checked = check_embed(inputs, params)
+        m, p, t, _, _ = self._args(model, priority, timeout, None, {})
+        return self._engine.runner.run(self._engine.embed(texts, m, p, t, checked))
 
     # ---- batch -----------------------------------------------------------------------------
 
     async def abatch(
         self,
-        requests: Sequence[MessagesIn | Mapping[str, Any]],
+        requests: Sequence[BatchItem],
         *,
         concurrency: int | None = None,
         priority: int | None = None,
         model: str | None = None,
         on_progress: Callable[[int, int, int], object] | None = None,
-        **params: Any,
+        **params: Unpack[ChatParams],
     ) -> list[ChatResponse | LLMRelayError]:
         """Run many chats; results in input order, a failure in its slot, never sinking the rest.
 
@@ -227,11 +280,9 @@ class LLMService:
         does not overflow the queue on its own (see :mod:`llmrelay._batch`).
         ``on_progress(done, failed, cached)`` is called after each item, on the
         service's loop; if it raises, the error is logged once and it is not called again.
+        ``requests`` must be a list (or any iterable but a str, bytes or dict).
         """
-        if concurrency is not None and (isinstance(concurrency, bool) or concurrency < 1):
-            raise InvalidRequestError(
-                f"invalid concurrency={concurrency!r}: must be >= 1", field="concurrency"
-            )
+        requests = _batch_requests(requests, concurrency)
         from llmrelay._batch import BatchRunner, batch_limit, check_progress
 
         progress = check_progress(on_progress)
@@ -262,13 +313,13 @@ class LLMService:
 
     def batch(
         self,
-        requests: Sequence[MessagesIn | Mapping[str, Any]],
+        requests: Sequence[BatchItem],
         *,
         concurrency: int | None = None,
         priority: int | None = None,
         model: str | None = None,
         on_progress: Callable[[int, int, int], object] | None = None,
-        **params: Any,
+        **params: Unpack[ChatParams],
     ) -> list[ChatResponse | LLMRelayError]:
         """The sync twin of :meth:`abatch` (``on_progress`` runs on the service's loop thread)."""
         return self._engine.runner.run(
@@ -289,8 +340,8 @@ class LLMService:
         system: str | None = None,
         model: str | None = None,
         priority: int | None = None,
-        **params: Any,
-    ) -> Any:
+        **params: Unpack[ChatParams],
+    ) -> Conversation:
         """A :class:`Conversation` with this service: history, system prompt, trimming."""
         from llmrelay._conversation import Conversation
 

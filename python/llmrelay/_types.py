@@ -2,28 +2,37 @@
 
 Messages convert losslessly to and from OpenAI-style dicts (``Message.to_dict`` /
 ``Message.from_dict``), so a response's message goes straight back into the next
-request's history. ``to_messages`` and ``build_request`` validate a call's
-arguments and raise :class:`~llmrelay.errors.InvalidRequestError` naming the
-field path (``messages[1].role``, ``params.temperature``) and the bad value.
+request's history; openai SDK objects (anything with ``model_dump()``) are taken
+as their dicts. ``to_messages`` and ``build_request`` validate a call's arguments
+and raise :class:`~llmrelay.errors.InvalidRequestError` naming the field path
+(``messages[1].role``, ``params.temperature``) and the bad value. Every result
+type has ``to_dict()``: plain JSON-ready builtins, nested objects in their own
+``to_dict`` shape (messages and tool calls OpenAI-style).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal, cast
+from typing import Any, Literal, Protocol, cast
 
 import msgspec
 
+from llmrelay._params import bad as _bad
+from llmrelay._params import check_chat_params, check_encodable
 from llmrelay.errors import InvalidRequestError
 
 __all__ = [
     "ChatChunk",
     "ChatRequest",
     "ChatResponse",
+    "Choice",
     "ContentPart",
     "EmbeddingResponse",
     "Message",
+    "MessagesIn",
     "Role",
+    "SupportsModelDump",
+    "TokenLogprob",
     "ToolCall",
     "ToolCallDelta",
     "Usage",
@@ -42,13 +51,27 @@ _json_encode = msgspec.json.encode
 _json_decode = msgspec.json.decode
 
 
-def _short(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
+class SupportsModelDump(Protocol):
+    """An object that dumps itself to a dict: a pydantic model, e.g. an openai SDK message."""
+
+    def model_dump(self) -> Mapping[str, Any]:
+        """The object as a dict."""
+        ...
 
 
-def _bad(field: str, value: Any, expected: str) -> InvalidRequestError:
-    return InvalidRequestError(f"{field}={_short(value)}: expected {expected}", field=field)
+def _plain(value: Any) -> Any:
+    """``value`` as JSON-ready builtins, objects with ``to_dict`` in their own shape."""
+    to_dict = getattr(value, "to_dict", None)
+    if to_dict is not None:
+        return to_dict()
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return msgspec.to_builtins(value)
+
+
+def _struct_dict(obj: msgspec.Struct) -> dict[str, Any]:
+    """Every field of ``obj`` (defaults included), each as :func:`_plain` builtins."""
+    return {name: _plain(getattr(obj, name)) for name in obj.__struct_fields__}
 
 
 class ContentPart(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -168,6 +191,10 @@ class ToolCallDelta(msgspec.Struct, kw_only=True, omit_defaults=True):
     name: str | None = None
     arguments_delta: str = ""
 
+    def to_dict(self) -> dict[str, Any]:
+        """Plain builtins (JSON-ready), every field present."""
+        return _struct_dict(self)
+
 
 class Message(msgspec.Struct, kw_only=True, omit_defaults=True):
     """One chat message, convertible to and from the OpenAI-style dict."""
@@ -209,6 +236,17 @@ class Message(msgspec.Struct, kw_only=True, omit_defaults=True):
         return "".join(p.text or "" for p in content if p.type == "text")
 
 
+def _dumped(d: Any, field: str) -> Mapping[str, Any]:
+    """An SDK object's dict (``model_dump()``), without its unset (None) keys."""
+    try:
+        dumped = d.model_dump()
+    except Exception as e:
+        raise _bad(field, d, f"a message whose model_dump() works ({type(e).__name__})") from None
+    if not isinstance(dumped, Mapping):
+        raise _bad(field, d, "a message whose model_dump() gives a dict")
+    return {k: v for k, v in dumped.items() if v is not None}
+
+
 def _message(d: Any, field: str) -> Message:
     # fast path: the common {"role": ..., "content": "..."} message
     if type(d) is dict and len(d) == 2:
@@ -221,12 +259,23 @@ def _message(d: Any, field: str) -> Message:
             raise _bad(f"{field}.role", d.role, "one of system, user, assistant, tool")
         if d.role == "tool" and not d.tool_call_id:
             raise _bad(f"{field}.tool_call_id", d.tool_call_id, "the id of the answered tool call")
+        content = d.content
+        if not (
+            content is None
+            or type(content) is str
+            or (isinstance(content, list) and all(type(p) is ContentPart for p in content))
+        ):
+            raise _bad(f"{field}.content", content, "a string, a list of ContentPart or None")
         return d
     if not isinstance(d, Mapping):
-        raise _bad(field, d, "a message dict or Message")
+        if not callable(getattr(d, "model_dump", None)):
+            raise _bad(field, d, "a message dict, a Message or an object with model_dump()")
+        d = _dumped(d, field)
     role = d.get("role")
     if type(role) is not str:
         raise _bad(f"{field}.role", role, "one of system, user, assistant, tool")
+    if role == "developer":  # OpenAI's name for system instructions to reasoning models
+        role = "system"
     content = d.get("content")
     if role not in _ROLES:
         raise _bad(f"{field}.role", role, "one of system, user, assistant, tool")
@@ -267,8 +316,16 @@ def _message(d: Any, field: str) -> Message:
     )
 
 
-def to_messages(messages: str | Sequence[Mapping[str, Any] | Message]) -> list[Message]:
-    """Validate a call's messages: a string is one user message; dicts are OpenAI-style."""
+MessagesIn = str | Sequence[Mapping[str, Any] | Message | SupportsModelDump]
+
+
+def to_messages(messages: MessagesIn) -> list[Message]:
+    """Validate a call's messages: a string is one user message; dicts are OpenAI-style.
+
+    openai SDK objects (``ChatCompletionMessage``, anything with ``model_dump()``)
+    and its TypedDict params are taken as their dicts; role ``developer`` is
+    ``system``.
+    """
     if isinstance(messages, str):
         return [Message(role="user", content=messages)]
     if not isinstance(messages, (list, tuple)):
@@ -297,6 +354,23 @@ class Usage(msgspec.Struct, kw_only=True, frozen=True):
     total_tokens: int = 0
     cached_tokens: int = 0
 
+    def to_dict(self) -> dict[str, Any]:
+        """Plain builtins (JSON-ready)."""
+        return _struct_dict(self)
+
+
+class TokenLogprob(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """The log probability of one output token and, if asked, its most likely alternatives."""
+
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+    top_logprobs: list[TokenLogprob] = []
+
+    def to_dict(self) -> dict[str, Any]:
+        """The OpenAI-style dict (``token``, ``logprob``, ``bytes``, ``top_logprobs``)."""
+        return _struct_dict(self)
+
 
 class ChatRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     """A validated chat request; build it with :func:`build_request`.
@@ -304,7 +378,10 @@ class ChatRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     ``extra`` is passed through to the provider as is (OpenAI/Anthropic: merged into
     the body; Ollama: ``keep_alive``/``think``/``format`` top level, the rest into
     ``options``, e.g. ``num_ctx``). ``metadata`` stays with llmrelay (logs, metrics)
-    and is not sent to providers.
+    and is not sent to providers. ``max_completion_tokens`` is set when the caller
+    used that name; ``max_tokens`` always holds the limit. The OpenAI parameters
+    after ``extra`` are mapped per provider, or refused before sending where a
+    provider has no equivalent (see ``docs/decisions.md``).
     """
 
     messages: list[Message]
@@ -321,10 +398,43 @@ class ChatRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     metadata: dict[str, str] | None = None
     extra: dict[str, Any] | None = None
     stream: bool = False
+    max_completion_tokens: int | None = None
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    parallel_tool_calls: bool | None = None
+    reasoning_effort: str | None = None
+    n: int | None = None
+    logit_bias: dict[str, int] | None = None
+    service_tier: str | None = None
+
+
+class Choice(msgspec.Struct, kw_only=True):
+    """One alternative answer of a call made with ``n``; ``choices[0]`` is the response."""
+
+    index: int
+    text: str
+    message: Message
+    finish_reason: str | None
+    logprobs: list[TokenLogprob] | None = None
+
+    @property
+    def tool_calls(self) -> list[ToolCall]:
+        """The tool calls of this alternative."""
+        return self.message.tool_calls or []
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain builtins (JSON-ready); ``message`` OpenAI-style."""
+        return _struct_dict(self)
 
 
 class ChatResponse(msgspec.Struct, kw_only=True):
-    """A provider's answer. The service fills ``latency_s``, ``cached`` and ``attempts``."""
+    """A provider's answer. The service fills ``latency_s``, ``cached`` and ``attempts``.
+
+    ``choices`` lists every alternative of a call made with ``n`` (the response
+    itself first); ``alternatives`` holds the ones after the first.
+    """
 
     id: str
     model: str
@@ -337,6 +447,28 @@ class ChatResponse(msgspec.Struct, kw_only=True):
     latency_s: float = 0.0
     cached: bool = False
     attempts: int = 1
+    logprobs: list[TokenLogprob] | None = None
+    alternatives: list[Choice] = []
+
+    @property
+    def choices(self) -> list[Choice]:
+        """Every alternative, in order: ``choices[0]`` is this response's own answer."""
+        first = Choice(
+            index=0,
+            text=self.text,
+            message=self.message,
+            finish_reason=self.finish_reason,
+            logprobs=self.logprobs,
+        )
+        return [first, *self.alternatives]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain builtins (JSON-ready): ``message`` and ``tool_calls`` OpenAI-style,
+        ``choices`` in place of ``alternatives``."""
+        d = _struct_dict(self)
+        del d["alternatives"]
+        d["choices"] = [c.to_dict() for c in self.choices]
+        return d
 
 
 class ChatChunk(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -350,6 +482,11 @@ class ChatChunk(msgspec.Struct, kw_only=True, omit_defaults=True):
     model: str | None = None
     provider: str | None = None
     id: str | None = None
+    logprobs: list[TokenLogprob] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain builtins (JSON-ready), every field present."""
+        return _struct_dict(self)
 
 
 class EmbeddingResponse(msgspec.Struct, kw_only=True):
@@ -360,103 +497,13 @@ class EmbeddingResponse(msgspec.Struct, kw_only=True):
     provider: str
     usage: Usage
 
-
-# ---------------------------------------------------------------- params
-
-
-def _number(field: str, v: Any, lo: float, hi: float) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not lo <= v <= hi:
-        raise _bad(field, v, f"a number in [{lo:g}, {hi:g}]")
-    return float(v)
-
-
-def _int(field: str, v: Any, lo: int | None) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or (lo is not None and v < lo):
-        raise _bad(field, v, "an integer" + (f" >= {lo}" if lo is not None else ""))
-    return v
-
-
-def _stop(field: str, v: Any) -> list[str] | None:
-    if isinstance(v, str):
-        return [v]
-    if not isinstance(v, (list, tuple)) or not all(isinstance(s, str) and s for s in v):
-        raise _bad(field, v, "a string or a list of non-empty strings")
-    return list(v) or None
-
-
-def _tools(field: str, v: Any) -> list[dict[str, Any]] | None:
-    if not isinstance(v, (list, tuple)):
-        raise _bad(field, v, "a list of tool dicts")
-    for i, tool in enumerate(v):
-        f = f"{field}[{i}]"
-        if not isinstance(tool, dict) or tool.get("type") != "function":
-            raise _bad(f, tool, "{'type': 'function', 'function': {...}}")
-        fn = tool.get("function")
-        if not isinstance(fn, dict):
-            raise _bad(f"{f}.function", fn, "a dict with a name")
-        if not isinstance(fn.get("name"), str) or not fn["name"]:
-            raise _bad(f"{f}.function.name", fn.get("name"), "a non-empty string")
-        params = fn.get("parameters")
-        if params is not None and not isinstance(params, dict):
-            raise _bad(f"{f}.function.parameters", params, "a JSON schema dict")
-    return list(v) or None
-
-
-def _tool_choice(field: str, v: Any) -> str | dict[str, Any]:
-    if v in ("auto", "none", "required"):
-        return str(v)
-    if isinstance(v, dict) and v.get("type") == "function":
-        fn = v.get("function")
-        if isinstance(fn, dict) and isinstance(fn.get("name"), str) and fn["name"]:
-            return v
-    raise _bad(field, v, "'auto', 'none', 'required' or {'type': 'function', 'function': {...}}")
-
-
-def _response_format(field: str, v: Any) -> dict[str, Any]:
-    if not isinstance(v, dict) or v.get("type") not in ("text", "json_object", "json_schema"):
-        raise _bad(field, v, "{'type': 'text' | 'json_object' | 'json_schema', ...}")
-    if v["type"] == "json_schema" and not isinstance(v.get("json_schema"), dict):
-        raise _bad(f"{field}.json_schema", v.get("json_schema"), "a dict with name and schema")
-    return v
-
-
-def _str(field: str, v: Any) -> str:
-    if not isinstance(v, str):
-        raise _bad(field, v, "a string")
-    return v
-
-
-def _str_map(field: str, v: Any) -> dict[str, str]:
-    if not isinstance(v, dict) or not all(
-        isinstance(k, str) and isinstance(x, str) for k, x in v.items()
-    ):
-        raise _bad(field, v, "a dict of strings to strings")
-    return v
-
-
-def _extra(field: str, v: Any) -> dict[str, Any]:
-    if not isinstance(v, dict) or not all(isinstance(k, str) for k in v):
-        raise _bad(field, v, "a dict with string keys")
-    return v
-
-
-_PARAMS: dict[str, Any] = {
-    "temperature": lambda f, v: _number(f, v, 0.0, 2.0),
-    "top_p": lambda f, v: _number(f, v, 0.0, 1.0),
-    "max_tokens": lambda f, v: _int(f, v, 1),
-    "seed": lambda f, v: _int(f, v, None),
-    "stop": _stop,
-    "tools": _tools,
-    "tool_choice": _tool_choice,
-    "response_format": _response_format,
-    "user": _str,
-    "metadata": _str_map,
-    "extra": _extra,
-}
+    def to_dict(self) -> dict[str, Any]:
+        """Plain builtins (JSON-ready)."""
+        return _struct_dict(self)
 
 
 def build_request(
-    messages: str | Sequence[Mapping[str, Any] | Message],
+    messages: MessagesIn,
     model: str | None,
     params: Mapping[str, Any],
     *,
@@ -464,22 +511,15 @@ def build_request(
 ) -> ChatRequest:
     """Validate a call and build its :class:`ChatRequest`.
 
-    ``params`` takes temperature, max_tokens, top_p, stop, seed, tools, tool_choice,
-    response_format, user, metadata and extra; a None value means unset. Anything
-    else raises InvalidRequestError with ``field="params.<name>"``.
+    ``params`` takes the keys of :class:`~llmrelay._params.ChatParams`; a None
+    value means unset. Anything else raises InvalidRequestError with
+    ``field="params.<name>"``; so does a value no provider can receive (a string
+    with a lone surrogate, an object JSON cannot hold), named by its path.
     """
     msgs = to_messages(messages)
     if model is not None and (not isinstance(model, str) or not model):
         raise _bad("model", model, "a non-empty model name")
-    checked: dict[str, Any] = {}
-    for key, value in params.items():
-        check = _PARAMS.get(key)
-        if check is None:
-            raise InvalidRequestError(
-                f"params.{key}={_short(value)}: unknown parameter "
-                f"(known: {', '.join(sorted(_PARAMS))})",
-                field=f"params.{key}",
-            )
-        if value is not None:
-            checked[key] = check(f"params.{key}", value)
-    return ChatRequest(messages=msgs, model=model, stream=stream, **checked)
+    checked = check_chat_params(params) if params else {}
+    req = ChatRequest(messages=msgs, model=model, stream=stream, **checked)
+    check_encodable(req)
+    return req

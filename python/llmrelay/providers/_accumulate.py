@@ -1,10 +1,19 @@
-"""Reassemble a streamed answer (text, tool calls, finish reason, usage) into a ChatResponse."""
+"""Reassemble a streamed answer (text, tool calls, finish reason, usage, log probabilities)
+into a ChatResponse."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
-from llmrelay._types import ChatChunk, ChatResponse, Message, ToolCall, Usage, parse_arguments
+from llmrelay._types import (
+    ChatChunk,
+    ChatResponse,
+    Message,
+    TokenLogprob,
+    ToolCall,
+    Usage,
+    parse_arguments,
+)
 
 __all__ = ["ChunkAccumulator", "accumulate_chunks"]
 
@@ -12,12 +21,22 @@ __all__ = ["ChunkAccumulator", "accumulate_chunks"]
 class ChunkAccumulator:
     """Collects chunks one by one (``add``) and gives the whole answer (``response``)."""
 
-    __slots__ = ("_calls", "_text", "finish_reason", "id", "model", "provider", "usage")
+    __slots__ = (
+        "_calls",
+        "_logprobs",
+        "_text",
+        "finish_reason",
+        "id",
+        "model",
+        "provider",
+        "usage",
+    )
 
     def __init__(self, *, id: str = "", model: str = "", provider: str = "") -> None:
         self._text: list[str] = []
         # index -> [id, name, argument pieces]
         self._calls: dict[int, tuple[list[str | None], list[str]]] = {}
+        self._logprobs: list[TokenLogprob] | None = None
         self.finish_reason: str | None = None
         self.usage: Usage | None = None
         self.id = id
@@ -38,6 +57,10 @@ class ChunkAccumulator:
                 entry[0][1] = delta.name
             if delta.arguments_delta:
                 entry[1].append(delta.arguments_delta)
+        if chunk.logprobs:
+            if self._logprobs is None:
+                self._logprobs = []
+            self._logprobs.extend(chunk.logprobs)
         if chunk.finish_reason is not None:
             self.finish_reason = chunk.finish_reason
         if chunk.usage is not None:
@@ -79,6 +102,7 @@ class ChunkAccumulator:
             tool_calls=calls,
             finish_reason=self.finish_reason,
             usage=self.usage or Usage(),
+            logprobs=self._logprobs,
         )
 
 

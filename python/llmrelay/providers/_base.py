@@ -17,9 +17,15 @@ from typing import Any, ClassVar, Protocol, TypeVar
 import httpx
 import msgspec
 
+from llmrelay._params import short
 from llmrelay._transport import BODY_IDLE_EXT
 from llmrelay._types import ChatChunk, ChatRequest, ChatResponse, EmbeddingResponse
-from llmrelay.errors import ProviderError, ProviderTimeoutError, ProviderUnavailableError
+from llmrelay.errors import (
+    InvalidRequestError,
+    ProviderError,
+    ProviderTimeoutError,
+    ProviderUnavailableError,
+)
 from llmrelay.providers._errors import error_from_status, error_from_transport, response_error
 from llmrelay.providers._ratelimit import RateLimitInfo, parse_rate_limit_headers
 
@@ -65,6 +71,8 @@ class ProviderAdapter:
 
     #: The provider kind this adapter speaks (``openai``, ``anthropic``, ``ollama``...).
     kind: ClassVar[str] = "base"
+    #: Whether a call with ``n`` > 1 gets its alternatives (``ChatResponse.alternatives``).
+    supports_n: ClassVar[bool] = False
     #: Content types a streamed reply may have.
     stream_content_types: ClassVar[tuple[str, ...]] = ("text/event-stream",)
 
@@ -116,6 +124,31 @@ class ProviderAdapter:
     async def list_models(self, client: httpx.AsyncClient) -> list[str]:
         """The model names the deployment serves."""
         raise NotImplementedError(f"{self.kind} adapter cannot list models")
+
+    def check_request(self, req: ChatRequest, *, stream: bool) -> None:
+        """Raise InvalidRequestError (``params.<name>``) for a parameter of ``req`` this
+        provider has no equivalent for; called before anything is sent.
+
+        The base refuses ``n`` > 1 unless the adapter ``supports_n``, and always on a
+        stream (a chunk carries one answer). Adapters extend it.
+        """
+        if req.n is not None:
+            if stream:
+                raise InvalidRequestError(
+                    f"params.n={req.n}: a stream carries one answer; call without stream "
+                    "for n alternatives",
+                    field="params.n",
+                )
+            if not self.supports_n:
+                raise self.unsupported("n", req.n, "; make n calls (a batch) instead")
+
+    def unsupported(self, name: str, value: Any, hint: str = "") -> InvalidRequestError:
+        """The error of a parameter this provider cannot honour."""
+        return InvalidRequestError(
+            f"params.{name}={short(value)}: {self.kind} (deployment {self.deployment!r}) "
+            f"has no equivalent{hint}",
+            field=f"params.{name}",
+        )
 
     # ------------------------------------------------------------ shared
 

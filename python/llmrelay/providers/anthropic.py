@@ -4,6 +4,11 @@ System messages become the top-level ``system``; images become base64 or URL
 image blocks; assistant tool calls become ``tool_use`` blocks and ``tool``
 messages become ``tool_result`` blocks of a user turn (consecutive ones merged).
 Every SSE event type is handled; an ``error`` event raises a typed error.
+OpenAI parameters: ``max_completion_tokens`` is ``max_tokens``,
+``parallel_tool_calls=False`` is ``tool_choice.disable_parallel_tool_use``,
+``reasoning_effort`` is ``output_config.effort``, ``service_tier="default"`` is
+``standard_only``; the penalties, ``logprobs``, ``logit_bias`` and ``n`` > 1 have
+no equivalent and are refused before sending.
 """
 
 from __future__ import annotations
@@ -44,6 +49,12 @@ _STOP_REASONS = {
     "tool_use": "tool_calls",
     "refusal": "content_filter",
 }
+
+
+# OpenAI's reasoning_effort values that output_config.effort takes as they are
+_EFFORTS = frozenset(("low", "medium", "high", "xhigh", "max"))
+# OpenAI's service_tier values with an Anthropic equivalent ("auto" is the default: unset)
+_TIERS = {"default": "standard_only"}
 
 
 def map_stop_reason(reason: str | None) -> str | None:
@@ -167,8 +178,33 @@ class AnthropicAdapter(ProviderAdapter):
 
     kind = "anthropic"
 
+    def check_request(self, req: ChatRequest, *, stream: bool) -> None:
+        """Refuse the OpenAI parameters the Messages API has no equivalent for."""
+        super().check_request(req, stream=stream)
+        if req.frequency_penalty is not None:
+            raise self.unsupported("frequency_penalty", req.frequency_penalty)
+        if req.presence_penalty is not None:
+            raise self.unsupported("presence_penalty", req.presence_penalty)
+        if req.logprobs is not None:
+            raise self.unsupported("logprobs", req.logprobs, ": it returns no log probabilities")
+        if req.logit_bias is not None:
+            raise self.unsupported("logit_bias", req.logit_bias)
+        effort = req.reasoning_effort
+        if effort is not None and effort not in _EFFORTS:
+            raise self.unsupported(
+                "reasoning_effort",
+                effort,
+                " (output_config.effort takes low, medium, high, xhigh, max)",
+            )
+        tier = req.service_tier
+        if tier is not None and tier not in _TIERS:
+            raise self.unsupported(
+                "service_tier", tier, " (it takes 'auto' and 'default', sent as 'standard_only')"
+            )
+
     def chat_body(self, req: ChatRequest, model: str, *, stream: bool) -> dict[str, Any]:
         """The JSON body of a chat call."""
+        self.check_request(req, stream=stream)
         messages, system = to_anthropic_messages(req.messages)
         max_tokens = req.max_tokens
         if max_tokens is None:
@@ -196,12 +232,17 @@ class AnthropicAdapter(ProviderAdapter):
                 }
                 for t in req.tools
             ]
-            if req.tool_choice is not None:
-                choice = _tool_choice(req.tool_choice)
-                if choice is not None:
-                    body["tool_choice"] = choice
+            choice = _tool_choice(req.tool_choice) if req.tool_choice is not None else None
+            if req.parallel_tool_calls is False:
+                choice = {**(choice or {"type": "auto"}), "disable_parallel_tool_use": True}
+            if choice is not None:
+                body["tool_choice"] = choice
         if req.user is not None:
             body["metadata"] = {"user_id": req.user}
+        if req.reasoning_effort is not None:
+            body["output_config"] = {"effort": req.reasoning_effort}
+        if req.service_tier is not None:
+            body["service_tier"] = _TIERS[req.service_tier]
         if stream:
             body["stream"] = True
         if req.extra:

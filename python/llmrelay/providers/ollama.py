@@ -3,7 +3,11 @@
 ``/api/chat`` plain or NDJSON-streamed, sampling settings in ``options``, tools
 (arguments as JSON objects), ``/api/embed`` and ``/api/tags``. ``extra`` keys
 ``keep_alive``, ``think`` and ``format`` go top level, all others into ``options``
-(``num_ctx``...).
+(``num_ctx``...). OpenAI parameters: the penalties go into ``options``,
+``logprobs``/``top_logprobs`` top level (answered as ``ChatResponse.logprobs``),
+``reasoning_effort`` is ``think`` (``none`` is ``false``), ``max_completion_tokens``
+is ``num_predict``; ``logit_bias``, ``service_tier``, ``parallel_tool_calls`` and
+``n`` > 1 have no equivalent and are refused before sending.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from llmrelay._types import (
     ChatResponse,
     EmbeddingResponse,
     Message,
+    TokenLogprob,
     ToolCall,
     ToolCallDelta,
     Usage,
@@ -34,6 +39,8 @@ __all__ = ["OllamaAdapter"]
 _decode = msgspec.json.decode
 _encode = msgspec.json.encode
 _TOP_LEVEL = frozenset(("keep_alive", "think", "format"))
+# OpenAI's reasoning_effort as Ollama's think: levels (gpt-oss) or off
+_THINK: dict[str, bool | str] = {"none": False, "low": "low", "medium": "medium", "high": "high"}
 
 
 def _call_id() -> str:
@@ -53,6 +60,11 @@ def _usage(data: dict[str, Any]) -> Usage:
     return Usage(
         prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
     )
+
+
+def _logprobs(raw: Any) -> list[TokenLogprob] | None:
+    """The reply's ``logprobs`` (``{token, logprob, top_logprobs}`` each) as typed structs."""
+    return None if raw is None else msgspec.convert(raw, list[TokenLogprob])
 
 
 def _finish(data: dict[str, Any], has_calls: bool) -> str:
@@ -119,8 +131,26 @@ class OllamaAdapter(ProviderAdapter):
     def _auth(self) -> dict[str, str]:
         return {"authorization": f"Bearer {self._api_key}"} if self._api_key else {}
 
+    def check_request(self, req: ChatRequest, *, stream: bool) -> None:
+        """Refuse the OpenAI parameters the Ollama API has no equivalent for."""
+        super().check_request(req, stream=stream)
+        if req.parallel_tool_calls is not None and req.tools:
+            raise self.unsupported(
+                "parallel_tool_calls", req.parallel_tool_calls, " (the model decides)"
+            )
+        if req.logit_bias is not None:
+            raise self.unsupported("logit_bias", req.logit_bias)
+        if req.service_tier is not None:
+            raise self.unsupported("service_tier", req.service_tier)
+        effort = req.reasoning_effort
+        if effort is not None and effort not in _THINK:
+            raise self.unsupported(
+                "reasoning_effort", effort, " (think takes low, medium, high; none is think=false)"
+            )
+
     def chat_body(self, req: ChatRequest, model: str, *, stream: bool) -> dict[str, Any]:
         """The JSON body of a chat call."""
+        self.check_request(req, stream=stream)
         body: dict[str, Any] = {
             "model": model,
             "messages": to_ollama_messages(req.messages),
@@ -129,6 +159,16 @@ class OllamaAdapter(ProviderAdapter):
         options: dict[str, Any] = {}
         if req.temperature is not None:
             options["temperature"] = req.temperature
+        if req.frequency_penalty is not None:
+            options["frequency_penalty"] = req.frequency_penalty
+        if req.presence_penalty is not None:
+            options["presence_penalty"] = req.presence_penalty
+        if req.logprobs is not None:
+            body["logprobs"] = req.logprobs
+        if req.top_logprobs is not None:
+            body["top_logprobs"] = req.top_logprobs
+        if req.reasoning_effort is not None:
+            body["think"] = _THINK[req.reasoning_effort]
         if req.top_p is not None:
             options["top_p"] = req.top_p
         if req.max_tokens is not None:
@@ -194,6 +234,7 @@ class OllamaAdapter(ProviderAdapter):
                     tool_calls=calls,
                     finish_reason=_finish(data, bool(calls)),
                     usage=_usage(data),
+                    logprobs=_logprobs(data.get("logprobs")),
                 ),
                 self.deployment,
                 model,
@@ -220,7 +261,12 @@ class OllamaAdapter(ProviderAdapter):
     async def embed(
         self, client: httpx.AsyncClient, inputs: list[str], model: str, **params: Any
     ) -> EmbeddingResponse:
-        body = {"model": model, "input": inputs, **params}
+        extra = params.pop("extra", None) or {}
+        # encoding_format is how OpenAI ships vectors, user is for its abuse checks:
+        # neither means anything here (Ollama answers floats)
+        params.pop("encoding_format", None)
+        params.pop("user", None)
+        body: dict[str, Any] = {"model": model, "input": inputs, **params, **extra}
         request = self._request("POST", f"{self.base_url}/api/embed", body, self._auth())
         resp, data = await self._call_json(client, request, model)
         try:
@@ -308,6 +354,7 @@ class _OllamaStream:
                     )
                     self._calls += 1
                 done = data.get("done") is True
+                logprobs = _logprobs(data.get("logprobs"))
             except (
                 KeyError,
                 IndexError,
@@ -323,7 +370,7 @@ class _OllamaStream:
                 ) from None
             if done:
                 self.done = True
-            if not text and not deltas and not done:
+            if not text and not deltas and not done and not logprobs:
                 continue
             out.append(
                 ChatChunk(
@@ -333,6 +380,7 @@ class _OllamaStream:
                     usage=_usage(data) if done else None,
                     model=data.get("model"),
                     provider=adapter.deployment,
+                    logprobs=logprobs,
                 )
             )
         return out

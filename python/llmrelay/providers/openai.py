@@ -1,12 +1,16 @@
 """OpenAI Chat Completions, and any OpenAI-compatible server by ``base_url`` (with ``/v1``).
 
 Chat (plain and SSE-streamed with ``stream_options.include_usage``), tools and
-streamed tool-call deltas, ``response_format`` pass-through, ``/embeddings`` and
-``/models``.
+streamed tool-call deltas, ``response_format`` and the other OpenAI parameters
+passed through (``n`` gives ``ChatResponse.alternatives``, ``logprobs`` the
+token log probabilities), ``/embeddings`` (``encoding_format="base64"`` decoded
+to floats) and ``/models``.
 """
 
 from __future__ import annotations
 
+import base64
+import struct
 from typing import Any
 
 import httpx
@@ -16,8 +20,10 @@ from llmrelay._types import (
     ChatChunk,
     ChatRequest,
     ChatResponse,
+    Choice,
     EmbeddingResponse,
     Message,
+    TokenLogprob,
     ToolCall,
     ToolCallDelta,
     Usage,
@@ -48,20 +54,60 @@ def _usage(u: Any) -> Usage:
     )
 
 
+def _logprobs(raw: Any) -> list[TokenLogprob] | None:
+    """A choice's ``logprobs.content`` as typed structs (None when not asked for)."""
+    if not isinstance(raw, dict) or raw.get("content") is None:
+        return None
+    return msgspec.convert(raw["content"], list[TokenLogprob])
+
+
+def _choice(raw: Any, position: int) -> Choice:
+    """One entry of ``choices`` (ordered by ``index``, which OpenAI sends in order)."""
+    msg = raw["message"]
+    text = msg.get("content") or ""
+    if not isinstance(text, str):
+        raise TypeError("content")
+    calls = [ToolCall.from_dict(c) for c in msg.get("tool_calls") or ()]
+    index = raw.get("index", position)
+    return Choice(
+        index=index if isinstance(index, int) else position,
+        text=text,
+        message=Message(
+            role="assistant", content=text if text or not calls else None, tool_calls=calls or None
+        ),
+        finish_reason=raw.get("finish_reason"),
+        logprobs=_logprobs(raw.get("logprobs")),
+    )
+
+
+def _vector(raw: Any) -> list[float]:
+    """One embedding: a float list, or (``encoding_format="base64"``) little-endian float32s."""
+    if isinstance(raw, str):
+        packed = base64.b64decode(raw, validate=True)
+        if len(packed) % 4:
+            raise ValueError("base64 embedding is not a whole number of float32s")
+        return list(struct.unpack(f"<{len(packed) // 4}f", packed))
+    return [float(x) for x in raw]
+
+
 class OpenAIAdapter(ProviderAdapter):
     """The OpenAI Chat Completions wire protocol."""
 
     kind = "openai"
+    supports_n = True
 
     def _auth(self) -> dict[str, str]:
         return {"authorization": f"Bearer {self._api_key}"} if self._api_key else {}
 
     def chat_body(self, req: ChatRequest, model: str, *, stream: bool) -> dict[str, Any]:
         """The JSON body of a chat call."""
+        self.check_request(req, stream=stream)
         body: dict[str, Any] = {"model": model, "messages": [m.to_dict() for m in req.messages]}
         if req.temperature is not None:
             body["temperature"] = req.temperature
-        if req.max_tokens is not None:
+        if req.max_completion_tokens is not None:
+            body["max_completion_tokens"] = req.max_completion_tokens
+        elif req.max_tokens is not None:
             key = "max_completion_tokens" if model.startswith(_REASONING_PREFIXES) else "max_tokens"
             body[key] = req.max_tokens
         if req.top_p is not None:
@@ -78,6 +124,24 @@ class OpenAIAdapter(ProviderAdapter):
             body["response_format"] = req.response_format
         if req.user is not None:
             body["user"] = req.user
+        if req.frequency_penalty is not None:
+            body["frequency_penalty"] = req.frequency_penalty
+        if req.presence_penalty is not None:
+            body["presence_penalty"] = req.presence_penalty
+        if req.logprobs is not None:
+            body["logprobs"] = req.logprobs
+        if req.top_logprobs is not None:
+            body["top_logprobs"] = req.top_logprobs
+        if req.parallel_tool_calls is not None and req.tools:
+            body["parallel_tool_calls"] = req.parallel_tool_calls
+        if req.reasoning_effort is not None:
+            body["reasoning_effort"] = req.reasoning_effort
+        if req.n is not None:
+            body["n"] = req.n
+        if req.logit_bias is not None:
+            body["logit_bias"] = req.logit_bias
+        if req.service_tier is not None:
+            body["service_tier"] = req.service_tier
         if stream:
             body["stream"] = True
             body["stream_options"] = {"include_usage": True}
@@ -99,26 +163,22 @@ class OpenAIAdapter(ProviderAdapter):
     def parse_chat_response(self, resp: httpx.Response, model: str) -> ChatResponse:
         data = self._json(resp, model)
         try:
-            choice = data["choices"][0]
-            msg = choice["message"]
-            text = msg.get("content") or ""
-            if not isinstance(text, str):
-                raise TypeError("content")
-            calls = [ToolCall.from_dict(c) for c in msg.get("tool_calls") or ()]
+            raw = data["choices"]
+            if not isinstance(raw, list) or not raw:
+                raise IndexError("no choices")
+            first, *rest = (_choice(c, i) for i, c in enumerate(raw))
             return well_typed(
                 ChatResponse(
                     id=str(data.get("id") or ""),
                     model=str(data.get("model") or model),
                     provider=self.deployment,
-                    text=text,
-                    message=Message(
-                        role="assistant",
-                        content=text if text or not calls else None,
-                        tool_calls=calls or None,
-                    ),
-                    tool_calls=calls,
-                    finish_reason=choice.get("finish_reason"),
+                    text=first.text,
+                    message=first.message,
+                    tool_calls=first.tool_calls,
+                    finish_reason=first.finish_reason,
                     usage=_usage(data.get("usage")),
+                    logprobs=first.logprobs,
+                    alternatives=rest,
                 ),
                 self.deployment,
                 model,
@@ -138,12 +198,13 @@ class OpenAIAdapter(ProviderAdapter):
     async def embed(
         self, client: httpx.AsyncClient, inputs: list[str], model: str, **params: Any
     ) -> EmbeddingResponse:
-        body = {"model": model, "input": inputs, **params}
+        extra = params.pop("extra", None) or {}
+        body = {"model": model, "input": inputs, **params, **extra}
         request = self._request("POST", f"{self.base_url}/embeddings", body, self._auth())
         resp, data = await self._call_json(client, request, model)
         try:
             rows = sorted(data["data"], key=lambda r: r.get("index", 0))
-            vectors = [[float(x) for x in r["embedding"]] for r in rows]
+            vectors = [_vector(r["embedding"]) for r in rows]
             usage = data.get("usage") or {}
             prompt = usage.get("prompt_tokens") or 0
             return EmbeddingResponse(
@@ -152,7 +213,14 @@ class OpenAIAdapter(ProviderAdapter):
                 provider=self.deployment,
                 usage=Usage(prompt_tokens=prompt, total_tokens=usage.get("total_tokens") or prompt),
             )
-        except (KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
+        except (
+            KeyError,
+            IndexError,
+            TypeError,
+            AttributeError,
+            ValueError,
+            struct.error,
+        ) as exc:
             raise response_error(
                 f"reply is not an embedding list ({type(exc).__name__})",
                 self.deployment,
@@ -221,11 +289,13 @@ class _OpenAIStream:
             text_delta = ""
             finish = None
             deltas: list[ToolCallDelta] = []
+            logprobs = None
             if choices:
                 choice = choices[0]
                 delta = choice.get("delta") or {}
                 text_delta = delta.get("content") or ""
                 finish = choice.get("finish_reason")
+                logprobs = _logprobs(choice.get("logprobs"))
                 for tc in delta.get("tool_calls") or ():
                     fn = tc.get("function") or {}
                     deltas.append(
@@ -242,7 +312,7 @@ class _OpenAIStream:
                 adapter.deployment,
                 self._model,
             ) from None
-        if not text_delta and not deltas and finish is None and usage is None:
+        if not text_delta and not deltas and finish is None and usage is None and not logprobs:
             return None
         return ChatChunk(
             text=text_delta,
@@ -252,4 +322,5 @@ class _OpenAIStream:
             model=data.get("model"),
             provider=adapter.deployment,
             id=data.get("id"),
+            logprobs=logprobs,
         )
