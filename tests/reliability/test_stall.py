@@ -98,7 +98,7 @@ def _stream_and_close(svc: LLMService, r: int, threads_n: int) -> list[Any]:
         th.start()
     going.wait()
     time.sleep(0.01 * (r % 5))  # close at different points of the streams
-    svc.close(drain_s=0.05)
+    svc.close(drain_s=0.05 if r % 2 else 5.0)  # odd rounds stop streams, even ones drain
     for th in threads:
         th.join(timeout=15)
     hung = [t for t, th in enumerate(threads) if th.is_alive()]
