@@ -47,8 +47,11 @@ async def test_deadline_cuts_leave_a_healthy_deployment_alone(
         r = await svc.achat("patient", timeout=10)
         assert "patient" in r.text
         snap = svc.metrics.snapshot()
-        assert snap.total("failures.DeadlineExceeded") == 10
-        assert snap.total("failures.ProviderTimeoutError") == 0
+        # every attempt that got out is a deadline cut (on a loaded machine a caller's
+        # 0.1 s may run out before its attempt is sent: then nothing is counted)
+        failures = {k for s in snap.series for k in s.counters if k.startswith("failures.")}
+        assert failures == {"failures.DeadlineExceeded"}, failures
+        assert 1 <= snap.total("failures.DeadlineExceeded") <= 10
 
 
 async def test_hanging_primary_does_not_open_the_healthy_fallbacks_breaker(
