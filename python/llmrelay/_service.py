@@ -20,6 +20,7 @@ from llmrelay import _core
 from llmrelay._cachekey import CacheControl
 from llmrelay._config import LLMServiceConfig
 from llmrelay._engine import Engine, Middleware
+from llmrelay._preflight import check_service_config
 from llmrelay._priority import Priority
 from llmrelay._types import ChatChunk, ChatResponse, EmbeddingResponse, Message
 from llmrelay.errors import InvalidRequestError, LLMRelayError
@@ -54,6 +55,7 @@ class LLMService:
                 f"invalid config: expected LLMServiceConfig or a dict, got {type(config).__name__}",
                 field="config",
             )
+        check_service_config(config)
         self._engine = Engine(
             config, transport=transport, middleware=middleware, clock=clock, sleep=sleep
         )
