@@ -17,6 +17,7 @@ from llmrelay._config import (
     RequestTimeouts,
 )
 from llmrelay.errors import ConfigError
+from llmrelay.testing import FakeProvider
 
 
 def test_from_dict_builds_nested_structs() -> None:
@@ -299,3 +300,114 @@ def test_api_key_env_naming_an_unset_variable(monkeypatch: pytest.MonkeyPatch) -
 def test_header_secrets_never_in_repr() -> None:
     p = ProviderConfig(name="gw", headers={"Authorization": "Bearer tok-123", "X-Org": "acme"})
     assert "tok-123" not in repr(p) and "acme" in repr(p)
+
+
+# ---- issue 10 item 2: a provider without base_url takes its kind's base-URL variable ----
+
+_ENV_VARS = (
+    "LLMRELAY_CONFIG",
+    "LLMRELAY_DEFAULT_MODEL",
+    "OPENAI_API_KEY",
+    "OPENAI_BASE_URL",
+    "ANTHROPIC_API_KEY",
+    "ANTHROPIC_BASE_URL",
+    "OLLAMA_HOST",
+)
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for var in _ENV_VARS:
+        monkeypatch.delenv(var, raising=False)
+    return monkeypatch
+
+
+def test_base_url_env_used_when_base_url_unset(
+    clean_env: pytest.MonkeyPatch, fakes: dict[str, FakeProvider]
+) -> None:
+    from llmrelay import LLMService
+
+    clean_env.setenv("OPENAI_BASE_URL", fakes["openai"].base_url)
+    clean_env.setenv("ANTHROPIC_BASE_URL", fakes["anthropic"].base_url)
+    # OLLAMA_HOST as the ollama CLI takes it: host:port without a scheme
+    clean_env.setenv("OLLAMA_HOST", fakes["ollama"].url.removeprefix("http://"))
+    cfg = LLMServiceConfig(
+        providers=[
+            ProviderConfig(name="openai", api_key="sk-x"),
+            ProviderConfig(name="claude", kind="anthropic", api_key="sk-y"),
+            ProviderConfig(name="local", kind="ollama"),
+        ]
+    )
+    with LLMService(cfg) as svc:
+        for model, fake in (
+            ("openai/gpt-4o-mini", fakes["openai"]),
+            ("claude/claude-haiku-4-5", fakes["anthropic"]),
+            ("local/llama3.2", fakes["ollama"]),
+        ):
+            assert svc.chat("hi", model).text
+            assert fake.request_count == 1, model
+
+
+def test_explicit_base_url_wins_over_the_env(
+    clean_env: pytest.MonkeyPatch, fakes: dict[str, FakeProvider]
+) -> None:
+    from llmrelay import LLMService
+
+    clean_env.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")  # nothing listens there
+    p = ProviderConfig(name="openai", api_key="sk-x", base_url=fakes["openai"].base_url)
+    with LLMService(LLMServiceConfig(providers=[p])) as svc:
+        assert svc.chat("hi", "openai/gpt-4o-mini").text
+    assert fakes["openai"].request_count == 1
+
+
+def test_base_url_env_precedence_in_the_registry(clean_env: pytest.MonkeyPatch) -> None:
+    from llmrelay.providers import get_provider
+
+    openai, ollama = get_provider("openai"), get_provider("ollama")
+    assert openai.resolve_base_url({}) == "https://api.openai.com/v1"
+    assert openai.resolve_base_url({"OPENAI_BASE_URL": ""}) == "https://api.openai.com/v1"
+    assert openai.resolve_base_url({"OPENAI_BASE_URL": "http://gw:8/v1/"}) == "http://gw:8/v1"
+    assert ollama.resolve_base_url({"OLLAMA_HOST": "box"}) == "http://box:11434"
+    assert ollama.resolve_base_url({"OLLAMA_HOST": "https://o.example"}) == "https://o.example"
+    assert get_provider("openai_compatible").resolve_base_url({"OPENAI_BASE_URL": "http://x"}) == (
+        "http://127.0.0.1:8000/v1"
+    )
+    clean_env.setenv("OPENAI_BASE_URL", "http://from-os-environ/v1")
+    assert openai.resolve_base_url() == "http://from-os-environ/v1"
+
+
+def test_bad_base_url_env_is_a_config_error(clean_env: pytest.MonkeyPatch) -> None:
+    from llmrelay import LLMService
+
+    clean_env.setenv("OPENAI_BASE_URL", "ftp://proxy")
+    cfg = LLMServiceConfig(providers=[ProviderConfig(name="openai", api_key="sk-x")])
+    with pytest.raises(ConfigError, match="OPENAI_BASE_URL='ftp://proxy'") as info:
+        LLMService(cfg)
+    assert info.value.field == "providers[0].base_url"
+    with pytest.raises(ConfigError, match="OPENAI_BASE_URL") as info:
+        LLMServiceConfig.from_env({"OPENAI_API_KEY": "sk-x", "OPENAI_BASE_URL": "nope://x"})
+
+
+def test_from_env_default_model_and_cache_dir_fill_what_the_file_leaves(tmp_path: Path) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text('[[providers]]\nname = "e"\nkind = "echo"\n')
+    env = {
+        "LLMRELAY_CONFIG": str(f),
+        "LLMRELAY_DEFAULT_MODEL": "e/echo",
+        "LLMRELAY_CACHE_DIR": str(tmp_path / "cache"),
+    }
+    cfg = LLMServiceConfig.from_env(env)
+    assert cfg.default_model == "e/echo"
+    assert cfg.cache.disk_path == str(tmp_path / "cache")
+    f.write_text(
+        'default_model = "e/other"\n[cache]\ndisk_path = "/elsewhere"\n'
+        '[[providers]]\nname = "e"\nkind = "echo"\n'
+    )
+    cfg = LLMServiceConfig.from_env(env)  # the file's own settings win
+    assert cfg.default_model == "e/other" and cfg.cache.disk_path == "/elsewhere"
+    env_only = LLMServiceConfig.from_env({"OLLAMA_HOST": "box", "LLMRELAY_CACHE_DIR": "/c"})
+    assert env_only.providers[0].base_url == "http://box:11434"
+    assert env_only.cache.disk_path == "/c"
+    with pytest.raises(ConfigError, match="LLMRELAY_DEFAULT_MODEL") as info:
+        LLMServiceConfig.from_env({"OLLAMA_HOST": "box", "LLMRELAY_DEFAULT_MODEL": "olama/x"})
+    assert info.value.field == "default_model"

@@ -13,6 +13,26 @@ from llmrelay import LLMServiceConfig, ProviderConfig
 from llmrelay._cli import main
 from llmrelay._proxy import DefaultServiceProxy
 from llmrelay.errors import ConfigError
+from llmrelay.testing import FakeProvider
+
+ENV_VARS = (
+    "LLMRELAY_CONFIG",
+    "LLMRELAY_DEFAULT_MODEL",
+    "LLMRELAY_CACHE_DIR",
+    "OPENAI_API_KEY",
+    "OPENAI_BASE_URL",
+    "ANTHROPIC_API_KEY",
+    "ANTHROPIC_BASE_URL",
+    "OLLAMA_HOST",
+)
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for var in ENV_VARS:
+        monkeypatch.delenv(var, raising=False)
+    return monkeypatch
+
 
 ECHO = LLMServiceConfig(providers=[ProviderConfig(name="e", kind="echo")], default_model="e/echo")
 
@@ -97,3 +117,65 @@ def test_cli_bad_config_is_a_clean_error(tmp_path: Path, monkeypatch: pytest.Mon
     f.write_text("[[providers]]\nname = 3\n")
     monkeypatch.setenv("LLMRELAY_CONFIG", str(f))
     assert main(["chat", "x"]) == 2
+
+
+# ---- issue 10 item 1: the zero-config path (only OPENAI_API_KEY, plus the fake's URL) ----
+
+
+def test_zero_config_uses_the_registry_default_model(
+    clean_env: pytest.MonkeyPatch, fakes: dict[str, FakeProvider]
+) -> None:
+    clean_env.setenv("OPENAI_API_KEY", "sk-zero-config")
+    clean_env.setenv("OPENAI_BASE_URL", fakes["openai"].base_url)
+    proxy = DefaultServiceProxy()
+    try:
+        r = proxy.chat("Hello")
+    finally:
+        proxy.close()
+    assert r.provider == "openai" and r.model.startswith("gpt-4o-mini")
+    (req,) = fakes["openai"].requests
+    assert req.json is not None and req.json["model"] == "gpt-4o-mini"
+    assert req.headers["authorization"] == "Bearer sk-zero-config"
+
+
+def test_zero_config_prefers_the_configured_default(
+    clean_env: pytest.MonkeyPatch, fakes: dict[str, FakeProvider]
+) -> None:
+    clean_env.setenv("OPENAI_API_KEY", "sk-x")
+    clean_env.setenv("OPENAI_BASE_URL", fakes["openai"].base_url)
+    clean_env.setenv("LLMRELAY_DEFAULT_MODEL", "openai/gpt-4.1-nano")
+    with llmrelay.LLMService() as svc:
+        svc.chat("Hello")
+    assert fakes["openai"].requests[0].json["model"] == "gpt-4.1-nano"  # type: ignore[index]
+
+
+def test_explicit_provider_without_models_uses_the_registry_default(
+    fakes: dict[str, FakeProvider],
+) -> None:
+    cfg = LLMServiceConfig(
+        providers=[
+            ProviderConfig(name="vllm", kind="openai_compatible", base_url="http://127.0.0.1:9/v1"),
+            ProviderConfig(
+                name="claude",
+                kind="anthropic",
+                api_key="sk-y",
+                base_url=fakes["anthropic"].base_url,
+            ),
+        ]
+    )
+    with llmrelay.LLMService(cfg) as svc:
+        r = svc.chat("Hello")  # openai_compatible has no registry default: the next one
+    assert r.provider == "claude"
+    assert fakes["anthropic"].requests[0].json["model"] == "claude-haiku-4-5"  # type: ignore[index]
+
+
+def test_cli_chat_zero_config(
+    clean_env: pytest.MonkeyPatch,
+    fakes: dict[str, FakeProvider],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    clean_env.setenv("OPENAI_API_KEY", "sk-x")
+    clean_env.setenv("OPENAI_BASE_URL", fakes["openai"].base_url)
+    assert main(["chat", "Hello"]) == 0, capsys.readouterr().err
+    out, err = capsys.readouterr()
+    assert out.strip() and "[openai/gpt-4o-mini" in err

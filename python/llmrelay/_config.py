@@ -581,33 +581,46 @@ class LLMServiceConfig(_Config, frozen=True):
         """From ``LLMRELAY_CONFIG`` (a TOML file), else from provider variables.
 
         ``OPENAI_API_KEY`` (+ ``OPENAI_BASE_URL``), ``ANTHROPIC_API_KEY``
-        (+ ``ANTHROPIC_BASE_URL``) and ``OLLAMA_HOST`` each add a provider.
-        Raises ConfigError naming the variables to set when none is present.
+        (+ ``ANTHROPIC_BASE_URL``) and ``OLLAMA_HOST`` each add a provider, in
+        that order. ``LLMRELAY_DEFAULT_MODEL`` and ``LLMRELAY_CACHE_DIR`` fill
+        ``default_model`` and ``cache.disk_path`` where the file sets none.
+        Raises ConfigError naming the variables to set when no provider is given.
         """
         env = os.environ if environ is None else environ
         path = env.get("LLMRELAY_CONFIG")
-        if path:
-            return cls.from_toml(path)
-        providers: list[ProviderConfig] = []
-        for kind, (key_env, url_env) in _ENV_KINDS.items():
-            if env.get(key_env):
-                providers.append(
-                    ProviderConfig(
-                        name=kind,
-                        api_key_env=key_env,
-                        base_url=base_url_from_env(url_env, env[url_env], "https://")
-                        if env.get(url_env)
-                        else None,
-                    )
-                )
-        host = env.get("OLLAMA_HOST")
-        if host:
-            url = base_url_from_env("OLLAMA_HOST", host, "http://127.0.0.1:11434")
-            providers.append(ProviderConfig(name="ollama", base_url=url))
-        if not providers:
-            raise ConfigError(
-                "no provider configured: set LLMRELAY_CONFIG to a TOML file, or one of "
-                "OPENAI_API_KEY, ANTHROPIC_API_KEY, OLLAMA_HOST, or call llmrelay.configure(config)"
-            )
+        cfg = cls.from_toml(path) if path else cls(providers=_env_providers(env))
         default = env.get("LLMRELAY_DEFAULT_MODEL") or None
-        return cls(providers=providers, default_model=default)
+        if default and cfg.default_model is None:
+            try:
+                cfg = msgspec.structs.replace(cfg, default_model=default)
+            except ConfigError as e:
+                raise ConfigError(f"{e} (from LLMRELAY_DEFAULT_MODEL)", field=e.field) from None
+        cache_dir = env.get("LLMRELAY_CACHE_DIR") or None
+        if cache_dir and cfg.cache.disk_path is None:
+            cache = msgspec.structs.replace(cfg.cache, disk_path=cache_dir)
+            cfg = msgspec.structs.replace(cfg, cache=cache)
+        return cfg
+
+
+def _env_providers(env: Mapping[str, str]) -> list[ProviderConfig]:
+    providers: list[ProviderConfig] = []
+    for kind, (key_env, url_env) in _ENV_KINDS.items():
+        if env.get(key_env):
+            url = env.get(url_env)
+            providers.append(
+                ProviderConfig(
+                    name=kind,
+                    api_key_env=key_env,
+                    base_url=base_url_from_env(url_env, url, "https://") if url else None,
+                )
+            )
+    host = env.get("OLLAMA_HOST")
+    if host:
+        url = base_url_from_env("OLLAMA_HOST", host, "http://127.0.0.1:11434")
+        providers.append(ProviderConfig(name="ollama", base_url=url))
+    if not providers:
+        raise ConfigError(
+            "no provider configured: set LLMRELAY_CONFIG to a TOML file, or one of "
+            "OPENAI_API_KEY, ANTHROPIC_API_KEY, OLLAMA_HOST, or call llmrelay.configure(config)"
+        )
+    return providers
