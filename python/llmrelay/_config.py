@@ -316,7 +316,10 @@ class RequestTimeouts(_Config, frozen=True):
 class ProviderConfig(_Config, frozen=True):
     """One deployment: a provider kind at a base URL with a credential.
 
-    ``api_key`` never shows in ``repr``; prefer ``api_key_env`` (read at service start).
+    ``api_key`` never shows in ``repr``; prefer ``api_key_env`` (read at service
+    start; unset is a ConfigError then). Without ``base_url`` the kind's variable
+    (``OPENAI_BASE_URL``, ``ANTHROPIC_BASE_URL``, ``OLLAMA_HOST``) is used when
+    set, else the registry's default URL.
     """
 
     name: str
