@@ -31,6 +31,11 @@ build: $(STAMP) ## build the extension (debug) into .venv
 build-release: $(STAMP) ## build the extension (release, optimised) into .venv
 	PIP_QUIET=1 $(BIN)/maturin develop -q --release
 
+.PHONY: wheel
+wheel: $(STAMP) ## an abi3 wheel (release) in dist/: installs with pip on any CPython >= 3.11, no cargo
+	$(BIN)/maturin build --release -o dist
+	@ls -1 dist/*.whl
+
 .PHONY: format
 format: $(STAMP) ## format Rust and Python sources in place
 	cargo fmt

@@ -1,4 +1,8 @@
-"""The ``llmrelay`` command: ``demo``, ``chat``, ``providers``, ``cache stats|clear``."""
+"""The ``llmrelay`` command: ``demo``, ``chat``, ``providers``, ``cache stats|clear``.
+
+``main(argv)`` returns the exit code: 0 done, 1 the provider call or the cache
+failed, 2 a bad setting or argument.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,18 @@ import asyncio
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from llmrelay.errors import LLMRelayError
+from llmrelay.errors import (
+    AllProvidersFailedError,
+    CircuitOpenError,
+    LLMRelayError,
+    ProviderError,
+)
+
+if TYPE_CHECKING:
+    from llmrelay._service import LLMService
 
 __all__ = ["main"]
 
@@ -21,14 +35,28 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=7, help="seed of the workload and the faults")
     d.add_argument("--no-ollama", action="store_true", help="never use a local Ollama")
     d.add_argument("--plain", action="store_true", help="no live display (for logs and CI)")
-    c = sub.add_parser("chat", help="send one prompt to the configured provider")
+    c = sub.add_parser(
+        "chat",
+        help="send one prompt to the configured provider",
+        description="Send one prompt. The config is --config, else LLMRELAY_CONFIG, else the "
+        "provider variables (OPENAI_API_KEY, ANTHROPIC_API_KEY, OLLAMA_HOST). Exit code 2: "
+        "a bad setting or argument; 1: the provider call failed.",
+    )
     c.add_argument("prompt")
-    c.add_argument("--model", default=None)
+    c.add_argument("--model", default=None, help="'<provider>/<model>' or a model name")
+    c.add_argument("--config", default=None, help="a TOML config file (instead of LLMRELAY_CONFIG)")
+    c.add_argument("--system", default=None, help="a system prompt")
+    c.add_argument("--temperature", type=float, default=None)
+    c.add_argument("--max-tokens", type=int, default=None, dest="max_tokens")
     c.add_argument("--stream", action="store_true")
     sub.add_parser("providers", help="the provider registry and model capabilities")
     cache = sub.add_parser("cache", help="inspect or clear a disk cache")
     cache.add_argument("action", choices=["stats", "clear"])
-    cache.add_argument("--path", default=os.environ.get("LLMRELAY_CACHE_DIR"))
+    cache.add_argument(
+        "--path",
+        default=os.environ.get("LLMRELAY_CACHE_DIR"),
+        help="the cache directory (default: LLMRELAY_CACHE_DIR)",
+    )
     return p
 
 
@@ -48,7 +76,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
             )
         if args.command == "chat":
-            return _chat(args.prompt, args.model, args.stream)
+            return _chat(args)
         if args.command == "providers":
             return _providers()
         return _cache(args.action, args.path)
@@ -57,21 +85,61 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
-def _chat(prompt: str, model: str | None, stream: bool) -> int:
+def _chat(args: argparse.Namespace) -> int:
+    from llmrelay._config import LLMServiceConfig
     from llmrelay._service import LLMService
 
-    with LLMService() as svc:
-        if stream:
-            for chunk in svc.stream(prompt, model):
-                print(chunk.text, end="", flush=True)
-            print()
-        else:
-            r = svc.chat(prompt, model)
-            print(r.text)
-            ms = r.latency_s * 1000
-            info = f"[{r.provider}/{r.model} {r.usage.total_tokens} tokens {ms:.0f} ms]"
-            print(info, file=sys.stderr)
+    config = LLMServiceConfig.from_toml(args.config) if args.config else None
+    messages: list[dict[str, str]] = []
+    if args.system is not None:
+        messages.append({"role": "system", "content": args.system})
+    messages.append({"role": "user", "content": args.prompt})
+    params: dict[str, Any] = {}
+    if args.temperature is not None:
+        params["temperature"] = args.temperature
+    if args.max_tokens is not None:
+        params["max_tokens"] = args.max_tokens
+    with LLMService(config) as svc:
+        try:
+            if args.stream:
+                for chunk in svc.stream(messages, args.model, **params):
+                    print(chunk.text, end="", flush=True)
+                print()
+            else:
+                r = svc.chat(messages, args.model, **params)
+                print(r.text)
+                ms = r.latency_s * 1000
+                info = f"[{r.provider}/{r.model} {r.usage.total_tokens} tokens {ms:.0f} ms]"
+                print(info, file=sys.stderr)
+        except (ProviderError, AllProvidersFailedError, CircuitOpenError) as e:
+            print(f"llmrelay: {type(e).__name__}: {e}", file=sys.stderr)
+            for line in _tried(svc, e):
+                print(f"  tried {line}", file=sys.stderr)
+            return 1
     return 0
+
+
+def _tried(svc: LLMService, err: LLMRelayError) -> list[str]:
+    """Where a failed call went: ``deployment/model at <base URL>`` per attempt."""
+    places: list[tuple[str | None, str | None]]
+    if isinstance(err, AllProvidersFailedError):
+        places = [(a.provider, a.model) for a in err.attempts]
+    elif isinstance(err, ProviderError):
+        places = [(err.provider, err.model)]
+    else:
+        places = [(getattr(err, "deployment", None), None)]
+    out: list[str] = []
+    for name, model in places:
+        if name is None:
+            continue
+        try:
+            url = svc._engine.pool.get(name).base_url
+        except LLMRelayError:
+            continue
+        line = f"{name}/{model} at {url}" if model else f"{name} at {url}"
+        if line not in out:
+            out.append(line)
+    return out
 
 
 def _providers() -> int:
@@ -91,23 +159,52 @@ def _providers() -> int:
     return 0
 
 
+#: DiskCache.stats() keys that count events of the process that has the cache open
+_PER_PROCESS = ("hits", "misses", "expired", "evictions", "oversize", "corrupt", "errors")
+
+
 def _cache(action: str, path: str | None) -> int:
     from llmrelay import _core
 
     if not path:
         print("llmrelay: give --path or set LLMRELAY_CACHE_DIR", file=sys.stderr)
         return 2
+    where = Path(path)
+    if not where.exists():
+        print(f"llmrelay: no cache at {path}: the path does not exist", file=sys.stderr)
+        return 1
+    if not where.is_dir() or not (where / "db").is_file():
+        print(f"llmrelay: no cache at {path}: not an llmrelay disk cache", file=sys.stderr)
+        return 1
     disk = _core.DiskCache(path)
     try:
         if not disk.enabled:
-            print(f"llmrelay: cache at {path} unavailable: {disk.error}", file=sys.stderr)
+            error = disk.error or "unknown error"
+            if "in use" in error or "acquire lock" in error:
+                print(
+                    f"llmrelay: the cache at {path} is held by a running service (one process "
+                    "opens a disk cache at a time); stop it first, or read its figures from "
+                    "that service's metrics.snapshot().cache",
+                    file=sys.stderr,
+                )
+            else:
+                print(f"llmrelay: cache at {path} unavailable: {error}", file=sys.stderr)
             return 1
         if action == "clear":
             disk.clear()
             print(f"cleared {path}")
-        else:
-            for k, v in sorted(disk.stats().items()):
-                print(f"{k:<24} {v}")
+            return 0
+        stats = disk.stats()
+        print(f"{'path':<12} {path}")
+        print(f"{'entries':<12} {stats.get('entries', 0)}")
+        print(f"{'bytes':<12} {stats.get('bytes', 0)}")
+        found = {k: stats[k] for k in ("recovered", "corrupt") if stats.get(k)}
+        if found:
+            print(f"{'on open':<12} " + ", ".join(f"{k} {v}" for k, v in found.items()))
+        print(
+            f"{', '.join(_PER_PROCESS)}: unknown here: each process counts its own lookups "
+            "and none are stored on disk; a service reports them in metrics.snapshot().cache"
+        )
     finally:
         disk.close()
     return 0

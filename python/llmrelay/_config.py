@@ -2,16 +2,22 @@
 
 Every struct validates itself in ``__post_init__``, so a bad value raises
 :class:`~llmrelay.errors.ConfigError` naming the parameter and the value whether
-the struct is built in code, from a dict, from TOML or from the environment.
+the struct is built in code, from a dict, from TOML or from the environment. Its
+``field`` is the path of the setting below the struct being built
+(``providers[0].models``, ``selection.fallbacks['openai/gpt-4o'][0]``).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import os
-from collections.abc import Mapping
+import re
+import typing
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -31,6 +37,8 @@ __all__ = [
 
 _S = TypeVar("_S", bound="_Config")
 
+_SENSITIVE_HEADER = re.compile(r"auth|key|token|secret|cookie|session|password", re.I)
+
 _ENV_KINDS = {
     "openai": ("OPENAI_API_KEY", "OPENAI_BASE_URL"),
     "anthropic": ("ANTHROPIC_API_KEY", "ANTHROPIC_BASE_URL"),
@@ -46,25 +54,46 @@ def _num(
     le: float | None = None,
     lt: float | None = None,
 ) -> None:
-    """Raise ConfigError unless ``value`` is None or a finite number within the bounds."""
+    """Raise ConfigError (``field=name``) unless ``value`` is None or a finite number in bounds."""
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
-        raise ConfigError(f"invalid {name}={value!r}: must be a number")
+        raise ConfigError(f"invalid {name}={value!r}: must be a number", field=name)
     if math.isinf(value):
-        raise ConfigError(f"invalid {name}={value!r}: must be finite")
-    if gt is not None and not value > gt:
-        raise ConfigError(f"invalid {name}={value!r}: must be > {gt}")
-    if ge is not None and not value >= ge:
-        raise ConfigError(f"invalid {name}={value!r}: must be >= {ge}")
-    if le is not None and not value <= le:
-        raise ConfigError(f"invalid {name}={value!r}: must be <= {le}")
-    if lt is not None and not value < lt:
-        raise ConfigError(f"invalid {name}={value!r}: must be < {lt}")
+        raise ConfigError(f"invalid {name}={value!r}: must be finite", field=name)
+    for ok, rule in (
+        (gt is None or value > gt, f"> {gt}"),
+        (ge is None or value >= ge, f">= {ge}"),
+        (le is None or value <= le, f"<= {le}"),
+        (lt is None or value < lt, f"< {lt}"),
+    ):
+        if not ok:
+            raise ConfigError(f"invalid {name}={value!r}: must be {rule}", field=name)
 
 
 class _Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
-    """Shared loading helpers of every config struct."""
+    """Shared loading helpers of every config struct.
+
+    ``__post_init__`` first checks every field against its declared type (msgspec
+    checks types only when decoding, and users build configs in code): a mapping
+    given for a nested struct is converted into it, a wrong type raises
+    ConfigError. Then the struct's own ``_validate`` checks bounds and rules.
+    """
+
+    def __post_init__(self) -> None:
+        self._coerce_fields()
+        self._validate()
+
+    def _validate(self) -> None:
+        """Checks beyond the field types (bounds, cross-field rules); structs override it."""
+        return None
+
+    def _coerce_fields(self) -> None:
+        for name, typ in _field_types(type(self)):
+            value = getattr(self, name)
+            conv = _coerce(value, typ, name, type(self).__name__)
+            if conv is not value:
+                msgspec.structs.force_setattr(self, name, conv)
 
     @classmethod
     def from_dict(cls: type[_S], data: Mapping[str, Any]) -> _S:
@@ -74,7 +103,7 @@ class _Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
         try:
             return msgspec.convert(dict(data), cls, strict=False)
         except msgspec.ValidationError as e:
-            raise ConfigError(f"invalid {cls.__name__}: {_describe(e, data)}") from None
+            raise _config_error(e, "", data, cls.__name__) from None
 
     @classmethod
     def from_toml(cls: type[_S], path: str | os.PathLike[str]) -> _S:
@@ -96,25 +125,135 @@ class _Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
         return out
 
 
-def _describe(err: msgspec.ValidationError, data: Any) -> str:
-    """msgspec's message, with the offending value appended when the path resolves."""
-    msg = str(err)
-    marker = " - at `$"
-    if marker not in msg:
-        return msg
-    path = msg.rsplit(marker, 1)[1].rstrip("`")
-    value: Any = data
+@functools.cache
+def _field_types(cls: type[_Config]) -> tuple[tuple[str, Any], ...]:
+    return tuple((f.name, f.type) for f in msgspec.structs.fields(cls))
+
+
+def _coerce(value: Any, typ: Any, path: str, owner: str) -> Any:
+    """``value`` as ``typ`` (a mapping becomes the nested struct); ConfigError naming ``path``.
+
+    A ``dict[str, X]`` is walked key by key so that an error names the key
+    (msgspec's own paths show dict keys as ``[...]``).
+    """
+    if typing.get_origin(typ) is dict and isinstance(value, Mapping):
+        _, item_type = typing.get_args(typ)
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            where = f"{path}[{k!r}]"
+            if not isinstance(k, str):
+                raise ConfigError(f"invalid {owner}.{where}: keys must be str", field=where)
+            out[k] = _coerce(v, item_type, where, owner)
+        return value if out == value and isinstance(value, dict) else out
     try:
-        for part in path.replace("]", "").replace("[", ".").split("."):
-            if not part:
-                continue
-            value = value[int(part)] if isinstance(value, list) else value[part]
-    except (KeyError, IndexError, ValueError, TypeError):
-        return msg
-    if isinstance(value, Mapping | list):
-        return msg
-    name = "api_key" if path.endswith("api_key") else None
-    return msg if name else f"{msg} (value {value!r})"
+        return msgspec.convert(value, typ, strict=True)
+    except msgspec.ValidationError as e:
+        raise _config_error(e, path, value, owner, typ=typ) from None
+
+
+def _join(prefix: str, rest: str | None) -> str:
+    """Join two parts of a field path: ``providers[0]`` + ``models``, ``providers`` + ``[0]``."""
+    if not rest:
+        return prefix
+    if not prefix:
+        return rest
+    return prefix + rest if rest.startswith("[") else f"{prefix}.{rest}"
+
+
+def _config_error(
+    err: msgspec.ValidationError, prefix: str, data: Any, owner: str, *, typ: Any = None
+) -> ConfigError:
+    """msgspec's error as a ConfigError whose ``field`` is the full path below ``owner``.
+
+    ``data`` is what was converted (the path resolves in it to show the bad value);
+    an error raised by a nested struct's ``__post_init__`` keeps that struct's field.
+    """
+    msg = str(err)
+    path = ""
+    marker = " - at `$"
+    if marker in msg:
+        msg, _, tail = msg.rpartition(marker)
+        path = tail.rstrip("`").removeprefix(".")
+    inner = err.__cause__
+    if isinstance(inner, ConfigError):
+        field = _join(_join(prefix, path), inner.field)
+        return ConfigError(f"invalid {owner}: {inner} (at {field})", field=field or None)
+    got = re.search(r"got `(\w+)`", msg)
+    path, found, value = _value_at(data, path, got.group(1) if got else None)
+    field = _join(prefix, path)
+    unknown = re.search(r"unknown field `([^`]+)`", msg)
+    if unknown:
+        field = _join(field, unknown.group(1))
+    detail = msg
+    if typ is not None and "Invalid enum value" in msg:
+        detail = f"{msg}: expected one of {_literals(typ)}"
+    if found and not _secret(field) and not isinstance(value, Mapping | list):
+        detail = f"{detail} (value {value!r})"
+        if isinstance(value, str) and "Expected `array`" in msg:
+            detail += f": give a list, e.g. [{value!r}]"
+    where = f" at {field}" if field else ""
+    return ConfigError(f"invalid {owner}{where}: {detail}", field=field or None)
+
+
+def _literals(typ: Any) -> tuple[Any, ...]:
+    args = typing.get_args(typ)
+    if typing.get_origin(typ) is Literal:
+        return args
+    return tuple(a for t in args for a in _literals(t))
+
+
+def _secret(field: str) -> bool:
+    """Whether the value at ``field`` may be a secret (never shown in an error)."""
+    return field.endswith("api_key") or "headers" in field
+
+
+_JSON_TYPES = ((bool, "bool"), (int, "int"), (float, "float"), (str, "str"), (list, "array"))
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    for t, name in _JSON_TYPES:
+        if isinstance(value, t):
+            return name
+    return "object" if isinstance(value, Mapping) else type(value).__name__
+
+
+def _value_at(data: Any, path: str, got: str | None = None) -> tuple[str, bool, Any]:
+    """Resolve a msgspec path (``providers[0].models``) in ``data``: (path, found, value).
+
+    msgspec writes a dict key as ``[...]``: the key is recovered as the first one
+    whose value resolves the rest of the path to a value of the type msgspec
+    reported (``got``), and the returned path names it.
+    """
+    pieces = re.findall(r"\[[^\]]*\]|[^.\[]+", path)
+    parts = [p.strip("[]") for p in pieces]
+
+    def walk(value: Any, i: int) -> tuple[str, bool, Any]:
+        if i == len(parts):
+            ok = got is None or _json_type(value) == got
+            return "", ok, value
+        part, piece = parts[i], pieces[i]
+        sep = "" if piece.startswith("[") else "."
+        try:
+            if part == "...":
+                if not isinstance(value, Mapping):
+                    return "", False, None
+                for k, v in value.items():
+                    rest, ok, found = walk(v, i + 1)
+                    if ok:
+                        return f"[{k!r}]{rest}", True, found
+                return "", False, None
+            sub = value[int(part)] if isinstance(value, list | tuple) else value[part]
+        except (KeyError, IndexError, ValueError, TypeError):
+            return "", False, None
+        rest, ok, found = walk(sub, i + 1)
+        return (f"{sep}{piece}{rest}" if ok else ""), ok, found
+
+    resolved, found, value = walk(data, 0)
+    if not found:
+        return path, False, None
+    return resolved.removeprefix("."), True, value
 
 
 class RateLimitConfig(_Config, frozen=True):
@@ -126,7 +265,7 @@ class RateLimitConfig(_Config, frozen=True):
     output_tokens_per_minute: float | None = None
     burst: float | None = None
 
-    def __post_init__(self) -> None:
+    def _validate(self) -> None:
         _num("requests_per_minute", self.requests_per_minute, gt=0)
         _num("tokens_per_minute", self.tokens_per_minute, gt=0)
         _num("input_tokens_per_minute", self.input_tokens_per_minute, gt=0)
@@ -147,7 +286,7 @@ class CircuitBreakerConfig(_Config, frozen=True):
     open_backoff_multiplier: float = 1.0
     max_open_duration_s: float = 300.0
 
-    def __post_init__(self) -> None:
+    def _validate(self) -> None:
         _num("failure_rate_threshold", self.failure_rate_threshold, ge=0, le=1)
         _num("slow_call_rate_threshold", self.slow_call_rate_threshold, ge=0, le=1)
         _num("minimum_calls", self.minimum_calls, ge=1)
@@ -169,7 +308,7 @@ class RequestTimeouts(_Config, frozen=True):
     total_s: float = 300.0
     stream_idle_s: float = 60.0
 
-    def __post_init__(self) -> None:
+    def _validate(self) -> None:
         for name in ("connect_s", "read_s", "write_s", "pool_s", "total_s", "stream_idle_s"):
             _num(name, getattr(self, name), gt=0)
 
@@ -177,7 +316,10 @@ class RequestTimeouts(_Config, frozen=True):
 class ProviderConfig(_Config, frozen=True):
     """One deployment: a provider kind at a base URL with a credential.
 
-    ``api_key`` never shows in ``repr``; prefer ``api_key_env`` (read at service start).
+    ``api_key`` never shows in ``repr``; prefer ``api_key_env`` (read at service
+    start; unset is a ConfigError then). Without ``base_url`` the kind's variable
+    (``OPENAI_BASE_URL``, ``ANTHROPIC_BASE_URL``, ``OLLAMA_HOST``) is used when
+    set, else the registry's default URL.
     """
 
     name: str
@@ -194,15 +336,32 @@ class ProviderConfig(_Config, frozen=True):
     circuit_breaker: CircuitBreakerConfig | None = None
     default_model: str | None = None
 
-    def __post_init__(self) -> None:
+    def _validate(self) -> None:
         if not self.name or "/" in self.name:
-            raise ConfigError(f"invalid name={self.name!r}: must be non-empty and without '/'")
+            raise ConfigError(
+                f"invalid name={self.name!r}: must be non-empty and without '/'", field="name"
+            )
+        for fname in ("kind", "api_key_env", "default_model"):
+            value = getattr(self, fname)
+            if value is not None and not value.strip():
+                raise ConfigError(
+                    f"invalid {fname}={value!r} for provider {self.name!r}: must be non-empty",
+                    field=fname,
+                )
+        for i, model in enumerate(self.models):
+            if not model.strip():
+                raise ConfigError(
+                    f"invalid models[{i}]={model!r} for provider {self.name!r}: "
+                    "must be a non-empty model name",
+                    field=f"models[{i}]",
+                )
         _num("max_concurrency", self.max_concurrency, ge=1)
         _num("weight", self.weight, gt=0)
         if self.base_url is not None and not self.base_url.startswith(("http://", "https://")):
             raise ConfigError(
                 f"invalid base_url={self.base_url!r} for provider {self.name!r}: "
-                "must start with http:// or https://"
+                "must start with http:// or https://",
+                field="base_url",
             )
 
     @property
@@ -225,6 +384,10 @@ class ProviderConfig(_Config, frozen=True):
         }
         if self.api_key:
             shown["api_key"] = "***"
+        if self.headers:  # a custom gateway's credential may travel in a header
+            shown["headers"] = {
+                k: "***" if _SENSITIVE_HEADER.search(k) else v for k, v in self.headers.items()
+            }
         inner = ", ".join(f"{k}={v!r}" for k, v in shown.items())
         return f"ProviderConfig({inner})"
 
@@ -248,14 +411,15 @@ class OrchestratorConfig(_Config, frozen=True):
     #: time it has left; then it moves on to the next candidate.
     fallback_wait_share: float = 0.25
 
-    def __post_init__(self) -> None:
+    def _validate(self) -> None:
         _num("max_concurrency", self.max_concurrency, ge=1)
         _num("max_queue_size", self.max_queue_size, ge=0)
         _num("min_concurrency", self.min_concurrency, ge=1)
         if self.min_concurrency > self.max_concurrency:
             raise ConfigError(
                 f"invalid min_concurrency={self.min_concurrency}: "
-                f"must be <= max_concurrency={self.max_concurrency}"
+                f"must be <= max_concurrency={self.max_concurrency}",
+                field="min_concurrency",
             )
         _num("max_retries", self.max_retries, ge=0)
         _num("backoff_initial_s", self.backoff_initial_s, ge=0)
@@ -282,22 +446,13 @@ class CacheConfig(_Config, frozen=True):
     flush_every_ms: int | None = 500
     cache_nondeterministic: bool = False
 
-    def __post_init__(self) -> None:
+    def _validate(self) -> None:
         _num("memory_max_entries", self.memory_max_entries, ge=1)
         _num("memory_max_bytes", self.memory_max_bytes, ge=1)
         _num("disk_max_bytes", self.disk_max_bytes, ge=1)
         _num("ttl_s", self.ttl_s, gt=0)
         _num("promote_after", self.promote_after, ge=1)
         _num("flush_every_ms", self.flush_every_ms, ge=1)
-        for name, allowed in (
-            ("eviction", ("tinylfu", "lru")),
-            ("promotion", ("on_hit", "after_n_hits")),
-            ("write_mode", ("write_through", "write_behind")),
-        ):
-            if getattr(self, name) not in allowed:
-                raise ConfigError(
-                    f"invalid {name}={getattr(self, name)!r}: expected one of {allowed}"
-                )
 
 
 class DedupConfig(_Config, frozen=True):
@@ -306,11 +461,10 @@ class DedupConfig(_Config, frozen=True):
     enabled: bool = True
     window_s: float = 0.0
 
-    def __post_init__(self) -> None:
+    def _validate(self) -> None:
         _num("window_s", self.window_s, ge=0)
 
 
-_STRATEGIES = ("priority", "latency", "least_busy", "weighted", "cost")
 _CAPABILITIES = ("tools", "vision", "json_mode", "streaming")
 
 
@@ -322,14 +476,58 @@ class ModelSelectionStrategy(_Config, frozen=True):
     required_capabilities: list[str] = []
     cross_provider: bool = True
 
-    def __post_init__(self) -> None:
-        if self.strategy not in _STRATEGIES:
-            raise ConfigError(f"invalid strategy={self.strategy!r}: expected one of {_STRATEGIES}")
-        for cap in self.required_capabilities:
+    def _validate(self) -> None:
+        for i, cap in enumerate(self.required_capabilities):
             if cap not in _CAPABILITIES:
                 raise ConfigError(
-                    f"invalid required_capabilities entry {cap!r}: expected one of {_CAPABILITIES}"
+                    f"invalid required_capabilities entry {cap!r}: expected one of {_CAPABILITIES}",
+                    field=f"required_capabilities[{i}]",
                 )
+        for model, targets in self.fallbacks.items():
+            _nonempty_model(model, f"fallbacks[{model!r}]")
+            for i, target in enumerate(targets):
+                _nonempty_model(target, f"fallbacks[{model!r}][{i}]")
+
+    def model_names(self) -> Iterator[tuple[str, str]]:
+        """Every model name the fallbacks mention, with its field path (keys, then targets)."""
+        for model, targets in self.fallbacks.items():
+            yield f"fallbacks[{model!r}]", model
+            for i, target in enumerate(targets):
+                yield f"fallbacks[{model!r}][{i}]", target
+
+
+def _nonempty_model(name: str, field: str) -> None:
+    if not name.strip() or name.startswith("/") or name.endswith("/"):
+        raise ConfigError(
+            f"invalid {field}={name!r}: must be a model name ('<model>' or '<provider>/<model>')",
+            field=field,
+        )
+
+
+def base_url_from_env(var: str, value: str, default_base_url: str) -> str:
+    """The base URL a ``*_BASE_URL`` / ``OLLAMA_HOST`` variable gives.
+
+    A value without a scheme (``OLLAMA_HOST=0.0.0.0:11434``, as the ollama CLI
+    takes it) gets ``http://``, and the default URL's port when it names none.
+    ConfigError names the variable when the value is not an http(s) URL.
+    """
+    bad = ConfigError(f"invalid {var}={value!r}: must be an http:// or https:// URL", field=var)
+    url = value.strip()
+    try:
+        if url and "://" not in url:
+            hostport, slash, rest = url.partition("/")
+            default = urlsplit(default_base_url)
+            if default.scheme == "http" and default.port and urlsplit(f"//{hostport}").port is None:
+                hostport = f"{hostport}:{default.port}"
+            url = f"http://{hostport}{slash}{rest}"
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError on a port that is not a number
+    except ValueError:
+        raise bad from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise bad
+    url = url.rstrip("/")
+    return url
 
 
 class LLMServiceConfig(_Config, frozen=True):
@@ -347,42 +545,90 @@ class LLMServiceConfig(_Config, frozen=True):
     #: A deployment's HTTP client unused this long is closed (rebuilt on next use).
     client_idle_timeout_s: float = 300.0
 
-    def __post_init__(self) -> None:
+    def _validate(self) -> None:
         _num("client_idle_timeout_s", self.client_idle_timeout_s, gt=0)
         seen: set[str] = set()
-        for p in self.providers:
+        for i, p in enumerate(self.providers):
             if p.name in seen:
-                raise ConfigError(f"invalid providers: duplicate name={p.name!r}")
+                raise ConfigError(
+                    f"invalid providers: duplicate name={p.name!r}", field=f"providers[{i}].name"
+                )
             seen.add(p.name)
+        for field, name in self.model_names():
+            self._check_deployment(field, name)
+
+    def model_names(self) -> Iterator[tuple[str, str]]:
+        """``default_model`` and every fallback model name, each with its field path."""
+        if self.default_model is not None:
+            yield "default_model", self.default_model
+        for field, name in self.selection.model_names():
+            yield f"selection.{field}", name
+
+    def _check_deployment(self, field: str, name: str) -> None:
+        """A ``provider/model`` name must start with a provider's name (or be a listed model).
+
+        A bare model name is checked against the registry when the service starts
+        (a plug-in kind may register after the config is built).
+        """
+        if field == "default_model":
+            _nonempty_model(name, field)
+        head, sep, _ = name.partition("/")
+        if not sep or any(p.name == head for p in self.providers):
+            return
+        if any(name in p.models for p in self.providers):
+            return  # a model whose own name has a '/' (``meta-llama/Llama-3.1-8B``)
+        names = [p.name for p in self.providers]
+        raise ConfigError(
+            f"invalid {field}={name!r}: no provider is named {head!r} (providers: {names}); "
+            f"name a model '<provider>/<model>', or list {name!r} in a provider's models",
+            field=field,
+        )
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> LLMServiceConfig:
         """From ``LLMRELAY_CONFIG`` (a TOML file), else from provider variables.
 
         ``OPENAI_API_KEY`` (+ ``OPENAI_BASE_URL``), ``ANTHROPIC_API_KEY``
-        (+ ``ANTHROPIC_BASE_URL``) and ``OLLAMA_HOST`` each add a provider.
-        Raises ConfigError naming the variables to set when none is present.
+        (+ ``ANTHROPIC_BASE_URL``) and ``OLLAMA_HOST`` each add a provider, in
+        that order. ``LLMRELAY_DEFAULT_MODEL`` and ``LLMRELAY_CACHE_DIR`` fill
+        ``default_model`` and ``cache.disk_path`` where the file sets none.
+        Raises ConfigError naming the variables to set when no provider is given.
         """
         env = os.environ if environ is None else environ
         path = env.get("LLMRELAY_CONFIG")
-        if path:
-            return cls.from_toml(path)
-        providers: list[ProviderConfig] = []
-        for kind, (key_env, url_env) in _ENV_KINDS.items():
-            if env.get(key_env):
-                providers.append(
-                    ProviderConfig(
-                        name=kind, api_key_env=key_env, base_url=env.get(url_env) or None
-                    )
-                )
-        host = env.get("OLLAMA_HOST")
-        if host:
-            url = host if host.startswith(("http://", "https://")) else f"http://{host}"
-            providers.append(ProviderConfig(name="ollama", base_url=url))
-        if not providers:
-            raise ConfigError(
-                "no provider configured: set LLMRELAY_CONFIG to a TOML file, or one of "
-                "OPENAI_API_KEY, ANTHROPIC_API_KEY, OLLAMA_HOST, or call llmrelay.configure(config)"
-            )
+        cfg = cls.from_toml(path) if path else cls(providers=_env_providers(env))
         default = env.get("LLMRELAY_DEFAULT_MODEL") or None
-        return cls(providers=providers, default_model=default)
+        if default and cfg.default_model is None:
+            try:
+                cfg = msgspec.structs.replace(cfg, default_model=default)
+            except ConfigError as e:
+                raise ConfigError(f"{e} (from LLMRELAY_DEFAULT_MODEL)", field=e.field) from None
+        cache_dir = env.get("LLMRELAY_CACHE_DIR") or None
+        if cache_dir and cfg.cache.disk_path is None:
+            cache = msgspec.structs.replace(cfg.cache, disk_path=cache_dir)
+            cfg = msgspec.structs.replace(cfg, cache=cache)
+        return cfg
+
+
+def _env_providers(env: Mapping[str, str]) -> list[ProviderConfig]:
+    providers: list[ProviderConfig] = []
+    for kind, (key_env, url_env) in _ENV_KINDS.items():
+        if env.get(key_env):
+            url = env.get(url_env)
+            providers.append(
+                ProviderConfig(
+                    name=kind,
+                    api_key_env=key_env,
+                    base_url=base_url_from_env(url_env, url, "https://") if url else None,
+                )
+            )
+    host = env.get("OLLAMA_HOST")
+    if host:
+        url = base_url_from_env("OLLAMA_HOST", host, "http://127.0.0.1:11434")
+        providers.append(ProviderConfig(name="ollama", base_url=url))
+    if not providers:
+        raise ConfigError(
+            "no provider configured: set LLMRELAY_CONFIG to a TOML file, or one of "
+            "OPENAI_API_KEY, ANTHROPIC_API_KEY, OLLAMA_HOST, or call llmrelay.configure(config)"
+        )
+    return providers

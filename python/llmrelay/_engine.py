@@ -112,7 +112,7 @@ class Engine:
         self.pool = ProviderPool(
             config,
             adapter_for=self._adapter_for,
-            default_base_url=lambda kind: get_provider(kind).default_base_url,
+            default_base_url=lambda kind: get_provider(kind).resolve_base_url(),
             transport_factory=transport_factory(transport),
             idle_timeout_s=config.client_idle_timeout_s,
         )

@@ -2,8 +2,12 @@
 
 The config comes from :func:`configure` if it was called, else from
 ``LLMRELAY_CONFIG`` (a TOML file), else from ``OPENAI_API_KEY``,
-``ANTHROPIC_API_KEY`` and ``OLLAMA_HOST``. Building is thread-safe and
-happens once; a ConfigError names what to set when nothing is configured.
+``ANTHROPIC_API_KEY`` and ``OLLAMA_HOST`` (see ``LLMServiceConfig.from_env``).
+A call naming no model uses ``default_model``, else ``LLMRELAY_DEFAULT_MODEL``,
+else the registry's default model of the first provider (``openai`` ->
+``gpt-4o-mini``), so ``llm.chat("Hello")`` works with only ``OPENAI_API_KEY``
+set. Building is thread-safe and happens once; a ConfigError names what to set
+when nothing is configured.
 """
 
 from __future__ import annotations

@@ -17,12 +17,13 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from llmrelay._config import ModelSelectionStrategy
+from llmrelay._config import ModelSelectionStrategy, ProviderConfig
 from llmrelay._pool import Deployment, ProviderPool
 from llmrelay._types import ChatRequest
 from llmrelay.errors import InvalidRequestError
+from llmrelay.providers._registry import get_provider
 
-__all__ = ["Candidate", "Selector", "honouring"]
+__all__ = ["Candidate", "Selector", "honouring", "route"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +95,46 @@ FactsFn = Callable[[str, str], ModelFacts]
 KnowsFn = Callable[[str, str], bool]
 
 
+def route(model: str, providers: Sequence[ProviderConfig], knows: KnowsFn) -> list[tuple[int, str]]:
+    """Which providers serve ``model``: (index into ``providers``, model name it knows).
+
+    ``<provider>/<model>`` names one provider; a bare name goes to every provider
+    listing it in ``models``, else to every provider whose registry knows it, else
+    to the only provider there is. InvalidRequestError when none serves it.
+    """
+    if not model or not isinstance(model, str):
+        raise InvalidRequestError(f"invalid model={model!r}", field="model")
+    head, sep, tail = model.partition("/")
+    if sep:
+        for i, p in enumerate(providers):
+            if p.name == head:
+                if not tail:
+                    raise InvalidRequestError(f"invalid model={model!r}: empty", field="model")
+                return [(i, tail)]
+    listed = [(i, model) for i, p in enumerate(providers) if model in p.models]
+    if listed:
+        return listed
+    known = [(i, model) for i, p in enumerate(providers) if knows(p.provider_kind, model)]
+    if known:
+        return known
+    names = [p.name for p in providers]
+    if sep:
+        # "<name>/<model>" whose name is no deployment: a typo, never the only one
+        raise InvalidRequestError(
+            f"invalid model={model!r}: no deployment is named {head!r} and none lists "
+            f"{model!r} in its models (deployments: {names}; a model whose own name "
+            f"has a '/' goes as '<deployment>/{model}' or listed in models=[...])",
+            field="model",
+        )
+    if len(providers) == 1:
+        return [(0, model)]
+    raise InvalidRequestError(
+        f"invalid model={model!r}: no configured provider serves it "
+        f"(use '<provider>/<model>'; providers: {names})",
+        field="model",
+    )
+
+
 class Selector:
     """Resolves model names to ordered candidates."""
 
@@ -123,15 +164,33 @@ class Selector:
 
     @property
     def default_model(self) -> str:
-        """The model used when a call names none."""
+        """The model used when a call names none.
+
+        ``LLMServiceConfig.default_model``, else the first deployment's own
+        ``default_model`` or first listed model, else the registry's default model
+        of the first deployment whose kind has one (``openai`` -> ``gpt-4o-mini``).
+        """
         if self._default_model:
             return self._default_model
+        found = self._implicit_default()
+        self._default_model = found  # the pool and the registry do not change under us
+        return found
+
+    def _implicit_default(self) -> str:
         for dep in self._pool:
             if dep.config.default_model:
                 return f"{dep.name}/{dep.config.default_model}"
             if dep.config.models:
                 return f"{dep.name}/{dep.config.models[0]}"
-        raise InvalidRequestError("no model given and no default_model configured", field="model")
+        for dep in self._pool:
+            registered = get_provider(dep.kind).default_model
+            if registered:
+                return f"{dep.name}/{registered}"
+        raise InvalidRequestError(
+            "no model given and no default_model configured (pass model=, set "
+            "LLMServiceConfig.default_model or LLMRELAY_DEFAULT_MODEL)",
+            field="model",
+        )
 
     def resolve(self, model: str) -> tuple[Candidate, ...]:
         """Every deployment serving ``model`` (unordered by strategy); cached per name."""
@@ -143,40 +202,9 @@ class Selector:
         return found
 
     def _resolve(self, model: str) -> tuple[Candidate, ...]:
-        if not model or not isinstance(model, str):
-            raise InvalidRequestError(f"invalid model={model!r}", field="model")
-        head, sep, tail = model.partition("/")
-        if sep:
-            try:
-                dep = self._pool.get(head)
-            except Exception:
-                dep = None
-            if dep is not None:
-                if not tail:
-                    raise InvalidRequestError(f"invalid model={model!r}: empty", field="model")
-                return (Candidate(dep, tail),)
-        listed = [Candidate(d, model) for d in self._pool if model in d.config.models]
-        if listed:
-            return tuple(listed)
-        known = [Candidate(d, model) for d in self._pool if self._knows(d.kind, model)]
-        if known:
-            return tuple(known)
         deps = list(self._pool)
-        names = [d.name for d in deps]
-        if sep:
-            # "<name>/<model>" whose name is no deployment: a typo, never the only one
-            raise InvalidRequestError(
-                f"invalid model={model!r}: no deployment is named {head!r} and none lists "
-                f"{model!r} in its models (deployments: {names}; a model whose own name "
-                f"has a '/' goes as '<deployment>/{model}' or listed in models=[...])",
-                field="model",
-            )
-        if len(deps) == 1:
-            return (Candidate(deps[0], model),)
-        raise InvalidRequestError(
-            f"invalid model={model!r}: no configured provider serves it "
-            f"(use '<provider>/<model>'; providers: {names})",
-            field="model",
+        return tuple(
+            Candidate(deps[i], m) for i, m in route(model, [d.config for d in deps], self._knows)
         )
 
     def candidates(

@@ -21,6 +21,7 @@ from llmrelay._config import LLMServiceConfig
 from llmrelay._engine import Engine, Middleware
 from llmrelay._metrics import ServiceMetrics
 from llmrelay._params import ChatParams, EmbedParams, check_chat_params, check_embed, short
+from llmrelay._preflight import check_service_config
 from llmrelay._priority import Priority
 from llmrelay._types import ChatChunk, ChatResponse, EmbeddingResponse, MessagesIn
 from llmrelay.errors import InvalidRequestError, LLMRelayError
@@ -99,6 +100,7 @@ class LLMService:
                 f"invalid config: expected LLMServiceConfig or a dict, got {type(config).__name__}",
                 field="config",
             )
+        check_service_config(config)
         self._engine = Engine(
             config, transport=transport, middleware=middleware, clock=clock, sleep=sleep
         )

@@ -59,7 +59,16 @@ class LLMRelayError(Exception):
 
 
 class ConfigError(LLMRelayError, ValueError):
-    """A configuration value is invalid; the message names the parameter and value."""
+    """A configuration value is invalid; the message names the parameter and value.
+
+    ``field`` is the path of the setting from the struct being built (or loaded),
+    e.g. ``"providers[0].models"`` or ``"selection.fallbacks['openai/gpt-4o'][0]"``;
+    None when the error is not about one setting (a missing file, no provider).
+    """
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class InvalidRequestError(LLMRelayError, ValueError):

@@ -9,12 +9,14 @@ warning.
 from __future__ import annotations
 
 import logging
+import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from llmrelay._config import base_url_from_env
 from llmrelay.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -26,6 +28,7 @@ __all__ = [
     "ProviderRegistration",
     "capabilities",
     "get_provider",
+    "knows_model",
     "list_providers",
     "register_provider",
 ]
@@ -66,6 +69,19 @@ class ProviderRegistration(msgspec.Struct, kw_only=True, frozen=True):
     models: dict[str, ModelInfo] = {}
     requires_api_key: bool = True
 
+    def resolve_base_url(self, environ: Mapping[str, str] | None = None) -> str:
+        """The base URL of a deployment that sets no ``base_url``.
+
+        The ``base_url_env`` variable when it is set and non-empty (as the
+        provider's SDK reads it), else ``default_base_url``; ConfigError naming
+        the variable when its value is not an http(s) URL.
+        """
+        env = os.environ if environ is None else environ
+        value = env.get(self.base_url_env) if self.base_url_env else None
+        if self.base_url_env and value:
+            return base_url_from_env(self.base_url_env, value, self.default_base_url)
+        return self.default_base_url
+
 
 _lock = threading.Lock()
 _registry: dict[str, ProviderRegistration] = {}
@@ -79,14 +95,18 @@ def register_provider(reg: ProviderRegistration, *, replace: bool = False) -> No
     if not isinstance(reg, ProviderRegistration):
         raise ConfigError(f"reg={reg!r}: expected a ProviderRegistration")
     if not isinstance(reg.kind, str) or not reg.kind or "/" in reg.kind:
-        raise ConfigError(f"kind={reg.kind!r}: expected a non-empty name without '/'")
+        raise ConfigError(f"kind={reg.kind!r}: expected a non-empty name without '/'", field="kind")
     if not callable(reg.adapter_factory):
-        raise ConfigError(f"adapter_factory={reg.adapter_factory!r}: expected a callable")
+        raise ConfigError(
+            f"adapter_factory={reg.adapter_factory!r}: expected a callable",
+            field="adapter_factory",
+        )
     with _lock:
         if reg.kind in _registry and not replace:
             raise ConfigError(
                 f"kind={reg.kind!r}: a provider of this kind is already registered "
-                "(pass replace=True to override it)"
+                "(pass replace=True to override it)",
+                field="kind",
             )
         _registry[reg.kind] = reg
 
@@ -139,7 +159,8 @@ def get_provider(kind: str) -> ProviderRegistration:
     reg = _registry.get(kind)
     if reg is None:
         raise ConfigError(
-            f"kind={kind!r}: unknown provider kind (known: {', '.join(list_providers())})"
+            f"kind={kind!r}: unknown provider kind (known: {', '.join(list_providers())})",
+            field="kind",
         )
     return reg
 
@@ -170,6 +191,11 @@ def capabilities(kind: str, model: str) -> ModelInfo:
         if len(name) > len(best) and base.startswith(name + "-"):
             best = name
     return models[best] if best else UNKNOWN_MODEL
+
+
+def knows_model(kind: str, model: str) -> bool:
+    """Whether ``kind``'s registration lists ``model`` (exact name)."""
+    return model in get_provider(kind).models
 
 
 def _reset_discovery_for_tests() -> None:
