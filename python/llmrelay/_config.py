@@ -307,9 +307,21 @@ class RequestTimeouts(_Config, frozen=True):
     pool_s: float = 30.0
     total_s: float = 300.0
     stream_idle_s: float = 60.0
+    #: A stream that has handed nothing to the caller and yields no content (text, tool
+    #: call, finish) within this is retried or falls back like a failed plain call. Two
+    #: minutes by default: a reasoning model's first token can take a minute or more.
+    first_token_s: float = 120.0
 
     def _validate(self) -> None:
-        for name in ("connect_s", "read_s", "write_s", "pool_s", "total_s", "stream_idle_s"):
+        for name in (
+            "connect_s",
+            "read_s",
+            "write_s",
+            "pool_s",
+            "total_s",
+            "stream_idle_s",
+            "first_token_s",
+        ):
             _num(name, getattr(self, name), gt=0)
 
 

@@ -126,41 +126,54 @@ async def _pipeline(
     started = time.perf_counter()
     idle = eng.config.timeouts.stream_idle_s
 
-    async def open_stream(cand: Candidate) -> tuple[ChatChunk | None, Any]:
+    async def open_stream(cand: Candidate) -> tuple[list[ChatChunk], Any]:
+        """Open the stream and read it up to its first content (within ``first_token_s``):
+        until then nothing has reached the caller, so a failure or a stall here is an
+        attempt that is retried or falls back like a plain call's."""
         dep = cand.deployment
         in_proc = getattr(dep.adapter, "in_process", False)
         loop = asyncio.get_running_loop()
         remaining = ctx.deadline - loop.time()
+        first_token_s = getattr(dep.timeouts, "first_token_s", None) or remaining
         agen = dep.adapter.stream(
             None if in_proc else eng.pool.client(dep),
             p.req,
             cand.model,
             timeout=dep.httpx_timeout(remaining),
             stream_idle_s=getattr(dep.timeouts, "stream_idle_s", idle),
-            on_response=lambda r: eng.orchestrator.observe_reply_headers(
-                dep, dep.adapter, r.headers
-            ),
+            on_response=lambda r: eng.orchestrator.observe_reply_headers(dep, dep.adapter, r.headers),
         )
+        head: list[ChatChunk] = []
         try:
-            first = await agen.__anext__()
+            async with asyncio.timeout(first_token_s):
+                while not head or not _has_content(head[-1]):
+                    head.append(await agen.__anext__())
         except StopAsyncIteration:
-            return None, agen
-        except ProviderTimeoutError as e:
+            return head, agen
+        except TimeoutError as e:
             await agen.aclose()
-            # the head's read timer was the caller's deadline, not the deployment's read_s
-            if remaining < dep.timeouts.read_s and loop.time() >= ctx.deadline - _DEADLINE_EPS_S:
+            cut = loop.time() >= ctx.deadline - _DEADLINE_EPS_S
+            if isinstance(e, LLMRelayError) and not (
+                cut and remaining < dep.timeouts.read_s  # the head's read timer was ours
+            ):
+                raise
+            if cut:
                 raise DeadlineExceededError(
                     "total timeout exceeded waiting for the stream",
                     provider=dep.name,
                     model=cand.model,
                 ) from None
-            raise e from None
+            raise ProviderTimeoutError(
+                f"no first token within {first_token_s}s",
+                provider=dep.name,
+                model=cand.model,
+            ) from None
         except BaseException:
             await agen.aclose()
             raise
-        return first, agen
+        return head, agen
 
-    (first, agen), cand, lease = await eng._guarded(
+    (head, agen), cand, lease = await eng._guarded(
         eng.orchestrator.run(
             eng.selector.usable(p.cands) or p.cands,
             ctx,
@@ -180,9 +193,9 @@ async def _pipeline(
     # consumer holds each chunk (a slow consumer must not look like a slow provider)
     provider_s = lease.held_s()
     try:
-        if first is not None:
-            chunks.append(first)
-            yield first
+        for chunk in head:
+            chunks.append(chunk)
+            yield chunk
         while True:
             if eng._stop_streams:
                 raise LLMRelayError("the service was closed while the stream was in flight")
@@ -215,6 +228,11 @@ async def _pipeline(
             final.append(_finish_stream(eng, p, ctx, cand, chunks, started, ttft))
         else:
             eng._record_attempt(cand, err, time.perf_counter() - started, True)
+
+
+def _has_content(chunk: ChatChunk) -> bool:
+    """Whether a chunk carries something of the answer (not just a role or a header)."""
+    return bool(chunk.text or chunk.tool_calls or chunk.finish_reason or chunk.usage)
 
 
 def _finish_stream(
