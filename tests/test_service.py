@@ -559,3 +559,18 @@ async def test_abatch_never_overflows_the_queue_on_its_own(
             f"echo: prompt {i}" for i in range(400)
         ]
         assert fakes["openai"].request_count == 400
+
+
+async def test_cost_strategy_orders_by_the_registrys_prices(make_config: ConfigFactory) -> None:
+    """A bare model listed by two deployments of different price goes to the cheaper first."""
+    from llmrelay import ModelSelectionStrategy
+
+    config = make_config(
+        selection=ModelSelectionStrategy(strategy="cost"),
+        provider_kw={"openai": {"models": ["gpt-4o", "gpt-4o-mini"]}},
+    )
+    async with LLMService(config) as svc:
+        eng = svc._engine
+        cands = eng.selector.candidates("openai/gpt-4o")
+        facts = [eng.selector.facts(c.deployment.kind, c.model).cost_per_mtok for c in cands]
+    assert facts == [12.5]  # 2.50 in + 10.00 out per million tokens: the price is known

@@ -149,8 +149,8 @@ _SKIP_CC = CacheControl(skip=True)
 
 def model_facts(kind: str, model: str) -> ModelFacts:
     info = capabilities(kind, model)
-    cin = getattr(info, "input_cost_per_mtok", None)
-    cout = getattr(info, "output_cost_per_mtok", None)
+    cin = info.input_price_per_mtok
+    cout = info.output_price_per_mtok
     return ModelFacts(
         tools=info.tools,
         vision=info.vision,
