@@ -141,7 +141,9 @@ async def _pipeline(
             cand.model,
             timeout=dep.httpx_timeout(remaining),
             stream_idle_s=getattr(dep.timeouts, "stream_idle_s", idle),
-            on_response=lambda r: eng.orchestrator.observe_reply_headers(dep, dep.adapter, r.headers),
+            on_response=lambda r: eng.orchestrator.observe_reply_headers(
+                dep, dep.adapter, r.headers
+            ),
         )
         head: list[ChatChunk] = []
         try:
