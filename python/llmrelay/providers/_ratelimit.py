@@ -13,9 +13,10 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from email.utils import parsedate_to_datetime
+from typing import Final, cast
 
 import msgspec
 
@@ -137,12 +138,45 @@ def _retry_after(headers: Mapping[str, str], now: float) -> float | None:
         return None
 
 
-def parse_rate_limit_headers(headers: Mapping[str, str], now: float | None = None) -> RateLimitInfo:
-    """Parse the rate-limit headers of a reply (case-insensitive mapping, e.g. httpx.Headers).
+_NONE: Final = RateLimitInfo()
+
+
+def _from_pairs(pairs: Sequence[object]) -> dict[str, str] | None:
+    """Raw ``(bytes, bytes)`` header pairs as a str mapping, or None when no pair names a
+    rate limit (the usual reply: one cheap scan, nothing decoded)."""
+    wanted = False
+    for pair in pairs:
+        if not isinstance(pair, tuple) or len(pair) != 2:
+            return None
+        name = pair[0]
+        if not isinstance(name, bytes) or not isinstance(pair[1], bytes):
+            return None
+        name = name.lower()
+        if b"ratelimit" in name or b"retry-after" in name:
+            wanted = True
+    if not wanted:
+        return None
+    out: dict[str, str] = {}
+    for pair in pairs:
+        k, v = cast(tuple[bytes, bytes], pair)  # checked above
+        out.setdefault(k.decode("latin-1").lower(), v.decode("latin-1"))
+    return out
+
+
+def parse_rate_limit_headers(
+    headers: Mapping[str, str] | Sequence[tuple[bytes, bytes]], now: float | None = None
+) -> RateLimitInfo:
+    """Parse the rate-limit headers of a reply: a case-insensitive mapping (e.g.
+    httpx.Headers) or raw ``(bytes, bytes)`` pairs with lower-case names (the core's).
 
     ``now`` is the wall-clock time in seconds used for absolute times (HTTP dates,
     RFC 3339 resets); it defaults to ``time.time()``.
     """
+    if isinstance(headers, list | tuple):
+        pairs = _from_pairs(headers)
+        if pairs is None:
+            return _NONE
+        headers = pairs
     if not isinstance(headers, Mapping):
         return RateLimitInfo()
     if not all(isinstance(k, str) for k in headers):
