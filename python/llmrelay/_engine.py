@@ -515,7 +515,7 @@ class Engine:
             if getattr(dep.adapter, "in_process", False):
                 client, transport = None, None
             else:
-                client, transport = self.pool.client(dep), self.pool.transport(dep)
+                client, transport = self.pool.route(dep)
             resp = await send_chat(
                 client,
                 transport,
@@ -611,7 +611,7 @@ class Engine:
             if getattr(dep.adapter, "in_process", False):
                 client, transport = None, None
             else:
-                client, transport = self.pool.client(dep), self.pool.transport(dep)
+                client, transport = self.pool.route(dep)
             try:
                 r: EmbeddingResponse = await send_embed(
                     client,

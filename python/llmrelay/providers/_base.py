@@ -235,7 +235,8 @@ class ProviderAdapter:
         self, key: object, headers: Mapping[str, str] | None, has_body: bool
     ) -> HeaderPairs:
         """The header pairs of one kind of request (``key``), built and encoded once:
-        ``accept: application/json``, then ``headers``, then the deployment's own."""
+        ``accept: application/json``, then ``headers``, then the deployment's own
+        (``self.headers`` is read when a kind of request is first built)."""
         pairs = self._pairs.get(key)
         if pairs is None:
             hdrs = {"accept": "application/json"}

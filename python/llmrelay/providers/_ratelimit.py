@@ -143,23 +143,19 @@ _NONE: Final = RateLimitInfo()
 
 def _from_pairs(pairs: Sequence[object]) -> dict[str, str] | None:
     """Raw ``(bytes, bytes)`` header pairs as a str mapping, or None when no pair names a
-    rate limit (the usual reply: one cheap scan, nothing decoded)."""
-    wanted = False
-    for pair in pairs:
-        if not isinstance(pair, tuple) or len(pair) != 2:
-            return None
-        name = pair[0]
-        if not isinstance(name, bytes) or not isinstance(pair[1], bytes):
-            return None
-        name = name.lower()
-        if b"ratelimit" in name or b"retry-after" in name:
-            wanted = True
-    if not wanted:
+    rate limit (the usual reply: one scan of the joined names, nothing decoded) or the
+    pairs are not pairs of bytes."""
+    typed = cast("Sequence[tuple[bytes, bytes]]", pairs)
+    try:
+        names = b" ".join([k for k, _ in typed]).lower()
+    except (TypeError, ValueError):  # not pairs, or a name that is not bytes
+        return None
+    if b"ratelimit" not in names and b"retry-after" not in names:
         return None
     out: dict[str, str] = {}
-    for pair in pairs:
-        k, v = cast(tuple[bytes, bytes], pair)  # checked above
-        out.setdefault(k.decode("latin-1").lower(), v.decode("latin-1"))
+    for k, v in typed:
+        if isinstance(v, bytes):
+            out.setdefault(k.decode("latin-1").lower(), v.decode("latin-1"))
     return out
 
 
