@@ -258,19 +258,31 @@ class ProviderAdapter:
         headers: Mapping[str, str] | None = None,
         *,
         key: object = None,
+        secret: Mapping[str, str] | None = None,
     ) -> WireRequest:
         """A request as bytes: the body encoded by msgspec, the headers as pairs (cached
         under ``key``, default the method and URL, when the extra ``headers`` never
-        change for that key)."""
+        change for that key). ``secret`` headers (the credential) are encoded for this
+        request only, never kept, and give way to a deployment header of the same name."""
         pairs = self._header_pairs(
             key if key is not None else (method, url), headers, body is not None
         )
+        if secret:
+            own = {k.lower() for k in self.headers} if self.headers else ()
+            pairs = pairs + [
+                (k.encode("utf-8"), v.encode("utf-8")) for k, v in secret.items() if k not in own
+            ]
         return WireRequest(method, url, pairs, b"" if body is None else _encode(body))
 
     def _request(
-        self, method: str, url: str, body: Any = None, headers: Mapping[str, str] | None = None
+        self,
+        method: str,
+        url: str,
+        body: Any = None,
+        headers: Mapping[str, str] | None = None,
+        secret: Mapping[str, str] | None = None,
     ) -> httpx.Request:
-        return httpx_request(self._wire(method, url, body, headers))
+        return httpx_request(self._wire(method, url, body, headers, secret=secret))
 
     def _decode_reply(
         self,

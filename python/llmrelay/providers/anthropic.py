@@ -83,6 +83,8 @@ class _Message(msgspec.Struct):
 
 
 _MESSAGE = msgspec.json.Decoder(_Message)
+_HEADERS = {"anthropic-version": ANTHROPIC_VERSION}
+_SSE_HEADERS = {**_HEADERS, "accept": "text/event-stream"}
 
 
 def _wire_usage(u: _Usage | None) -> Usage:
@@ -291,22 +293,17 @@ class AnthropicAdapter(ProviderAdapter):
             body.update(req.extra)
         return body
 
-    def _headers(self) -> dict[str, str]:
-        headers = {"anthropic-version": ANTHROPIC_VERSION}
-        if self._api_key:
-            headers["x-api-key"] = self._api_key
-        return headers
+    def _auth(self) -> dict[str, str]:
+        return {"x-api-key": self._api_key} if self._api_key else {}
 
     def wire_chat(self, req: ChatRequest, model: str, *, stream: bool) -> WireRequest:
-        headers = self._headers()
-        if stream:
-            headers["accept"] = "text/event-stream"
         return self._wire(
             "POST",
             f"{self.base_url}/v1/messages",
             self.chat_body(req, model, stream=stream),
-            headers,
+            _SSE_HEADERS if stream else _HEADERS,
             key=("chat", stream),
+            secret=self._auth(),
         )
 
     def decode_chat(
@@ -357,7 +354,9 @@ class AnthropicAdapter(ProviderAdapter):
         )
 
     async def list_models(self, client: httpx.AsyncClient) -> list[str]:
-        request = self._request("GET", f"{self.base_url}/v1/models", None, self._headers())
+        request = self._request(
+            "GET", f"{self.base_url}/v1/models", headers=_HEADERS, secret=self._auth()
+        )
         resp, data = await self._call_json(client, request, None)
         try:
             return [str(m["id"]) for m in data["data"]]

@@ -76,6 +76,7 @@ class _Embed(msgspec.Struct):
     prompt_eval_count: int | None = None
 
 
+_NDJSON = {"accept": "application/x-ndjson"}
 _CHAT = msgspec.json.Decoder(_Chat)
 _EMBED = msgspec.json.Decoder(_Embed)
 
@@ -258,15 +259,13 @@ class OllamaAdapter(ProviderAdapter):
         return body
 
     def wire_chat(self, req: ChatRequest, model: str, *, stream: bool) -> WireRequest:
-        headers = self._auth()
-        if stream:
-            headers["accept"] = "application/x-ndjson"
         return self._wire(
             "POST",
             f"{self.base_url}/api/chat",
             self.chat_body(req, model, stream=stream),
-            headers,
+            _NDJSON if stream else None,
             key=("chat", stream),
+            secret=self._auth(),
         )
 
     def decode_chat(
@@ -336,7 +335,9 @@ class OllamaAdapter(ProviderAdapter):
         params.pop("encoding_format", None)
         params.pop("user", None)
         body: dict[str, Any] = {"model": model, "input": inputs, **params, **extra}
-        return self._wire("POST", f"{self.base_url}/api/embed", body, self._auth(), key="embed")
+        return self._wire(
+            "POST", f"{self.base_url}/api/embed", body, key="embed", secret=self._auth()
+        )
 
     def decode_embed(
         self, status: int, headers: HeaderPairs, body: bytes, model: str
@@ -351,7 +352,7 @@ class OllamaAdapter(ProviderAdapter):
         )
 
     async def list_models(self, client: httpx.AsyncClient) -> list[str]:
-        request = self._request("GET", f"{self.base_url}/api/tags", None, self._auth())
+        request = self._request("GET", f"{self.base_url}/api/tags", secret=self._auth())
         resp, data = await self._call_json(client, request, None)
         try:
             return [str(m.get("name") or m["model"]) for m in data["models"]]

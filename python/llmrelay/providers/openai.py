@@ -105,6 +105,7 @@ class _Embeddings(msgspec.Struct):
     usage: _EmbedUsage | None = None
 
 
+_SSE = {"accept": "text/event-stream"}
 _COMPLETION = msgspec.json.Decoder(_Completion)
 _EMBEDDINGS = msgspec.json.Decoder(_Embeddings)
 _NO_USAGE = Usage()
@@ -246,15 +247,13 @@ class OpenAIAdapter(ProviderAdapter):
         return body
 
     def wire_chat(self, req: ChatRequest, model: str, *, stream: bool) -> WireRequest:
-        headers = self._auth()
-        if stream:
-            headers["accept"] = "text/event-stream"
         return self._wire(
             "POST",
             f"{self.base_url}/chat/completions",
             self.chat_body(req, model, stream=stream),
-            headers,
+            _SSE if stream else None,
             key=("chat", stream),
+            secret=self._auth(),
         )
 
     def decode_chat(
@@ -289,7 +288,9 @@ class OpenAIAdapter(ProviderAdapter):
         params = dict(params)
         extra = params.pop("extra", None) or {}
         body = {"model": model, "input": inputs, **params, **extra}
-        return self._wire("POST", f"{self.base_url}/embeddings", body, self._auth(), key="embed")
+        return self._wire(
+            "POST", f"{self.base_url}/embeddings", body, key="embed", secret=self._auth()
+        )
 
     def decode_embed(
         self, status: int, headers: HeaderPairs, body: bytes, model: str
@@ -313,7 +314,7 @@ class OpenAIAdapter(ProviderAdapter):
         )
 
     async def list_models(self, client: httpx.AsyncClient) -> list[str]:
-        request = self._request("GET", f"{self.base_url}/models", None, self._auth())
+        request = self._request("GET", f"{self.base_url}/models", secret=self._auth())
         resp, data = await self._call_json(client, request, None)
         try:
             return [str(m["id"]) for m in data["data"]]
