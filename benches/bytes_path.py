@@ -1,6 +1,7 @@
 """The byte-level HTTP path, before and after, against the bare asyncio client (the floor).
 
-    python benches/bytes_path.py [--before-ref REF] [--rounds 3] [--seq 2000] [--conc-total 5000]
+    python benches/bytes_path.py [--before-ref REF] [--rounds 3] [--seq 2000]
+                                 [--conc-total 5000] [--pin]
 
 Starts the fake OpenAI server (``compare/fakeserver.py``) in its own process, then runs
 each client in a fresh process per round, the clients' order rotated every round, so
@@ -128,7 +129,9 @@ def clients_messages() -> Any:
 
 
 def worker(argv: list[str]) -> None:
-    name, url, seq_n, conc_total = argv[0], argv[1], int(argv[2]), int(argv[3])
+    name, url, seq_n, conc_total, cpu = argv[0], argv[1], int(argv[2]), int(argv[3]), argv[4]
+    if cpu != "-" and hasattr(os, "sched_setaffinity"):
+        os.sched_setaffinity(0, {int(cpu)})
     sys.path.insert(0, str(COMPARE))
     import netguard
 
@@ -155,7 +158,9 @@ def _before_tree(ref: str, tmp: Path) -> Path:
 
 def _run(name: str, pythonpath: Path, url: str, args: argparse.Namespace) -> dict[str, float]:
     env = {**os.environ, "PYTHONPATH": str(pythonpath)}
+    cpu = "0" if args.pin else "-"
     cmd = [sys.executable, __file__, "--worker", name, url, str(args.seq), str(args.conc_total)]
+    cmd.append(cpu)
     out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True, timeout=600)
     result: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
     return result
@@ -191,6 +196,11 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--seq", type=int, default=2000)
     p.add_argument("--conc-total", type=int, default=5000)
+    p.add_argument(
+        "--pin",
+        action="store_true",
+        help="pin the server to core 1 and each client process to core 0 (as bench-compare)",
+    )
     args = p.parse_args()
     here = ROOT / "python"
     variants: dict[str, Path] = {"bare asyncio": here}
@@ -200,7 +210,8 @@ def main() -> None:
         variants["llmrelay"] = here
         variants["llmrelay (httpx shim)"] = here
         server = subprocess.Popen(
-            [sys.executable, str(COMPARE / "fakeserver.py"), "--port", "0"],
+            [sys.executable, str(COMPARE / "fakeserver.py"), "--port", "0"]
+            + (["--cpu", "1"] if args.pin else []),
             stdout=subprocess.PIPE,
             text=True,
         )
@@ -218,7 +229,11 @@ def main() -> None:
             server.terminate()
             server.wait(10)
     load = os.getloadavg()
-    print(f"{args.rounds} rounds, medians; load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
+    pinned = "client on core 0, server on core 1" if args.pin else "not pinned"
+    print(
+        f"{args.rounds} rounds, medians, {pinned}; "
+        f"load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}"
+    )
     print(_table(results))
     print(json.dumps(results))
 
