@@ -4,7 +4,9 @@ objects, every other transport gets the same bytes through one shim."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import struct
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -280,6 +282,19 @@ def test_decode_chat_wrong_shapes_are_response_errors(adapter: ProviderAdapter) 
         adapter.decode_chat(200, [(b"content-type", b"text/html")], b"{}", "m")
     with pytest.raises(ProviderResponseError, match="valid JSON"):
         adapter.decode_chat(200, JSON, b'{"choices": [', "m")
+
+
+def test_base64_embedding_with_nan_is_a_response_error() -> None:
+    """A float list cannot hold NaN in JSON; a base64 one must not smuggle it in."""
+    adapter = _adapters()[0]
+    ok = base64.b64encode(struct.pack("<2f", 0.5, 1.0)).decode()
+    good = adapter.decode_embed(200, JSON, json.dumps({"data": [{"embedding": ok}]}).encode(), "m")
+    assert good.embeddings == [[0.5, 1.0]]
+    for bad in (float("nan"), float("inf")):
+        packed = base64.b64encode(struct.pack("<2f", bad, 1.0)).decode()
+        body = json.dumps({"data": [{"embedding": packed}]}).encode()
+        with pytest.raises(ProviderResponseError, match="embedding"):
+            adapter.decode_embed(200, JSON, body, "m")
 
 
 def test_ollama_error_in_a_2xx_reply_is_typed() -> None:

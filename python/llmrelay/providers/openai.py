@@ -10,6 +10,7 @@ to floats) and ``/models``.
 from __future__ import annotations
 
 import base64
+import math
 import struct
 from typing import Any
 
@@ -183,7 +184,10 @@ def _vector(raw: list[float] | str) -> list[float]:
         packed = base64.b64decode(raw, validate=True)
         if len(packed) % 4:
             raise ValueError("base64 embedding is not a whole number of float32s")
-        return list(struct.unpack(f"<{len(packed) // 4}f", packed))
+        values = list(struct.unpack(f"<{len(packed) // 4}f", packed))
+        if not math.isfinite(sum(values)):  # NaN or infinity: JSON floats cannot be either
+            raise ValueError("base64 embedding holds a NaN or an infinity")
+        return values
     return raw
 
 
