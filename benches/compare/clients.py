@@ -336,20 +336,29 @@ def rust_transport_factory() -> Callable[[Any], Any] | None:
 
 async def default_is_rust(url: str) -> bool:
     """Whether LLMService's default transport is already the Rust one (then an explicit
-    RustTransport variant would measure the same thing twice): one call with a spy on
-    ``RustTransport.handle_async_request`` tells, without reaching into private names."""
+    RustTransport variant would measure the same thing twice): one call with spies on
+    ``RustTransport.submit`` (the byte-level path) and ``handle_async_request`` (the httpx
+    shim, and older versions) tells, without reaching into private names."""
     try:
         from llmrelay._transport import RustTransport  # type: ignore[import-not-found,unused-ignore]
     except ImportError:
         return False
     seen: list[int] = []
-    original = RustTransport.handle_async_request
+    originals = {
+        name: getattr(RustTransport, name)
+        for name in ("submit", "handle_async_request")
+        if hasattr(RustTransport, name)
+    }
 
-    async def spy(self: Any, request: Any) -> Any:
-        seen.append(1)
-        return await original(self, request)
+    def spying(original: Any) -> Any:
+        def spy(self: Any, *args: Any) -> Any:
+            seen.append(1)
+            return original(self, *args)
 
-    RustTransport.handle_async_request = spy
+        return spy
+
+    for name, original in originals.items():
+        setattr(RustTransport, name, spying(original))
     try:
         client = LLMRelay()
         await client.start(url)
@@ -358,7 +367,8 @@ async def default_is_rust(url: str) -> bool:
         finally:
             await client.close()
     finally:
-        RustTransport.handle_async_request = original
+        for name, original in originals.items():
+            setattr(RustTransport, name, original)
     return bool(seen)
 
 

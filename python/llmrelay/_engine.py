@@ -37,6 +37,7 @@ from llmrelay._stages import (
     model_facts,
     needs_of,
     send_chat,
+    send_embed,
     transport_factory,
 )
 from llmrelay._streaming import stream_call
@@ -514,7 +515,7 @@ class Engine:
             if getattr(dep.adapter, "in_process", False):
                 client, transport = None, None
             else:
-                client, transport = self.pool.client(dep), self.pool.transport(dep)
+                client, transport = self.pool.route(dep)
             resp = await send_chat(
                 client,
                 transport,
@@ -606,10 +607,21 @@ class Engine:
 
         async def send(cand: Candidate) -> EmbeddingResponse:
             dep = cand.deployment
-            client = None if getattr(dep.adapter, "in_process", False) else self.pool.client(dep)
+            remaining = ctx.deadline - asyncio.get_running_loop().time()
+            if getattr(dep.adapter, "in_process", False):
+                client, transport = None, None
+            else:
+                client, transport = self.pool.route(dep)
             try:
-                r: EmbeddingResponse = await dep.adapter.embed(
-                    client, list(texts), cand.model, **params
+                r: EmbeddingResponse = await send_embed(
+                    client,
+                    transport,
+                    dep,
+                    cand.model,
+                    list(texts),
+                    dict(params),
+                    remaining,
+                    self.orchestrator.observe_reply_headers,
                 )
             except NotImplementedError as e:
                 raise InvalidRequestError(

@@ -176,6 +176,12 @@ class ProviderPool:
             dep._transports[loop] = transport
         return client
 
+    def route(self, dep: Deployment) -> tuple[httpx.AsyncClient, httpx.AsyncBaseTransport | None]:
+        """The deployment's client on the running loop and the transport under it (see
+        :meth:`client` and :meth:`transport`), in one lookup."""
+        client = self.client(dep)
+        return client, dep._transports.get(asyncio.get_running_loop())
+
     def transport(self, dep: Deployment) -> httpx.AsyncBaseTransport | None:
         """The transport under the running loop's client, if the pool chose it.
 

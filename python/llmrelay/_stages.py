@@ -1,5 +1,5 @@
 """The pipeline's helper stages: estimates, capability needs, cross-loop wake-ups,
-cache controls, the execute stage (one HTTP exchange) and the transport choice.
+cache controls, the execute stage (one HTTP exchange of bytes) and the transport choice.
 
 Plain functions, so the :class:`~llmrelay._engine.Engine` stays a readable table
 of stages.
@@ -9,24 +9,28 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeAlias, cast
 
 import httpx
 import msgspec
 
+from llmrelay import _core
 from llmrelay._cachekey import CacheControl
 from llmrelay._config import ProviderConfig
 from llmrelay._pool import Deployment
 from llmrelay._selection import ModelFacts
-from llmrelay._types import ChatChunk, ChatRequest, ChatResponse
+from llmrelay._transport import RustTransport, error_class, httpx_exchange, read_body
+from llmrelay._types import ChatChunk, ChatRequest, ChatResponse, EmbeddingResponse
+from llmrelay._wire import HeaderPairs, WireReply, WireRequest
 from llmrelay.errors import (
     ConfigError,
     DeadlineExceededError,
     InvalidRequestError,
+    ProviderError,
     ProviderTimeoutError,
     ProviderUnavailableError,
 )
-from llmrelay.providers import capabilities
+from llmrelay.providers import ProviderAdapter, capabilities
 
 
 def estimate_input_tokens(req: ChatRequest) -> int:
@@ -168,44 +172,115 @@ async def send_chat(
     model: str,
     req: ChatRequest,
     remaining: float,
-    observe: Callable[[Deployment, Any, Mapping[str, str]], None],
+    observe: Callable[[Deployment, Any, Any], None],
 ) -> ChatResponse:
-    """The execute stage: one HTTP exchange, errors typed, rate headers kept on the result."""
+    """The execute stage of a chat call: one HTTP exchange, errors typed, rate headers
+    observed (see :func:`exchange`)."""
     adapter = dep.adapter
     if getattr(adapter, "in_process", False):
         direct: ChatResponse = await adapter.chat(None, req, model)
         return direct
-    request = adapter.build_chat_request(req, model, stream=False)
-    request.extensions["timeout"] = dep.httpx_timeout(remaining).as_dict()
-    clamped = remaining < dep.timeouts.read_s  # the read timer is the caller's deadline
+    wire = adapter.wire_chat(req, model, stream=False)
+    status, headers, body = await exchange(client, transport, dep, model, wire, remaining)
+    observe(dep, adapter, headers)
+    if status >= 400:
+        raise adapter.error_from_reply(status, headers, body, model)
+    out: ChatResponse = adapter.decode_chat(status, headers, body, model)
+    return out
+
+
+async def send_embed(
+    client: httpx.AsyncClient | None,
+    transport: httpx.AsyncBaseTransport | None,
+    dep: Deployment,
+    model: str,
+    inputs: list[str],
+    params: dict[str, Any],
+    remaining: float,
+    observe: Callable[[Deployment, Any, Any], None],
+) -> EmbeddingResponse:
+    """The execute stage of an embeddings call, as :func:`send_chat` for chat.
+
+    An adapter that implements ``embed`` on an httpx client but not ``wire_embed``
+    (a plug-in written that way), and in-process adapters, are called as they are.
+    """
+    adapter = dep.adapter
+    if getattr(adapter, "in_process", False) or not _speaks_embed_bytes(adapter):
+        got: EmbeddingResponse = await adapter.embed(client, inputs, model, **params)
+        return got
+    wire = adapter.wire_embed(inputs, model, params)
+    status, headers, body = await exchange(client, transport, dep, model, wire, remaining)
+    observe(dep, adapter, headers)
+    if status >= 400:
+        raise adapter.error_from_reply(status, headers, body, model)
+    out: EmbeddingResponse = adapter.decode_embed(status, headers, body, model)
+    return out
+
+
+def _speaks_embed_bytes(adapter: Any) -> bool:
+    return type(adapter).wire_embed is not ProviderAdapter.wire_embed
+
+
+async def exchange(
+    client: httpx.AsyncClient | None,
+    transport: httpx.AsyncBaseTransport | None,
+    dep: Deployment,
+    model: str,
+    wire: WireRequest,
+    remaining: float,
+) -> WireReply:
+    """One HTTP exchange of request bytes: the reply's (status, headers, body).
+
+    On the default transport (the core's client) the bytes go to the core in one
+    crossing and the whole reply comes back on one future: no httpx object is
+    built. Any other transport (httpx's own, aiohttp, a user's, such as
+    ``httpx.MockTransport``) gets them through the httpx shim. Either way the read
+    timer is the deployment's read timeout capped by the caller's ``remaining``
+    budget; when the cap cut it, its expiry is the caller's DeadlineExceededError,
+    not the deployment's ProviderTimeoutError. Transport failures are typed here.
+    """
+    read_s = dep.timeouts.read_s
+    clamped = remaining < read_s  # the read timer is the caller's deadline
+    if type(transport) is RustTransport:  # a subclass may override handle_async_request
+        try:
+            pending, fut = transport.submit(wire, max(0.001, min(read_s, remaining)))
+        except _core.HttpTransportError as e:
+            raise _transport_failure(error_class(e), clamped, dep, model) from None
+        try:
+            status, headers, body, _version, rest = cast(_CoreReply, await fut)
+            if rest is not None:  # chunked, or over 1 MiB: the core streams what is left
+                body = await read_body(rest)
+        except asyncio.CancelledError:
+            pending.abort()
+            raise
+        except _core.HttpTransportError as e:
+            raise _transport_failure(error_class(e), clamped, dep, model) from None
+        return WireReply(status, headers, body)
     assert client is not None
     try:
-        if transport is not None:
-            resp = await transport.handle_async_request(request)
-            resp.request = request
-            try:
-                await resp.aread()
-            finally:
-                await resp.aclose()
-        else:
-            resp = await client.send(request)
-    except httpx.TimeoutException as e:
-        if clamped and isinstance(e, httpx.ReadTimeout):
-            raise DeadlineExceededError(
-                "total timeout exceeded waiting for the reply", provider=dep.name, model=model
-            ) from None
-        raise ProviderTimeoutError(
-            f"timed out: {type(e).__name__}", provider=dep.name, model=model
-        ) from None
+        return await httpx_exchange(client, transport, wire, dep.httpx_timeout(remaining))
     except httpx.TransportError as e:
-        raise ProviderUnavailableError(
-            f"transport error: {type(e).__name__}", provider=dep.name, model=model
-        ) from None
-    observe(dep, adapter, resp.headers)
-    if resp.status_code >= 400:
-        raise adapter.error_from_response(resp, model, resp.content)
-    out: ChatResponse = adapter.parse_chat_response(resp, model)
-    return out
+        raise _transport_failure(type(e), clamped, dep, model) from None
+
+
+#: What the core delivers for a completed request.
+_CoreReply: TypeAlias = tuple[int, HeaderPairs, bytes, str, "_core.HttpBody | None"]
+
+
+def _transport_failure(
+    cls: type[httpx.TransportError], clamped: bool, dep: Deployment, model: str
+) -> ProviderError:
+    """The typed error of a transport failure, named by its httpx exception class (the
+    core's errors are mapped to the same classes)."""
+    if issubclass(cls, httpx.TimeoutException):
+        if clamped and issubclass(cls, httpx.ReadTimeout):
+            return DeadlineExceededError(
+                "total timeout exceeded waiting for the reply", provider=dep.name, model=model
+            )
+        return ProviderTimeoutError(f"timed out: {cls.__name__}", provider=dep.name, model=model)
+    return ProviderUnavailableError(
+        f"transport error: {cls.__name__}", provider=dep.name, model=model
+    )
 
 
 def transport_factory(
@@ -215,8 +290,6 @@ def transport_factory(
     if transport is None or transport in ("default", "rust"):
 
         def rust(p: ProviderConfig) -> httpx.AsyncBaseTransport:
-            from llmrelay._transport import RustTransport
-
             connect = p.timeouts.connect_s if p.timeouts else 10.0
             return RustTransport(connect_timeout_s=connect)
 

@@ -20,6 +20,13 @@ a streamed body instead; it is timed on the core's runtime, where the bytes
 arrive, so a stalled event loop (a GC pause) is never taken for a silent
 provider. The response then carries the same extension, telling the reader
 that the idle gap is already timed.
+
+The service's non-streamed calls skip httpx objects altogether: ``submit`` hands
+an adapter's :class:`~llmrelay._wire.WireRequest` to the core client and gives
+back the future its reply arrives on. Every other transport gets the same
+bytes through one shim: :func:`httpx_request` turns them into an
+``httpx.Request``, :func:`httpx_reply` a reply back into (status, headers,
+body), and :func:`httpx_exchange` does both around one exchange.
 """
 
 from __future__ import annotations
@@ -32,8 +39,17 @@ from typing import Final, TypeAlias, cast
 import httpx
 
 from llmrelay import _core
+from llmrelay._wire import WireReply, WireRequest
 
-__all__ = ["BODY_IDLE_EXT", "RustTransport"]
+__all__ = [
+    "BODY_IDLE_EXT",
+    "RustTransport",
+    "error_class",
+    "httpx_exchange",
+    "httpx_reply",
+    "httpx_request",
+    "read_body",
+]
 
 #: httpx exception class for each kind of ``_core.HttpTransportError``.
 _ERRORS: Final[dict[str, type[httpx.TransportError]]] = {
@@ -79,10 +95,83 @@ def _completions(loop: asyncio.AbstractEventLoop) -> _core.Completions:
     return queue
 
 
+def error_class(error: _core.HttpTransportError) -> type[httpx.TransportError]:
+    """The httpx exception class of a core transport error (its kind)."""
+    kind = error.args[0] if error.args else "internal"
+    return _ERRORS.get(str(kind), httpx.TransportError)
+
+
 def _to_httpx(error: _core.HttpTransportError, request: httpx.Request) -> httpx.TransportError:
-    kind, message = [*error.args, "internal", ""][:2]
-    cls = _ERRORS.get(str(kind), httpx.TransportError)
-    return cls(str(message), request=request)
+    message = error.args[1] if len(error.args) > 1 else ""
+    return error_class(error)(str(message), request=request)
+
+
+async def read_body(body: _core.HttpBody) -> bytes:
+    """The rest of a body the core did not read whole (chunked, or over 1 MiB).
+
+    Raises ``_core.HttpTransportError`` as the core reports it; closes the body if
+    cancelled.
+    """
+    loop = asyncio.get_running_loop()
+    queue = _completions(loop)
+    parts: list[bytes] = []
+    while True:
+        fut: asyncio.Future[object] = loop.create_future()
+        try:
+            ready = body.next_chunk(queue, fut, _CHUNK)
+            chunk = await fut if ready is None else ready
+        except asyncio.CancelledError:
+            body.close()
+            raise
+        if not isinstance(chunk, bytes) or not chunk:
+            return b"".join(parts)
+        parts.append(chunk)
+
+
+#: Parsed URLs by text: httpx parses a str URL on every Request (bounded, cleared when full).
+_URLS: Final[dict[str, httpx.URL]] = {}
+_MAX_URLS: Final = 1024
+
+
+def httpx_request(wire: WireRequest) -> httpx.Request:
+    """The shim's way in: an adapter's request bytes as an ``httpx.Request``."""
+    url = _URLS.get(wire.url)
+    if url is None:
+        if len(_URLS) >= _MAX_URLS:
+            _URLS.clear()
+        url = _URLS[wire.url] = httpx.URL(wire.url)
+    return httpx.Request(wire.method, url, headers=wire.headers, content=wire.body or None)
+
+
+def httpx_reply(resp: httpx.Response, *, read: bool = True) -> WireReply:
+    """The shim's way out: a read ``httpx.Response`` as (status, lower-case header pairs,
+    body); ``read=False`` leaves the body out (an error reply already read)."""
+    headers = [(k.lower(), v) for k, v in resp.headers.raw]
+    return WireReply(resp.status_code, headers, resp.content if read else b"")
+
+
+async def httpx_exchange(
+    client: httpx.AsyncClient | None,
+    transport: httpx.AsyncBaseTransport | None,
+    wire: WireRequest,
+    timeout: httpx.Timeout,
+) -> WireReply:
+    """One exchange of request bytes through httpx: straight through ``transport`` when
+    given (skipping ``AsyncClient.send``'s auth, cookie and redirect handling, which
+    adapters do not use), else ``client.send``. Raises httpx's exceptions."""
+    request = httpx_request(wire)
+    request.extensions["timeout"] = timeout.as_dict()
+    if transport is not None:
+        resp = await transport.handle_async_request(request)
+        resp.request = request
+        try:
+            await resp.aread()
+        finally:
+            await resp.aclose()
+    else:
+        assert client is not None
+        resp = await client.send(request)
+    return httpx_reply(resp)
 
 
 class _StreamedBody(httpx.AsyncByteStream):
@@ -143,6 +232,28 @@ class RustTransport(httpx.AsyncBaseTransport):
         )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: _core.Completions | None = None
+
+    def submit(
+        self, wire: WireRequest, timeout_s: float | None
+    ) -> tuple[_core.HttpRequest, asyncio.Future[object]]:
+        """Hand request bytes to the core client: (the request in flight, the future its
+        reply arrives on as ``(status, headers, body, version, streamed body or None)``).
+
+        One crossing; no httpx object is built. ``timeout_s`` bounds the wait for the
+        response head and for each later piece of the body. Raises (and the future
+        fails with) ``_core.HttpTransportError``; abort the request if the awaiting
+        task is cancelled.
+        """
+        loop = asyncio.get_running_loop()
+        queue = self._queue
+        if loop is not self._loop or queue is None:
+            queue = self._queue = _completions(loop)
+            self._loop = loop
+        fut: asyncio.Future[object] = loop.create_future()
+        pending = self._client.request(
+            wire.method, wire.url, wire.headers, wire.body, timeout_s, queue, fut
+        )
+        return pending, fut
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         timeout = request.extensions.get("timeout")

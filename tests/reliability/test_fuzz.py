@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from llmrelay import LLMService, LLMServiceConfig, ProviderConfig
-from llmrelay._types import ChatChunk, ChatResponse, build_request
+from llmrelay._types import ChatChunk, ChatResponse, EmbeddingResponse, build_request
 from llmrelay.errors import LLMRelayError
 from llmrelay.providers import (
     AnthropicAdapter,
@@ -371,6 +371,53 @@ def test_fuzz_parse_chat_response(kind: str) -> None:
             httpx.Response(400, content=body, headers={"content-type": ctype}), "m", body
         )
         assert isinstance(err, LLMRelayError)
+
+    check()
+
+
+def _embed_shaped(kind: str) -> st.SearchStrategy[Any]:
+    """Embedding replies shaped like the protocol's, any field replaced by garbage."""
+    vector = st.one_of(st.lists(st.floats(allow_nan=False, width=32), max_size=4), json_like)
+    if kind == "openai":
+        row = st.fixed_dictionaries(
+            {}, optional={"embedding": st.one_of(vector, st.text(max_size=12)), "index": json_like}
+        )
+        return st.fixed_dictionaries(
+            {},
+            optional={
+                "data": st.one_of(st.lists(row, max_size=3), json_like),
+                "model": json_like,
+                "usage": json_like,
+            },
+        )
+    return st.fixed_dictionaries(
+        {},
+        optional={
+            "embeddings": st.one_of(st.lists(vector, max_size=3), json_like),
+            "model": json_like,
+            "prompt_eval_count": json_like,
+        },
+    )
+
+
+@pytest.mark.parametrize("kind", ["openai", "ollama"])
+def test_fuzz_decode_embed(kind: str) -> None:
+    """The embeddings decoder on raw bytes: a typed reply or a typed error, never more."""
+    adapter = _adapter(kind)
+    body_st = st.one_of(
+        _embed_shaped(kind).map(_encode), json_like.map(_encode), st.binary(max_size=64)
+    )
+
+    @PROFILE
+    @given(body=body_st, ctype=st.sampled_from(CONTENT_TYPES))
+    def check(body: bytes, ctype: str) -> None:
+        headers = [(b"content-type", ctype.encode())]
+        try:
+            parsed = adapter.decode_embed(200, headers, body, "m")
+        except LLMRelayError:
+            pass
+        else:
+            msgspec.json.decode(msgspec.json.encode(parsed), type=EmbeddingResponse)
 
     check()
 

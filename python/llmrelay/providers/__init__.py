@@ -8,6 +8,7 @@ entry-point group.
 
 from __future__ import annotations
 
+from llmrelay._wire import WireReply, WireRequest
 from llmrelay.providers._accumulate import ChunkAccumulator, accumulate_chunks
 from llmrelay.providers._base import ProviderAdapter, StreamDecoder
 from llmrelay.providers._builtins import register_builtins
@@ -40,6 +41,8 @@ __all__ = [
     "ProviderRegistration",
     "RateLimitInfo",
     "StreamDecoder",
+    "WireReply",
+    "WireRequest",
     "accumulate_chunks",
     "capabilities",
     "get_provider",

@@ -1,10 +1,16 @@
-"""The provider adapter base: one deployment's wire protocol over an injected httpx client.
+"""The provider adapter base: one deployment's wire protocol, spoken in bytes.
 
-An adapter builds ``httpx.Request``s and reads ``httpx.Response``s; it owns no
-client, pool or retry logic (the service does). Subclasses implement the request
-building, the reply parsing and a synchronous stream decoder; this base sends,
-maps every failure to a typed error, and drives streams with an idle timeout,
-closing the reply on every exit.
+An adapter turns a call into a :class:`~llmrelay.providers._wire.WireRequest`
+(method, URL, header pairs, body bytes encoded by msgspec) and decodes a reply's
+bytes with typed msgspec structs of the provider's wire format, in one step; it
+owns no client, pool or retry logic (the service does). The execute stage hands
+the bytes to the core's HTTP client directly; any httpx transport gets them
+through one shim (:mod:`llmrelay._transport`). Subclasses implement
+``wire_chat``/``decode_chat`` (or, the older way, ``build_chat_request``/
+``parse_chat_response`` on httpx objects: each pair falls back on the other),
+``wire_embed``/``decode_embed`` and a synchronous stream decoder; this base maps
+every failure to a typed error, and drives streams (still httpx objects) with
+an idle timeout, closing the reply on every exit.
 """
 
 from __future__ import annotations
@@ -18,15 +24,16 @@ import httpx
 import msgspec
 
 from llmrelay._params import short
-from llmrelay._transport import BODY_IDLE_EXT
+from llmrelay._transport import BODY_IDLE_EXT, httpx_exchange, httpx_reply, httpx_request
 from llmrelay._types import ChatChunk, ChatRequest, ChatResponse, EmbeddingResponse
+from llmrelay._wire import HeaderPairs, WireRequest, header
 from llmrelay.errors import (
     InvalidRequestError,
     ProviderError,
     ProviderTimeoutError,
     ProviderUnavailableError,
 )
-from llmrelay.providers._errors import error_from_status, error_from_transport, response_error
+from llmrelay.providers._errors import error_from_reply, error_from_transport, response_error
 from llmrelay.providers._ratelimit import RateLimitInfo, parse_rate_limit_headers
 
 __all__ = ["ProviderAdapter", "StreamDecoder", "well_typed"]
@@ -34,6 +41,7 @@ __all__ = ["ProviderAdapter", "StreamDecoder", "well_typed"]
 _encode = msgspec.json.encode
 _decode = msgspec.json.decode
 _T = TypeVar("_T", ChatResponse, ChatChunk)
+_W = TypeVar("_W")
 
 
 def well_typed(obj: _T, provider: str, model: str | None, resp: httpx.Response | None = None) -> _T:
@@ -76,7 +84,7 @@ class ProviderAdapter:
     #: Content types a streamed reply may have.
     stream_content_types: ClassVar[tuple[str, ...]] = ("text/event-stream",)
 
-    __slots__ = ("_api_key", "_urls", "base_url", "deployment", "headers")
+    __slots__ = ("_api_key", "_pairs", "base_url", "deployment", "headers")
 
     def __init__(
         self,
@@ -90,8 +98,8 @@ class ProviderAdapter:
         self.base_url = base_url.rstrip("/")
         self._api_key = api_key or None
         self.headers: dict[str, str] = dict(headers or {})
-        # parsed once per endpoint: httpx parses a str URL on every Request
-        self._urls: dict[str, httpx.URL] = {}
+        # the header pairs of each kind of request, encoded once (see _wire)
+        self._pairs: dict[object, HeaderPairs] = {}
 
     def __repr__(self) -> str:
         return (
@@ -103,23 +111,79 @@ class ProviderAdapter:
 
     # ------------------------------------------------------------ to implement
 
+    def wire_chat(self, req: ChatRequest, model: str, *, stream: bool) -> WireRequest:
+        """The HTTP request of a chat call, as bytes.
+
+        The base derives it from ``build_chat_request`` (an adapter written against
+        httpx objects); the built-in adapters implement it directly.
+        """
+        if type(self).build_chat_request is ProviderAdapter.build_chat_request:
+            raise NotImplementedError(
+                f"{type(self).__name__} implements neither wire_chat nor build_chat_request"
+            )
+        r = self.build_chat_request(req, model, stream=stream)
+        return WireRequest(
+            r.method, str(r.url), [(k.lower(), v) for k, v in r.headers.raw], r.content
+        )
+
+    def decode_chat(
+        self, status: int, headers: HeaderPairs, body: bytes, model: str
+    ) -> ChatResponse:
+        """The ChatResponse of a successful (2xx) chat reply, from its bytes.
+
+        A reply of the wrong shape raises ProviderResponseError. The base derives it
+        from ``parse_chat_response``; the built-in adapters decode the bytes with
+        typed structs of their wire format in one step.
+        """
+        if type(self).parse_chat_response is ProviderAdapter.parse_chat_response:
+            raise NotImplementedError(
+                f"{type(self).__name__} implements neither decode_chat nor parse_chat_response"
+            )
+        return self.parse_chat_response(
+            httpx.Response(status, headers=headers, content=body), model
+        )
+
     def build_chat_request(self, req: ChatRequest, model: str, *, stream: bool) -> httpx.Request:
-        """The HTTP request of a chat call."""
-        raise NotImplementedError
+        """The HTTP request of a chat call as an ``httpx.Request`` (``wire_chat`` through
+        the httpx shim; streams are sent so)."""
+        if type(self).wire_chat is ProviderAdapter.wire_chat:
+            raise NotImplementedError(
+                f"{type(self).__name__} implements neither wire_chat nor build_chat_request"
+            )
+        return httpx_request(self.wire_chat(req, model, stream=stream))
 
     def parse_chat_response(self, resp: httpx.Response, model: str) -> ChatResponse:
-        """The ChatResponse of a successful (2xx) chat reply."""
-        raise NotImplementedError
+        """The ChatResponse of a successful (2xx) chat reply read by httpx (``decode_chat``
+        on its bytes)."""
+        if type(self).decode_chat is ProviderAdapter.decode_chat:
+            raise NotImplementedError(
+                f"{type(self).__name__} implements neither decode_chat nor parse_chat_response"
+            )
+        status, headers, body = httpx_reply(resp)
+        return self.decode_chat(status, headers, body, model)
 
     def stream_decoder(self, model: str) -> StreamDecoder:
         """A fresh decoder for one streamed chat reply."""
         raise NotImplementedError
 
+    def wire_embed(self, inputs: list[str], model: str, params: dict[str, Any]) -> WireRequest:
+        """The HTTP request of an embeddings call, as bytes."""
+        raise NotImplementedError(f"{self.kind} adapter has no embeddings")
+
+    def decode_embed(
+        self, status: int, headers: HeaderPairs, body: bytes, model: str
+    ) -> EmbeddingResponse:
+        """The EmbeddingResponse of a successful (2xx) embeddings reply, from its bytes."""
+        raise NotImplementedError(f"{self.kind} adapter has no embeddings")
+
     async def embed(
         self, client: httpx.AsyncClient, inputs: list[str], model: str, **params: Any
     ) -> EmbeddingResponse:
-        """Embeddings of ``inputs``, in order."""
-        raise NotImplementedError(f"{self.kind} adapter has no embeddings")
+        """Embeddings of ``inputs``, in order, sent through ``client`` (the service sends
+        ``wire_embed``'s bytes on its own transport instead)."""
+        wire = self.wire_embed(inputs, model, params)
+        status, headers, body = await self._exchange(client, wire, model, None)
+        return self.decode_embed(status, headers, body, model)
 
     async def list_models(self, client: httpx.AsyncClient) -> list[str]:
         """The model names the deployment serves."""
@@ -152,28 +216,106 @@ class ProviderAdapter:
 
     # ------------------------------------------------------------ shared
 
-    def error_from_response(self, resp: httpx.Response, model: str, body: bytes) -> ProviderError:
-        """The typed error of an HTTP error reply (status, body, headers)."""
-        return error_from_status(resp, self.deployment, model, body, self._api_key)
+    def error_from_reply(
+        self, status: int, headers: HeaderPairs, body: bytes, model: str | None
+    ) -> ProviderError:
+        """The typed error of an HTTP error reply, from its status, raw headers and body."""
+        return error_from_reply(status, headers, body, self.deployment, model, self._api_key)
 
-    def rate_limit_info(self, headers: Mapping[str, str]) -> RateLimitInfo:
-        """The rate-limit state a reply's headers report."""
+    def error_from_response(self, resp: httpx.Response, model: str, body: bytes) -> ProviderError:
+        """The typed error of an HTTP error reply read by httpx (status, body, headers)."""
+        status, headers, _ = httpx_reply(resp, read=False)
+        return self.error_from_reply(status, headers, body, model)
+
+    def rate_limit_info(self, headers: Mapping[str, str] | HeaderPairs) -> RateLimitInfo:
+        """The rate-limit state a reply's headers report (a mapping, or raw pairs)."""
         return parse_rate_limit_headers(headers)
 
+    def _header_pairs(
+        self, key: object, headers: Mapping[str, str] | None, has_body: bool
+    ) -> HeaderPairs:
+        """The header pairs of one kind of request (``key``), built and encoded once:
+        ``accept: application/json``, then ``headers``, then the deployment's own
+        (``self.headers`` is read when a kind of request is first built)."""
+        pairs = self._pairs.get(key)
+        if pairs is None:
+            hdrs = {"accept": "application/json"}
+            if headers:
+                hdrs.update(headers)
+            hdrs.update(self.headers)
+            if has_body:
+                hdrs["content-type"] = "application/json"
+            pairs = self._pairs[key] = [
+                (k.lower().encode("utf-8"), v.encode("utf-8")) for k, v in hdrs.items()
+            ]
+        return pairs
+
+    def _wire(
+        self,
+        method: str,
+        url: str,
+        body: Any = None,
+        headers: Mapping[str, str] | None = None,
+        *,
+        key: object = None,
+        secret: Mapping[str, str] | None = None,
+    ) -> WireRequest:
+        """A request as bytes: the body encoded by msgspec, the headers as pairs (cached
+        under ``key``, default the method and URL, when the extra ``headers`` never
+        change for that key). ``secret`` headers (the credential) are encoded for this
+        request only, never kept, and give way to a deployment header of the same name."""
+        pairs = self._header_pairs(
+            key if key is not None else (method, url), headers, body is not None
+        )
+        if secret:
+            own = {k.lower() for k in self.headers} if self.headers else ()
+            pairs = pairs + [
+                (k.encode("utf-8"), v.encode("utf-8")) for k, v in secret.items() if k not in own
+            ]
+        return WireRequest(method, url, pairs, b"" if body is None else _encode(body))
+
     def _request(
-        self, method: str, url: str, body: Any = None, headers: Mapping[str, str] | None = None
+        self,
+        method: str,
+        url: str,
+        body: Any = None,
+        headers: Mapping[str, str] | None = None,
+        secret: Mapping[str, str] | None = None,
     ) -> httpx.Request:
-        hdrs = {"accept": "application/json"}
-        if headers:
-            hdrs.update(headers)
-        hdrs.update(self.headers)
-        parsed = self._urls.get(url)
-        if parsed is None:
-            parsed = self._urls[url] = httpx.URL(url)
-        if body is None:
-            return httpx.Request(method, parsed, headers=hdrs)
-        hdrs["content-type"] = "application/json"
-        return httpx.Request(method, parsed, headers=hdrs, content=_encode(body))
+        return httpx_request(self._wire(method, url, body, headers, secret=secret))
+
+    def _decode_reply(
+        self,
+        status: int,
+        headers: HeaderPairs,
+        body: bytes,
+        model: str | None,
+        decoder: msgspec.json.Decoder[_W],
+        what: str,
+    ) -> _W:
+        """``body`` decoded as the wire struct of ``decoder``, in one step; a reply that is
+        not JSON, or not of that shape, raises ProviderResponseError."""
+        ctype = header(headers, b"content-type") or ""
+        if "json" not in ctype:
+            raise response_error(
+                f"expected a JSON reply, got content-type {ctype!r}",
+                self.deployment,
+                model,
+                status=status,
+                headers=headers,
+            )
+        try:
+            return decoder.decode(body)
+        except msgspec.ValidationError as exc:
+            raise self.bad_reply(f"reply is not {what} ({exc})", status, headers, model) from None
+        except (msgspec.DecodeError, UnicodeDecodeError):
+            raise self.bad_reply("reply is not valid JSON", status, headers, model) from None
+
+    def bad_reply(
+        self, text: str, status: int, headers: HeaderPairs, model: str | None
+    ) -> ProviderError:
+        """The ProviderResponseError of a reply that breaks the wire protocol."""
+        return response_error(text, self.deployment, model, status=status, headers=headers)
 
     async def _send(
         self,
@@ -232,10 +374,31 @@ class ProviderAdapter:
         *,
         timeout: httpx.Timeout | None = None,
     ) -> ChatResponse:
-        """Send a chat request and parse its answer; failures raise typed ProviderErrors."""
-        request = self.build_chat_request(req, model, stream=False)
-        resp = await self._send(client, request, model, timeout)
-        return self.parse_chat_response(resp, model)
+        """Send a chat request through ``client`` and decode its answer; failures raise
+        typed ProviderErrors. (The service sends ``wire_chat``'s bytes on its own
+        transport instead: see ``llmrelay._stages.send_chat``.)"""
+        wire = self.wire_chat(req, model, stream=False)
+        status, headers, body = await self._exchange(client, wire, model, timeout)
+        return self.decode_chat(status, headers, body, model)
+
+    async def _exchange(
+        self,
+        client: httpx.AsyncClient,
+        wire: WireRequest,
+        model: str | None,
+        timeout: httpx.Timeout | None,
+    ) -> tuple[int, HeaderPairs, bytes]:
+        """One exchange through ``client`` (the httpx shim): a 2xx reply's bytes, or the
+        typed error of a transport failure or an error reply."""
+        try:
+            status, headers, body = await httpx_exchange(
+                client, None, wire, timeout or client.timeout
+            )
+        except httpx.HTTPError as exc:
+            raise error_from_transport(exc, self.deployment, model, self._api_key) from None
+        if status >= 400:
+            raise self.error_from_reply(status, headers, body, model)
+        return status, headers, body
 
     async def stream(
         self,

@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import msgspec
 
+from llmrelay._wire import HeaderPairs, header, header_map
 from llmrelay.errors import (
     AuthenticationError,
     ContentFilterError,
@@ -26,7 +27,14 @@ from llmrelay.errors import (
 )
 from llmrelay.providers._ratelimit import parse_rate_limit_headers
 
-__all__ = ["error_from_payload", "error_from_status", "error_from_transport", "request_id_of"]
+__all__ = [
+    "error_from_payload",
+    "error_from_reply",
+    "error_from_status",
+    "error_from_transport",
+    "request_id_of",
+    "response_error",
+]
 
 _CONTEXT_WORDS = (
     "context_length_exceeded",
@@ -125,21 +133,34 @@ def error_from_payload(
     return ProviderError(label, **ctx)
 
 
-def error_from_status(
-    resp: httpx.Response, provider: str, model: str | None, body: bytes, secret: str | None
+def error_from_reply(
+    status: int,
+    headers: HeaderPairs,
+    body: bytes,
+    provider: str,
+    model: str | None,
+    secret: str | None,
 ) -> ProviderError:
-    """The typed error of an HTTP error reply, from its status, headers and body."""
+    """The typed error of an HTTP error reply, from its status, raw headers and body."""
     payload = _decode(body)
     text = "" if payload is not None else body[:200].decode("utf-8", "replace")
     return error_from_payload(
-        resp.status_code,
+        status,
         payload,
         provider=provider,
         model=model,
-        headers=resp.headers,
+        headers=header_map(headers),
         secret=secret,
         fallback_text=text,
     )
+
+
+def error_from_status(
+    resp: httpx.Response, provider: str, model: str | None, body: bytes, secret: str | None
+) -> ProviderError:
+    """The typed error of an httpx error reply (see :func:`error_from_reply`)."""
+    pairs = [(k.lower(), v) for k, v in resp.headers.raw]
+    return error_from_reply(resp.status_code, pairs, body, provider, model, secret)
 
 
 def error_from_transport(
@@ -156,13 +177,23 @@ def error_from_transport(
 
 
 def response_error(
-    text: str, provider: str, model: str | None, resp: httpx.Response | None = None
+    text: str,
+    provider: str,
+    model: str | None,
+    resp: httpx.Response | None = None,
+    *,
+    status: int | None = None,
+    headers: HeaderPairs | None = None,
 ) -> ProviderResponseError:
-    """A reply that breaks the wire protocol."""
+    """A reply that breaks the wire protocol (from an httpx reply, or its status and
+    raw headers)."""
+    if resp is not None:
+        status = resp.status_code
+        request_id = request_id_of(resp.headers)
+    elif headers is not None:
+        request_id = header(headers, b"x-request-id") or header(headers, b"request-id")
+    else:
+        request_id = None
     return ProviderResponseError(
-        text,
-        provider=provider,
-        model=model,
-        status_code=resp.status_code if resp is not None else None,
-        request_id=request_id_of(resp.headers) if resp is not None else None,
+        text, provider=provider, model=model, status_code=status, request_id=request_id
     )

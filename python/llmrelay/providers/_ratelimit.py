@@ -13,9 +13,10 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from email.utils import parsedate_to_datetime
+from typing import Final, cast
 
 import msgspec
 
@@ -137,12 +138,41 @@ def _retry_after(headers: Mapping[str, str], now: float) -> float | None:
         return None
 
 
-def parse_rate_limit_headers(headers: Mapping[str, str], now: float | None = None) -> RateLimitInfo:
-    """Parse the rate-limit headers of a reply (case-insensitive mapping, e.g. httpx.Headers).
+_NONE: Final = RateLimitInfo()
+
+
+def _from_pairs(pairs: Sequence[object]) -> dict[str, str] | None:
+    """Raw ``(bytes, bytes)`` header pairs as a str mapping, or None when no pair names a
+    rate limit (the usual reply: one scan of the joined names, nothing decoded) or the
+    pairs are not pairs of bytes."""
+    typed = cast("Sequence[tuple[bytes, bytes]]", pairs)
+    try:
+        names = b" ".join([k for k, _ in typed]).lower()
+    except (TypeError, ValueError):  # not pairs, or a name that is not bytes
+        return None
+    if b"ratelimit" not in names and b"retry-after" not in names:
+        return None
+    out: dict[str, str] = {}
+    for k, v in typed:
+        if isinstance(v, bytes):
+            out.setdefault(k.decode("latin-1").lower(), v.decode("latin-1"))
+    return out
+
+
+def parse_rate_limit_headers(
+    headers: Mapping[str, str] | Sequence[tuple[bytes, bytes]], now: float | None = None
+) -> RateLimitInfo:
+    """Parse the rate-limit headers of a reply: a case-insensitive mapping (e.g.
+    httpx.Headers) or raw ``(bytes, bytes)`` pairs with lower-case names (the core's).
 
     ``now`` is the wall-clock time in seconds used for absolute times (HTTP dates,
     RFC 3339 resets); it defaults to ``time.time()``.
     """
+    if isinstance(headers, list | tuple):
+        pairs = _from_pairs(headers)
+        if pairs is None:
+            return _NONE
+        headers = pairs
     if not isinstance(headers, Mapping):
         return RateLimitInfo()
     if not all(isinstance(k, str) for k in headers):

@@ -22,14 +22,14 @@ from llmrelay._types import (
     ChatChunk,
     ChatRequest,
     ChatResponse,
-    EmbeddingResponse,
     Message,
     ToolCall,
     ToolCallDelta,
     Usage,
 )
+from llmrelay._wire import HeaderPairs, WireRequest
 from llmrelay.errors import InvalidRequestError
-from llmrelay.providers._base import ProviderAdapter, well_typed
+from llmrelay.providers._base import ProviderAdapter
 from llmrelay.providers._errors import error_from_payload, response_error
 from llmrelay.providers._registry import capabilities
 from llmrelay.providers._sse import SSEDecoder, SSEEvent
@@ -55,6 +55,50 @@ _STOP_REASONS = {
 _EFFORTS = frozenset(("low", "medium", "high", "xhigh", "max"))
 # OpenAI's service_tier values with an Anthropic equivalent ("auto" is the default: unset)
 _TIERS = {"default": "standard_only"}
+
+
+class _Block(msgspec.Struct):
+    """A content block: text, tool_use, or a kind the answer does not use (thinking...)."""
+
+    type: str = ""
+    text: str | None = None
+    id: str | None = None
+    name: str | None = None
+    input: dict[str, Any] | None = None
+
+
+class _Usage(msgspec.Struct, gc=False):
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    cache_read_input_tokens: int | None = None
+    cache_creation_input_tokens: int | None = None
+
+
+class _Message(msgspec.Struct):
+    content: list[_Block]
+    id: str | None = None
+    model: str | None = None
+    stop_reason: str | None = None
+    usage: _Usage | None = None
+
+
+_MESSAGE = msgspec.json.Decoder(_Message)
+_HEADERS = {"anthropic-version": ANTHROPIC_VERSION}
+_SSE_HEADERS = {**_HEADERS, "accept": "text/event-stream"}
+
+
+def _wire_usage(u: _Usage | None) -> Usage:
+    if u is None:
+        return Usage()
+    cached = u.cache_read_input_tokens or 0
+    prompt = (u.input_tokens or 0) + cached + (u.cache_creation_input_tokens or 0)
+    completion = u.output_tokens or 0
+    return Usage(
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=prompt + completion,
+        cached_tokens=cached,
+    )
 
 
 def map_stop_reason(reason: str | None) -> str | None:
@@ -249,77 +293,70 @@ class AnthropicAdapter(ProviderAdapter):
             body.update(req.extra)
         return body
 
-    def build_chat_request(self, req: ChatRequest, model: str, *, stream: bool) -> httpx.Request:
-        headers = {"anthropic-version": ANTHROPIC_VERSION}
-        if self._api_key:
-            headers["x-api-key"] = self._api_key
-        if stream:
-            headers["accept"] = "text/event-stream"
-        return self._request(
+    def _auth(self) -> dict[str, str]:
+        return {"x-api-key": self._api_key} if self._api_key else {}
+
+    def wire_chat(self, req: ChatRequest, model: str, *, stream: bool) -> WireRequest:
+        return self._wire(
             "POST",
             f"{self.base_url}/v1/messages",
             self.chat_body(req, model, stream=stream),
-            headers,
+            _SSE_HEADERS if stream else _HEADERS,
+            key=("chat", stream),
+            secret=self._auth(),
         )
 
-    def parse_chat_response(self, resp: httpx.Response, model: str) -> ChatResponse:
-        data = self._json(resp, model)
-        try:
-            texts: list[str] = []
-            calls: list[ToolCall] = []
-            for block in data["content"]:
-                kind = block.get("type")
-                if kind == "text":
-                    texts.append(block["text"])
-                elif kind == "tool_use":
-                    args = block.get("input") or {}
-                    if not isinstance(args, dict):
-                        raise TypeError("tool_use input is not an object")
-                    calls.append(ToolCall(id=block["id"], name=block["name"], arguments=args))
-            text = "".join(texts)
-            return well_typed(
-                ChatResponse(
-                    id=str(data.get("id") or ""),
-                    model=str(data.get("model") or model),
-                    provider=self.deployment,
-                    text=text,
-                    message=Message(
-                        role="assistant",
-                        content=text if text or not calls else None,
-                        tool_calls=calls or None,
-                    ),
-                    tool_calls=calls,
-                    finish_reason=map_stop_reason(data.get("stop_reason")),
-                    usage=_usage(data.get("usage")),
-                ),
-                self.deployment,
-                model,
-                resp,
-            )
-        except (KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
-            raise response_error(
-                f"reply is not a message ({type(exc).__name__}: {exc})",
-                self.deployment,
-                model,
-                resp,
-            ) from None
+    def decode_chat(
+        self, status: int, headers: HeaderPairs, body: bytes, model: str
+    ) -> ChatResponse:
+        data = self._decode_reply(status, headers, body, model, _MESSAGE, "a message")
+        texts: list[str] = []
+        calls: list[ToolCall] = []
+        for block in data.content:
+            if block.type == "text":
+                if block.text is None:
+                    raise self.bad_reply(
+                        "reply is not a message (text block without text)", status, headers, model
+                    )
+                texts.append(block.text)
+            elif block.type == "tool_use":
+                if block.id is None or block.name is None:
+                    raise self.bad_reply(
+                        "reply is not a message (tool_use without id or name)",
+                        status,
+                        headers,
+                        model,
+                    )
+                calls.append(ToolCall(id=block.id, name=block.name, arguments=block.input or {}))
+        text = "".join(texts)
+        return ChatResponse(
+            id=data.id or "",
+            model=data.model or model,
+            provider=self.deployment,
+            text=text,
+            message=Message(
+                role="assistant",
+                content=text if text or not calls else None,
+                tool_calls=calls or None,
+            ),
+            tool_calls=calls,
+            finish_reason=map_stop_reason(data.stop_reason),
+            usage=_wire_usage(data.usage),
+        )
 
     def stream_decoder(self, model: str) -> _AnthropicStream:
         return _AnthropicStream(self, model)
 
-    async def embed(
-        self, client: httpx.AsyncClient, inputs: list[str], model: str, **params: Any
-    ) -> EmbeddingResponse:
+    def wire_embed(self, inputs: list[str], model: str, params: dict[str, Any]) -> WireRequest:
         raise InvalidRequestError(
             f"model={model!r}: anthropic has no embeddings API; use an openai or ollama deployment",
             field="model",
         )
 
     async def list_models(self, client: httpx.AsyncClient) -> list[str]:
-        headers = {"anthropic-version": ANTHROPIC_VERSION}
-        if self._api_key:
-            headers["x-api-key"] = self._api_key
-        request = self._request("GET", f"{self.base_url}/v1/models", None, headers)
+        request = self._request(
+            "GET", f"{self.base_url}/v1/models", headers=_HEADERS, secret=self._auth()
+        )
         resp, data = await self._call_json(client, request, None)
         try:
             return [str(m["id"]) for m in data["data"]]

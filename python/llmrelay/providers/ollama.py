@@ -12,6 +12,7 @@ is ``num_predict``; ``logit_bias``, ``service_tier``, ``parallel_tool_calls`` an
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from typing import Any
 
@@ -29,8 +30,9 @@ from llmrelay._types import (
     ToolCallDelta,
     Usage,
 )
-from llmrelay.errors import InvalidRequestError
-from llmrelay.providers._base import ProviderAdapter, well_typed
+from llmrelay._wire import HeaderPairs, WireRequest, header, header_map
+from llmrelay.errors import InvalidRequestError, ProviderError, ProviderResponseError
+from llmrelay.providers._base import ProviderAdapter
 from llmrelay.providers._errors import error_from_payload, response_error
 from llmrelay.providers._sse import NDJSONDecoder
 
@@ -41,6 +43,55 @@ _encode = msgspec.json.encode
 _TOP_LEVEL = frozenset(("keep_alive", "think", "format"))
 # OpenAI's reasoning_effort as Ollama's think: levels (gpt-oss) or off
 _THINK: dict[str, bool | str] = {"none": False, "low": "low", "medium": "medium", "high": "high"}
+
+
+class _Function(msgspec.Struct):
+    name: str
+    arguments: dict[str, Any] | str | None = None
+
+
+class _Call(msgspec.Struct):
+    function: _Function
+    id: str | None = None
+
+
+class _Message(msgspec.Struct):
+    content: str | None = None
+    tool_calls: list[_Call] | None = None
+
+
+class _Chat(msgspec.Struct):
+    message: _Message
+    model: str | None = None
+    done_reason: str | None = None
+    prompt_eval_count: int | None = None
+    eval_count: int | None = None
+    logprobs: list[TokenLogprob] | None = None
+    error: Any = msgspec.UNSET
+
+
+class _Embed(msgspec.Struct):
+    embeddings: list[list[float]]
+    model: str | None = None
+    prompt_eval_count: int | None = None
+
+
+_NDJSON = {"accept": "application/x-ndjson"}
+_CHAT = msgspec.json.Decoder(_Chat)
+_EMBED = msgspec.json.Decoder(_Embed)
+
+
+def _wire_calls(raw: list[_Call] | None) -> list[ToolCall]:
+    """The reply's tool calls (arguments as an object, or a JSON object string)."""
+    calls: list[ToolCall] = []
+    for c in raw or ():
+        args = c.function.arguments or {}
+        if isinstance(args, str):
+            args = _decode(args) if args.strip() else {}
+        if not isinstance(args, dict):
+            raise TypeError("tool call arguments are not an object")
+        calls.append(ToolCall(id=c.id or _call_id(), name=c.function.name, arguments=args))
+    return calls
 
 
 def _call_id() -> str:
@@ -68,10 +119,22 @@ def _logprobs(raw: Any) -> list[TokenLogprob] | None:
 
 
 def _finish(data: dict[str, Any], has_calls: bool) -> str:
-    reason = data.get("done_reason") or "stop"
+    reason = data.get("done_reason")
+    return _finish_reason(reason if isinstance(reason, str) else None, has_calls)
+
+
+def _finish_reason(reason: str | None, has_calls: bool) -> str:
     if reason == "length":
         return "length"
     return "tool_calls" if has_calls else "stop"
+
+
+def _counts(prompt_eval: int | None, evals: int | None) -> Usage:
+    prompt = _count(prompt_eval)
+    completion = _count(evals)
+    return Usage(
+        prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
+    )
 
 
 def _tool_calls(raw: Any) -> list[ToolCall]:
@@ -195,99 +258,101 @@ class OllamaAdapter(ProviderAdapter):
             body["options"] = options
         return body
 
-    def build_chat_request(self, req: ChatRequest, model: str, *, stream: bool) -> httpx.Request:
-        headers = self._auth()
-        if stream:
-            headers["accept"] = "application/x-ndjson"
-        return self._request(
-            "POST", f"{self.base_url}/api/chat", self.chat_body(req, model, stream=stream), headers
+    def wire_chat(self, req: ChatRequest, model: str, *, stream: bool) -> WireRequest:
+        return self._wire(
+            "POST",
+            f"{self.base_url}/api/chat",
+            self.chat_body(req, model, stream=stream),
+            _NDJSON if stream else None,
+            key=("chat", stream),
+            secret=self._auth(),
         )
 
-    def parse_chat_response(self, resp: httpx.Response, model: str) -> ChatResponse:
-        data = self._json(resp, model)
+    def decode_chat(
+        self, status: int, headers: HeaderPairs, body: bytes, model: str
+    ) -> ChatResponse:
         try:
-            if "error" in data:
-                raise error_from_payload(
-                    resp.status_code,
-                    data,
+            data = self._decode_reply(status, headers, body, model, _CHAT, "a chat message")
+        except ProviderResponseError as exc:
+            raise (self._error_in(status, headers, body, model) or exc) from None
+        if data.error is not msgspec.UNSET:
+            raise self._error_in(status, headers, body, model) or self.bad_reply(
+                "reply carries an error", status, headers, model
+            )
+        msg = data.message
+        try:
+            calls = _wire_calls(msg.tool_calls)
+        except (TypeError, ValueError, msgspec.DecodeError) as exc:
+            raise self.bad_reply(
+                f"reply is not a chat message ({type(exc).__name__}: {exc})", status, headers, model
+            ) from None
+        text = msg.content or ""
+        return ChatResponse(
+            id=f"ollama-{secrets.token_hex(8)}",
+            model=data.model or model,
+            provider=self.deployment,
+            text=text,
+            message=Message(
+                role="assistant",
+                content=text if text or not calls else None,
+                tool_calls=calls or None,
+            ),
+            tool_calls=calls,
+            finish_reason=_finish_reason(data.done_reason, bool(calls)),
+            usage=_counts(data.prompt_eval_count, data.eval_count),
+            logprobs=data.logprobs,
+        )
+
+    def _error_in(
+        self, status: int, headers: HeaderPairs, body: bytes, model: str
+    ) -> ProviderError | None:
+        """The typed error of a 2xx JSON reply carrying ``{"error": ...}`` (Ollama sends
+        some failures so, whatever the rest of the reply), else None."""
+        if "json" not in (header(headers, b"content-type") or ""):
+            return None
+        err = None
+        with contextlib.suppress(msgspec.DecodeError, UnicodeDecodeError):
+            payload = _decode(body)
+            if isinstance(payload, dict) and "error" in payload:
+                err = error_from_payload(
+                    status,
+                    payload,
                     provider=self.deployment,
                     model=model,
-                    headers=resp.headers,
+                    headers=header_map(headers),
                     secret=self._api_key,
                 )
-            msg = data["message"]
-            text = msg.get("content") or ""
-            if not isinstance(text, str):
-                raise TypeError("content is not a string")
-            calls = _tool_calls(msg.get("tool_calls"))
-            return well_typed(
-                ChatResponse(
-                    id=f"ollama-{secrets.token_hex(8)}",
-                    model=str(data.get("model") or model),
-                    provider=self.deployment,
-                    text=text,
-                    message=Message(
-                        role="assistant",
-                        content=text if text or not calls else None,
-                        tool_calls=calls or None,
-                    ),
-                    tool_calls=calls,
-                    finish_reason=_finish(data, bool(calls)),
-                    usage=_usage(data),
-                    logprobs=_logprobs(data.get("logprobs")),
-                ),
-                self.deployment,
-                model,
-                resp,
-            )
-        except (
-            KeyError,
-            IndexError,
-            TypeError,
-            AttributeError,
-            ValueError,
-            msgspec.DecodeError,
-        ) as exc:
-            raise response_error(
-                f"reply is not a chat message ({type(exc).__name__}: {exc})",
-                self.deployment,
-                model,
-                resp,
-            ) from None
+        return err
 
     def stream_decoder(self, model: str) -> _OllamaStream:
         return _OllamaStream(self, model)
 
-    async def embed(
-        self, client: httpx.AsyncClient, inputs: list[str], model: str, **params: Any
-    ) -> EmbeddingResponse:
+    def wire_embed(self, inputs: list[str], model: str, params: dict[str, Any]) -> WireRequest:
+        params = dict(params)
         extra = params.pop("extra", None) or {}
         # encoding_format is how OpenAI ships vectors, user is for its abuse checks:
         # neither means anything here (Ollama answers floats)
         params.pop("encoding_format", None)
         params.pop("user", None)
         body: dict[str, Any] = {"model": model, "input": inputs, **params, **extra}
-        request = self._request("POST", f"{self.base_url}/api/embed", body, self._auth())
-        resp, data = await self._call_json(client, request, model)
-        try:
-            vectors = [[float(x) for x in row] for row in data["embeddings"]]
-            prompt = data.get("prompt_eval_count") or 0
-            return EmbeddingResponse(
-                embeddings=vectors,
-                model=str(data.get("model") or model),
-                provider=self.deployment,
-                usage=Usage(prompt_tokens=prompt, total_tokens=prompt),
-            )
-        except (KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
-            raise response_error(
-                f"reply is not an embedding list ({type(exc).__name__})",
-                self.deployment,
-                model,
-                resp,
-            ) from None
+        return self._wire(
+            "POST", f"{self.base_url}/api/embed", body, key="embed", secret=self._auth()
+        )
+
+    def decode_embed(
+        self, status: int, headers: HeaderPairs, body: bytes, model: str
+    ) -> EmbeddingResponse:
+        data = self._decode_reply(status, headers, body, model, _EMBED, "an embedding list")
+        prompt = _count(data.prompt_eval_count)
+        return EmbeddingResponse(
+            embeddings=data.embeddings,
+            model=data.model or model,
+            provider=self.deployment,
+            usage=Usage(prompt_tokens=prompt, total_tokens=prompt),
+        )
 
     async def list_models(self, client: httpx.AsyncClient) -> list[str]:
-        request = self._request("GET", f"{self.base_url}/api/tags", None, self._auth())
+        request = self._request("GET", f"{self.base_url}/api/tags", secret=self._auth())
         resp, data = await self._call_json(client, request, None)
         try:
             return [str(m.get("name") or m["model"]) for m in data["models"]]

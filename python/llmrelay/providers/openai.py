@@ -10,6 +10,7 @@ to floats) and ``/models``.
 from __future__ import annotations
 
 import base64
+import math
 import struct
 from typing import Any
 
@@ -27,8 +28,10 @@ from llmrelay._types import (
     ToolCall,
     ToolCallDelta,
     Usage,
+    parse_arguments,
 )
-from llmrelay.providers._base import ProviderAdapter, well_typed
+from llmrelay._wire import HeaderPairs, WireRequest
+from llmrelay.providers._base import ProviderAdapter
 from llmrelay.providers._errors import error_from_payload, response_error
 from llmrelay.providers._sse import SSEDecoder
 
@@ -37,6 +40,120 @@ __all__ = ["OpenAIAdapter"]
 _decode = msgspec.json.decode
 # models that take max_completion_tokens instead of max_tokens
 _REASONING_PREFIXES = ("o1", "o3", "o4", "gpt-5")
+
+
+# ---- the wire format of a reply: decoded in one step, every field typed ----------------------
+
+
+class _Function(msgspec.Struct, gc=False):
+    name: str
+    arguments: str | dict[str, Any] = ""
+
+
+class _Call(msgspec.Struct):
+    id: str
+    function: _Function
+    type: str = "function"
+
+
+class _Message(msgspec.Struct):
+    content: str | None = None
+    tool_calls: list[_Call] | None = None
+
+
+class _Logprobs(msgspec.Struct):
+    content: list[TokenLogprob] | None = None
+
+
+class _Choice(msgspec.Struct):
+    message: _Message
+    index: int | None = None
+    finish_reason: str | None = None
+    logprobs: _Logprobs | None = None
+
+
+class _PromptDetails(msgspec.Struct, gc=False):
+    cached_tokens: int | None = None
+
+
+class _Usage(msgspec.Struct, gc=False):
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    total_tokens: int | None = None
+    prompt_tokens_details: _PromptDetails | None = None
+
+
+class _Completion(msgspec.Struct):
+    choices: list[_Choice]
+    id: str | None = None
+    model: str | None = None
+    usage: _Usage | None = None
+
+
+class _Embedding(msgspec.Struct):
+    embedding: list[float] | str
+    index: int = 0
+
+
+class _EmbedUsage(msgspec.Struct, gc=False):
+    prompt_tokens: int | None = None
+    total_tokens: int | None = None
+
+
+class _Embeddings(msgspec.Struct):
+    data: list[_Embedding]
+    model: str | None = None
+    usage: _EmbedUsage | None = None
+
+
+_SSE = {"accept": "text/event-stream"}
+_COMPLETION = msgspec.json.Decoder(_Completion)
+_EMBEDDINGS = msgspec.json.Decoder(_Embeddings)
+_NO_USAGE = Usage()
+
+
+def _wire_usage(u: _Usage | None) -> Usage:
+    if u is None:
+        return _NO_USAGE
+    prompt = u.prompt_tokens or 0
+    completion = u.completion_tokens or 0
+    details = u.prompt_tokens_details
+    return Usage(
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=u.total_tokens or prompt + completion,
+        cached_tokens=(details.cached_tokens or 0) if details is not None else 0,
+    )
+
+
+def _wire_call(c: _Call) -> ToolCall:
+    """A tool call of the reply; ValueError names what is wrong with it."""
+    if not c.id or not c.function.name or c.type != "function":
+        raise ValueError("a tool call needs an id, a name and type 'function'")
+    args = c.function.arguments
+    if isinstance(args, dict):
+        return ToolCall(id=c.id, name=c.function.name, arguments=args)
+    parsed = parse_arguments(args)
+    if parsed is None:
+        return ToolCall(id=c.id, name=c.function.name, arguments={}, raw_arguments=args)
+    return ToolCall(id=c.id, name=c.function.name, arguments=parsed)
+
+
+def _wire_choice(raw: _Choice, position: int) -> Choice:
+    """One entry of ``choices`` (ordered by ``index``, which OpenAI sends in order)."""
+    msg = raw.message
+    text = msg.content or ""
+    calls = [_wire_call(c) for c in msg.tool_calls] if msg.tool_calls else []
+    lp = raw.logprobs
+    return Choice(
+        index=raw.index if raw.index is not None else position,
+        text=text,
+        message=Message(
+            role="assistant", content=text if text or not calls else None, tool_calls=calls or None
+        ),
+        finish_reason=raw.finish_reason,
+        logprobs=lp.content if lp is not None else None,
+    )
 
 
 def _usage(u: Any) -> Usage:
@@ -61,33 +178,17 @@ def _logprobs(raw: Any) -> list[TokenLogprob] | None:
     return msgspec.convert(raw["content"], list[TokenLogprob])
 
 
-def _choice(raw: Any, position: int) -> Choice:
-    """One entry of ``choices`` (ordered by ``index``, which OpenAI sends in order)."""
-    msg = raw["message"]
-    text = msg.get("content") or ""
-    if not isinstance(text, str):
-        raise TypeError("content")
-    calls = [ToolCall.from_dict(c) for c in msg.get("tool_calls") or ()]
-    index = raw.get("index", position)
-    return Choice(
-        index=index if isinstance(index, int) else position,
-        text=text,
-        message=Message(
-            role="assistant", content=text if text or not calls else None, tool_calls=calls or None
-        ),
-        finish_reason=raw.get("finish_reason"),
-        logprobs=_logprobs(raw.get("logprobs")),
-    )
-
-
-def _vector(raw: Any) -> list[float]:
+def _vector(raw: list[float] | str) -> list[float]:
     """One embedding: a float list, or (``encoding_format="base64"``) little-endian float32s."""
     if isinstance(raw, str):
         packed = base64.b64decode(raw, validate=True)
         if len(packed) % 4:
             raise ValueError("base64 embedding is not a whole number of float32s")
-        return list(struct.unpack(f"<{len(packed) // 4}f", packed))
-    return [float(x) for x in raw]
+        values = list(struct.unpack(f"<{len(packed) // 4}f", packed))
+        if not math.isfinite(sum(values)):  # NaN or infinity: JSON floats cannot be either
+            raise ValueError("base64 embedding holds a NaN or an infinity")
+        return values
+    return raw
 
 
 class OpenAIAdapter(ProviderAdapter):
@@ -149,87 +250,75 @@ class OpenAIAdapter(ProviderAdapter):
             body.update(req.extra)
         return body
 
-    def build_chat_request(self, req: ChatRequest, model: str, *, stream: bool) -> httpx.Request:
-        headers = self._auth()
-        if stream:
-            headers["accept"] = "text/event-stream"
-        return self._request(
+    def wire_chat(self, req: ChatRequest, model: str, *, stream: bool) -> WireRequest:
+        return self._wire(
             "POST",
             f"{self.base_url}/chat/completions",
             self.chat_body(req, model, stream=stream),
-            headers,
+            _SSE if stream else None,
+            key=("chat", stream),
+            secret=self._auth(),
         )
 
-    def parse_chat_response(self, resp: httpx.Response, model: str) -> ChatResponse:
-        data = self._json(resp, model)
+    def decode_chat(
+        self, status: int, headers: HeaderPairs, body: bytes, model: str
+    ) -> ChatResponse:
+        data = self._decode_reply(status, headers, body, model, _COMPLETION, "a chat completion")
         try:
-            raw = data["choices"]
-            if not isinstance(raw, list) or not raw:
-                raise IndexError("no choices")
-            first, *rest = (_choice(c, i) for i, c in enumerate(raw))
-            return well_typed(
-                ChatResponse(
-                    id=str(data.get("id") or ""),
-                    model=str(data.get("model") or model),
-                    provider=self.deployment,
-                    text=first.text,
-                    message=first.message,
-                    tool_calls=first.tool_calls,
-                    finish_reason=first.finish_reason,
-                    usage=_usage(data.get("usage")),
-                    logprobs=first.logprobs,
-                    alternatives=rest,
-                ),
-                self.deployment,
-                model,
-                resp,
-            )
-        except (KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
-            raise response_error(
-                f"reply is not a chat completion ({type(exc).__name__}: {exc})",
-                self.deployment,
-                model,
-                resp,
+            if not data.choices:
+                raise ValueError("no choices")
+            first, *rest = (_wire_choice(c, i) for i, c in enumerate(data.choices))
+        except ValueError as exc:
+            raise self.bad_reply(
+                f"reply is not a chat completion ({exc})", status, headers, model
             ) from None
+        return ChatResponse(
+            id=data.id or "",
+            model=data.model or model,
+            provider=self.deployment,
+            text=first.text,
+            message=first.message,
+            tool_calls=first.tool_calls,
+            finish_reason=first.finish_reason,
+            usage=_wire_usage(data.usage),
+            logprobs=first.logprobs,
+            alternatives=rest,
+        )
 
     def stream_decoder(self, model: str) -> _OpenAIStream:
         return _OpenAIStream(self, model)
 
-    async def embed(
-        self, client: httpx.AsyncClient, inputs: list[str], model: str, **params: Any
-    ) -> EmbeddingResponse:
+    def wire_embed(self, inputs: list[str], model: str, params: dict[str, Any]) -> WireRequest:
+        params = dict(params)
         extra = params.pop("extra", None) or {}
         body = {"model": model, "input": inputs, **params, **extra}
-        request = self._request("POST", f"{self.base_url}/embeddings", body, self._auth())
-        resp, data = await self._call_json(client, request, model)
+        return self._wire(
+            "POST", f"{self.base_url}/embeddings", body, key="embed", secret=self._auth()
+        )
+
+    def decode_embed(
+        self, status: int, headers: HeaderPairs, body: bytes, model: str
+    ) -> EmbeddingResponse:
+        data = self._decode_reply(status, headers, body, model, _EMBEDDINGS, "an embedding list")
         try:
-            rows = sorted(data["data"], key=lambda r: r.get("index", 0))
-            vectors = [_vector(r["embedding"]) for r in rows]
-            usage = data.get("usage") or {}
-            prompt = usage.get("prompt_tokens") or 0
-            return EmbeddingResponse(
-                embeddings=vectors,
-                model=str(data.get("model") or model),
-                provider=self.deployment,
-                usage=Usage(prompt_tokens=prompt, total_tokens=usage.get("total_tokens") or prompt),
-            )
-        except (
-            KeyError,
-            IndexError,
-            TypeError,
-            AttributeError,
-            ValueError,
-            struct.error,
-        ) as exc:
-            raise response_error(
-                f"reply is not an embedding list ({type(exc).__name__})",
-                self.deployment,
-                model,
-                resp,
+            rows = sorted(data.data, key=lambda r: r.index)
+            vectors = [_vector(r.embedding) for r in rows]
+        except (ValueError, struct.error) as exc:
+            raise self.bad_reply(
+                f"reply is not an embedding list ({type(exc).__name__})", status, headers, model
             ) from None
+        usage = data.usage
+        prompt = (usage.prompt_tokens or 0) if usage is not None else 0
+        total = (usage.total_tokens or prompt) if usage is not None else prompt
+        return EmbeddingResponse(
+            embeddings=vectors,
+            model=data.model or model,
+            provider=self.deployment,
+            usage=Usage(prompt_tokens=prompt, total_tokens=total),
+        )
 
     async def list_models(self, client: httpx.AsyncClient) -> list[str]:
-        request = self._request("GET", f"{self.base_url}/models", None, self._auth())
+        request = self._request("GET", f"{self.base_url}/models", secret=self._auth())
         resp, data = await self._call_json(client, request, None)
         try:
             return [str(m["id"]) for m in data["data"]]
