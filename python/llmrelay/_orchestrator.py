@@ -514,10 +514,20 @@ class RequestOrchestrator:
         # timer costs several microseconds, which an in-process answer need not pay.
         return await self._run(cands, ctx, send, on_attempt_end, asyncio.get_running_loop(), hold)
 
-    def _final_error(self, ctx: CallContext, last: LLMRelayError | None) -> LLMRelayError:
+    def _final_error(
+        self, ctx: CallContext, last: LLMRelayError | None, next_cand: Candidate | None = None
+    ) -> LLMRelayError:
         if last is None:
             return DeadlineExceededError("total timeout exceeded before any attempt")
         if len({(a.provider, a.model) for a in ctx.attempts}) <= 1:
+            if next_cand is not None and isinstance(last, QueueTimeoutError | ClientThrottledError):
+                # it gave up waiting to try the next candidate, but the time ran out first
+                return DeadlineExceededError(
+                    f"total timeout exceeded before {next_cand.label} could be tried"
+                    f" (after: {last})",
+                    provider=next_cand.deployment.name,
+                    model=next_cand.model,
+                )
             return last
         return AllProvidersFailedError("all providers failed", attempts=ctx.attempts)
 
@@ -541,7 +551,7 @@ class RequestOrchestrator:
             tries = 0
             while True:
                 if loop.time() >= ctx.deadline:
-                    raise self._final_error(ctx, last)
+                    raise self._final_error(ctx, last, cand if idx and not tries else None)
                 t0 = time.perf_counter()
                 ctx.sent = False
                 try:
