@@ -3,9 +3,11 @@
 Each input line is one request: ``{"id": ..., "messages": [...] | "prompt": "...",
 "model"?, "priority"?, "timeout"?, "sample"?, "cache"?, <chat parameters>...}``.
 Each produces exactly one output line, appended and flushed as soon as it is
-known, in completion order::
+known, in completion order (``response`` is the :class:`ChatResponse` as msgspec
+encodes it, so ``msgspec.convert(record["response"], ChatResponse)`` rebuilds it;
+its tool calls carry parsed ``arguments``)::
 
-    {"id": ..., "line": n, "response": ChatResponse.to_dict()}
+    {"id": ..., "line": n, "response": {ChatResponse's fields}}
     {"id": ..., "line": n, "error": {"type": ..., "message": ..., "field": ..., ...}}
 
 A rerun reads the output first and skips every input already answered there, so
@@ -374,7 +376,7 @@ class FileRunner:
             rec: dict[str, Any] = {"id": job.id, "line": job.line}
             if job.sample is not None:
                 rec["sample"] = job.sample
-            rec["response"] = result.to_dict()
+            rec["response"] = result  # encoded as the struct: msgspec.convert() rebuilds it
             self._write(rec)
             s.ok += 1
             if result.cached:
@@ -402,10 +404,11 @@ class FileRunner:
 
     def _write(self, rec: Mapping[str, Any]) -> None:
         """Append one line with one write (so a kill leaves whole lines, or a torn last one)."""
-        data = memoryview(_encoder.encode(rec) + b"\n")
-        while data:
-            n = os.write(self._fd, data)
+        data = _encoder.encode(rec) + b"\n"
+        n = os.write(self._fd, data)
+        while n < len(data):  # a regular file takes it whole; a pipe or a full disk may not
             data = data[n:]
+            n = os.write(self._fd, data)
 
 
 def _problem(
