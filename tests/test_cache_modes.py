@@ -254,3 +254,23 @@ async def test_errors_are_never_cached(
             await svc.achat("err", temperature=0)
         r = await svc.achat("err", temperature=0)
         assert not r.cached and oa.request_count == 2
+
+
+async def test_streams_follow_the_modes(
+    make_config: ConfigFactory, fakes: dict[str, FakeProvider]
+) -> None:
+    oa = fakes["openai"]
+    async with LLMService(make_config()) as svc:
+        wo = CacheControl(mode="write_only")
+        oa.script("streamed once")
+        oa.script("streamed twice")
+        first = "".join([c.text async for c in svc.astream("s", temperature=0, cache=wo)])
+        second = "".join([c.text async for c in svc.astream("s", temperature=0, cache=wo)])
+        assert (first, second) == ("streamed once", "streamed twice")
+        ro = CacheControl(mode="read_only")
+        hit = "".join([c.text async for c in svc.astream("s", temperature=0, cache=ro)])
+        assert hit == "streamed twice" and oa.request_count == 2
+        oa.script("not kept")
+        "".join([c.text async for c in svc.astream("fresh", temperature=0, cache=ro)])
+        with pytest.raises(CacheMissError):
+            await svc.achat("fresh", temperature=0, cache=CacheControl(mode="replay"))

@@ -261,6 +261,24 @@ async def test_stop_finishes_what_is_in_flight_and_starts_nothing_new(
     assert s.done == len(read_output(out)) == oa.request_count  # every sent one was written
 
 
+async def test_two_runs_on_one_output_are_refused(
+    make_config: ConfigFactory, fakes: dict[str, FakeProvider], tmp_path: Path
+) -> None:
+    oa = fakes["openai"]
+    oa.latency_s = 0.01
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    ids = write_input(src, 100)
+    async with LLMService(make_config()) as svc:
+        first = asyncio.ensure_future(svc.arun_file(src, out, concurrency=4, progress=False))
+        await wait_for(lambda: out.exists() and out.stat().st_size > 0)
+        with pytest.raises(InvalidRequestError) as info:
+            await svc.arun_file(src, out, progress=False)
+        assert info.value.field == "output" and "another run" in str(info.value)
+        await first
+        again = await svc.arun_file(src, out, progress=False)  # the lock went with the run
+    assert again.skipped == 100 and ids_of(read_output(out)) == Counter(ids)
+
+
 # ---- samples --------------------------------------------------------------------------------
 
 
@@ -394,3 +412,29 @@ async def test_ctrl_c_stops_cleanly_and_exit_code_130(tmp_path: Path) -> None:
         _, err = proc.communicate(timeout=60)
         assert proc.returncode == 0, err.decode()
         assert ids_of(read_output(out)) == Counter(ids)
+
+
+def test_cli_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from llmrelay._cli import main
+
+    cfg = tmp_path / "echo.toml"
+    cfg.write_text('default_model = "echo/echo"\n[[providers]]\nname = "echo"\nkind = "echo"\n')
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_input(src, 30)
+    assert main(["run", str(src), "-o", str(out), "--config", str(cfg), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert re.search(r"answered +30\n", err) and "llmrelay run" in err
+    with src.open("a") as f:
+        f.write("{not json\n")
+    assert main(["run", str(src), "-o", str(out), "--config", str(cfg), "--no-progress"]) == 1
+    assert re.search(r"already done \(skipped\) +30\n", capsys.readouterr().err)
+    missing = ["run", str(tmp_path / "nope.jsonl"), "-o", str(out), "--config", str(cfg)]
+    assert main(missing) == 2
+    assert "InvalidRequestError" in capsys.readouterr().err
+    assert main(["run", str(src), "-o", str(out), "--config", str(cfg), "--concurrency", "0"]) == 2
+    replay = ["run", str(src), "-o", str(tmp_path / "r.jsonl"), "--config", str(cfg)]
+    assert main([*replay, "--cache-mode", "replay", "--no-progress"]) == 1
+    recs = read_output(tmp_path / "r.jsonl")
+    # the echo lines ran at the default temperature: not cacheable, so replay cannot answer
+    assert {r["error"]["type"] for r in recs} == {"CacheMissError", "InvalidRequestError"}
+    assert len(recs) == 31

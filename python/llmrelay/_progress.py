@@ -94,13 +94,14 @@ class RunProgress:
             TimeRemainingColumn(),
             TextColumn("cached {task.fields[cached]}  retries {task.fields[retries]}"),
             TextColumn("[red]errors {task.fields[errors]}"),
+            TextColumn("{task.fields[cost]}"),
             console=console,
             auto_refresh=False,
         )
         self._rich.start()
         s = runner.summary
         self._task_id = self._rich.add_task(
-            "run", total=s.total or None, rate="0.0", cached=0, retries=0, errors=0
+            "run", total=s.total or None, rate="0.0", cached=0, retries=0, errors=0, cost=""
         )
 
     async def _tick(self, runner: FileRunner) -> None:
@@ -123,6 +124,7 @@ class RunProgress:
                 cached=s.cached,
                 retries=s.retries,
                 errors=s.failed,
+                cost="" if s.cost_usd is None else f"${s.cost_usd:.4f}",
             )
             self._rich.refresh()
         elif self._tty:

@@ -258,10 +258,15 @@ class FileRunner:
 
         s = self.summary
         self._started = time.perf_counter()
-        done_ids, done_lines, s.torn = read_done(self._output)
-        s.total = _count_lines(self._input)
-        svc = self._svc
-        eng = svc._engine
+        self._fd = _open_locked(self._output)
+        try:
+            done_ids, done_lines, s.torn = read_done(self._output)
+            s.total = _count_lines(self._input)
+        except BaseException:
+            os.close(self._fd)
+            self._fd = -1
+            raise
+        eng = self._svc._engine
         orch = eng.orchestrator
         runner: BatchRunner[_Job] = BatchRunner(
             self._call,
@@ -271,9 +276,10 @@ class FileRunner:
             sleep=orch._sleep,
             max_retries=eng.config.orchestrator.max_retries,
         )
-        self._fd = os.open(self._output, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        ticker = self._progress.start(self) if self._progress is not None else None
+        ticker = None
         try:
+            if self._progress is not None:
+                ticker = self._progress.start(self)
             jobs = self._jobs(done_ids, done_lines)
             await runner.each(jobs, self._landed, stopped=lambda: self._stopping)
             s.interrupted = self._stopping and s.remaining > 0
@@ -439,6 +445,25 @@ def _given_id(raw: bytes) -> Any:
         return None
     id_ = obj.get("id") if isinstance(obj, dict) else None
     return id_ if isinstance(id_, (str, int)) and not isinstance(id_, bool) else None
+
+
+def _open_locked(path: Path) -> int:
+    """The output opened for appending, locked so that a second run on it fails at once
+    (two runs appending to one file would answer the same ids twice)."""
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        import fcntl
+    except ImportError:  # not on this platform: no lock
+        return fd
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise InvalidRequestError(
+            f"output={str(path)!r}: another run is writing to it (wait for it, or stop it)",
+            field="output",
+        ) from None
+    return fd
 
 
 def _count_lines(path: Path) -> int:
