@@ -438,3 +438,29 @@ def test_cli_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     # the echo lines ran at the default temperature: not cacheable, so replay cannot answer
     assert {r["error"]["type"] for r in recs} == {"CacheMissError", "InvalidRequestError"}
     assert len(recs) == 31
+
+
+async def test_a_failing_write_stops_every_worker(
+    make_config: ConfigFactory, fakes: dict[str, FakeProvider], tmp_path: Path
+) -> None:
+    oa = fakes["openai"]
+    oa.latency_s = 0.01
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    write_input(src, 200)
+    async with LLMService(make_config()) as svc:
+        runner = FileRunner(svc, src, out, concurrency=8, progress=None)
+        landed = runner._landed
+
+        def full_disk(job: Any, result: Any) -> None:
+            if runner.summary.done >= 20:
+                raise OSError(28, "No space left on device")
+            landed(job, result)
+
+        runner._landed = full_disk  # type: ignore[method-assign]
+        with pytest.raises(OSError, match="No space"):
+            await runner.run()
+        # nothing runs on after the run failed: no worker is left to send
+        me = asyncio.current_task()
+        assert [t for t in asyncio.all_tasks() if t is not me and not t.done()] == []
+        assert oa.request_count < 40
+    assert len(read_output(out)) == 20

@@ -112,8 +112,8 @@ class BatchRunner(Generic[_Item]):
     ) -> None:
         """Run every item ``items`` yields (lazily, in order) and hand each result to
         ``on_result`` as it lands, in completion order. Once ``stopped()`` is true no
-        new item starts; the ones in flight finish. ``on_result`` runs on the loop and
-        must not raise (an error it raises stops this worker and propagates)."""
+        new item starts; the ones in flight finish. ``on_result`` runs on the loop; an
+        error it raises cancels every other worker and propagates."""
         todo = iter(items)
 
         async def worker() -> None:
@@ -123,7 +123,16 @@ class BatchRunner(Generic[_Item]):
                     return
                 on_result(item, await self._one(item))  # type: ignore[arg-type]
 
-        await asyncio.gather(*(worker() for _ in range(self._limit)))
+        workers = [asyncio.ensure_future(worker()) for _ in range(self._limit)]
+        try:
+            await asyncio.gather(*workers)
+        except BaseException:
+            # one worker failed (or the run was cancelled): stop the others before
+            # returning, so nothing runs on after the caller has moved on
+            for w in workers:
+                w.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+            raise
 
     async def _one(self, item: _Item) -> Result:
         self._running += 1
