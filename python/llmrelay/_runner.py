@@ -314,7 +314,7 @@ class FileRunner:
         s = self.summary
         with self._input.open("rb") as f:
             for n, raw in enumerate(f, 1):
-                if not raw.strip():
+                if raw.isspace():
                     continue
                 try:
                     job = self._parse(n, raw, seen)
@@ -353,7 +353,11 @@ class FileRunner:
         messages = obj.pop("messages", None)
         prompt = obj.pop("prompt", None)
         sample = obj.pop("sample", None)
-        problem = _problem(messages, prompt, sample, obj)
+        problem = None
+        if (messages is None) == (prompt is None) or sample is not None or "self" in obj:
+            problem = _problem(messages, prompt, sample, obj)
+        elif prompt is not None and not isinstance(prompt, str):
+            problem = (f"prompt={prompt!r}: expected a string", "prompt")
         if problem is not None:
             message, field = problem
             return _Job(n, id_, None, None, {}, _bad(n, message, field))
@@ -392,9 +396,10 @@ class FileRunner:
             if result.attempts > 1:
                 s.retries += result.attempts - 1
             cost = getattr(result, "cost", None)
-            total = getattr(cost, "total_usd", None)
-            if isinstance(total, (int, float)):
-                s.cost_usd = (s.cost_usd or 0.0) + float(total)
+            if cost is not None:
+                total = getattr(cost, "total_usd", None)
+                if isinstance(total, (int, float)):
+                    s.cost_usd = (s.cost_usd or 0.0) + float(total)
         else:
             self._write(error_record(job.id, job.line, result))
             self._count_error(result)
@@ -471,6 +476,6 @@ def _count_lines(path: Path) -> int:
     n = 0
     with path.open("rb") as f:
         for raw in f:
-            if raw.strip():
+            if not raw.isspace():
                 n += 1
     return n
