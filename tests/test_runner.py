@@ -464,3 +464,25 @@ async def test_a_failing_write_stops_every_worker(
         assert [t for t in asyncio.all_tasks() if t is not me and not t.done()] == []
         assert oa.request_count < 40
     assert len(read_output(out)) == 20
+
+
+async def test_plot_png_or_a_clear_error_before_running(
+    make_config: ConfigFactory, fakes: dict[str, FakeProvider], tmp_path: Path
+) -> None:
+    import importlib.util
+
+    src, out, png = tmp_path / "in.jsonl", tmp_path / "out.jsonl", tmp_path / "run.png"
+    write_input(src, 40)
+    async with LLMService(make_config()) as svc:
+        with pytest.raises(InvalidRequestError) as info:
+            await svc.arun_file(src, out, progress=False, plot=tmp_path / "run.svg")
+        assert info.value.field == "plot"
+        if importlib.util.find_spec("matplotlib") is None:
+            with pytest.raises(InvalidRequestError, match="matplotlib") as info:
+                await svc.arun_file(src, out, progress=False, plot=png)
+            assert info.value.field == "plot" and not out.exists()  # nothing ran
+            assert fakes["openai"].request_count == 0
+            return
+        s = await svc.arun_file(src, out, progress=False, plot=png)
+    assert s.ok == 40
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000

@@ -74,6 +74,9 @@ def _parser() -> argparse.ArgumentParser:
         help="the cache mode of every line (default: the config's CacheConfig.mode)",
     )
     r.add_argument("--no-progress", action="store_true", help="no live progress display")
+    r.add_argument(
+        "--plot", default=None, help="write throughput and latency to this PNG (needs matplotlib)"
+    )
     sub.add_parser("providers", help="the provider registry and model capabilities")
     cache = sub.add_parser("cache", help="inspect or clear a disk cache")
     cache.add_argument("action", choices=["stats", "clear"])
@@ -168,6 +171,7 @@ async def _run(args: argparse.Namespace) -> int:
             args.output,
             concurrency=args.concurrency,
             progress=RunProgress(live=not args.no_progress),
+            plot=args.plot,
         )
         task = asyncio.ensure_future(runner.run())
         loop = asyncio.get_running_loop()

@@ -214,6 +214,7 @@ class FileRunner:
         *,
         concurrency: int | None,
         progress: RunProgress | None,
+        plot: str | os.PathLike[str] | None = None,
     ) -> None:
         self._svc = svc
         self._input = Path(input)
@@ -226,6 +227,14 @@ class FileRunner:
         self.summary = RunSummary(input=str(self._input), output=str(self._output))
         self._started = 0.0
         self._check_paths()
+        self._plot: Path | None = None
+        #: (seconds since the start, latency, cached) per line written, for the plot
+        self._timeline: list[tuple[float, float, bool]] | None = None
+        if plot is not None:
+            from llmrelay._plot import check_plot
+
+            self._plot = check_plot(plot)
+            self._timeline = []
 
     def _check_paths(self) -> None:
         if not self._input.is_file():
@@ -305,6 +314,10 @@ class FileRunner:
                 self._fd = -1
         if self._progress is not None:
             self._progress.close(self, ticker)
+        if self._plot is not None and self._timeline is not None:
+            from llmrelay._plot import write_plot
+
+            write_plot(self._plot, self._timeline, f"llmrelay run: {self._input.name}")
 
     # ---- input -----------------------------------------------------------------------------
 
@@ -395,6 +408,8 @@ class FileRunner:
                 self._latencies.append(result.latency_s)
             if result.attempts > 1:
                 s.retries += result.attempts - 1
+            if self._timeline is not None:
+                self._timeline.append((self.elapsed(), result.latency_s, result.cached))
             cost = getattr(result, "cost", None)
             if cost is not None:
                 total = getattr(cost, "total_usd", None)

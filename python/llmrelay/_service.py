@@ -347,6 +347,7 @@ class LLMService:
         *,
         concurrency: int | None = None,
         progress: bool = True,
+        plot: str | os.PathLike[str] | None = None,
     ) -> RunSummary:
         """Run every request of a JSONL file, one output line per input line; resumable.
 
@@ -358,7 +359,9 @@ class LLMService:
         killed. ``progress`` draws a live bar (rich, or a plain line) and the summary
         on stderr. The view's defaults (model, cache mode...) apply to every line.
         Bad lines become error lines; a bad ``input``/``output``/``concurrency``
-        raises InvalidRequestError before anything is sent. See :mod:`llmrelay._runner`.
+        raises InvalidRequestError before anything is sent. ``plot`` (a ``.png`` path,
+        the ``plot`` extra: matplotlib) draws throughput and latency over the run.
+        See :mod:`llmrelay._runner`.
         """
         from llmrelay._progress import RunProgress
         from llmrelay._runner import FileRunner
@@ -375,6 +378,7 @@ class LLMService:
             output,
             concurrency=concurrency,
             progress=RunProgress() if progress else None,
+            plot=plot,
         )
         return await runner.run()
 
@@ -385,10 +389,11 @@ class LLMService:
         *,
         concurrency: int | None = None,
         progress: bool = True,
+        plot: str | os.PathLike[str] | None = None,
     ) -> RunSummary:
         """The sync twin of :meth:`arun_file` (Ctrl-C cancels it; finished lines are kept)."""
         return self._engine.runner.run(
-            self.arun_file(input, output, concurrency=concurrency, progress=progress)
+            self.arun_file(input, output, concurrency=concurrency, progress=progress, plot=plot)
         )
 
     # ---- conversations ---------------------------------------------------------------------
