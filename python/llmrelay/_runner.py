@@ -98,7 +98,7 @@ class RunSummary(msgspec.Struct, kw_only=True):
         rows.append(("elapsed", f"{self.elapsed_s:.2f} s ({rate:.1f} lines/s)"))
         if self.latency_p50_s is not None and self.latency_p95_s is not None:
             p50, p95 = self.latency_p50_s * 1000, self.latency_p95_s * 1000
-            rows.append(("latency p50 / p95", f"{p50:.0f} / {p95:.0f} ms"))
+            rows.append(("latency p50 / p95", f"{p50:.1f} / {p95:.1f} ms"))
         if self.cost_usd is not None:
             rows.append(("cost", f"${self.cost_usd:.4f}"))
         if self.interrupted:
