@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 
-from llmrelay import ChatResponse, LLMService, LLMServiceConfig, ProviderConfig
+from llmrelay import CacheConfig, ChatResponse, LLMService, LLMServiceConfig, ProviderConfig
 from llmrelay._types import build_request
 from llmrelay.errors import ContextLengthError, ProviderError
 from llmrelay.providers import AnthropicAdapter, OpenAIAdapter, accumulate_chunks
@@ -225,6 +225,8 @@ def service_config(chat_base: str, embed_base: str) -> LLMServiceConfig:
             ),
         ],
         default_model=f"llama-oa/{MODEL_ALIAS}",
+        # the replies stop at MAX_TOKENS (finish_reason "length"): stored only when asked
+        cache=CacheConfig(cache_incomplete=True),
     )
 
 

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from llmrelay._metrics import MetricsSnapshot, ServiceMetrics
     from llmrelay._params import ChatParams, EmbedParams
     from llmrelay._proxy import DefaultServiceProxy, configure, llm
+    from llmrelay._runner import RunSummary
     from llmrelay._service import LLMService
     from llmrelay._types import (
         ChatChunk,
@@ -68,6 +69,7 @@ _LAZY = {
     "Message": "llmrelay._types",
     "MetricsSnapshot": "llmrelay._metrics",
     "ProviderRegistration": "llmrelay.providers",
+    "RunSummary": "llmrelay._runner",
     "ServiceMetrics": "llmrelay._metrics",
     "TokenLogprob": "llmrelay._types",
     "ToolCall": "llmrelay._types",
@@ -120,6 +122,7 @@ __all__ = [
     "ProviderRegistration",
     "RateLimitConfig",
     "RequestTimeouts",
+    "RunSummary",
     "ServiceMetrics",
     "TokenLogprob",
     "ToolCall",

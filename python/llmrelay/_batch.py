@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 from llmrelay._types import ChatResponse
@@ -32,6 +32,7 @@ ProgressCallback = Callable[[int, int, int], object]
 were answered from the cache. Called after each item, on the service's event loop."""
 
 _Item = TypeVar("_Item")
+_NONE: object = object()
 Result = ChatResponse | LLMRelayError
 
 
@@ -101,6 +102,37 @@ class BatchRunner(Generic[_Item]):
             assert r is not None
             out.append(r)
         return out
+
+    async def each(
+        self,
+        items: Iterable[_Item],
+        on_result: Callable[[_Item, Result], object],
+        *,
+        stopped: Callable[[], bool] = lambda: False,
+    ) -> None:
+        """Run every item ``items`` yields (lazily, in order) and hand each result to
+        ``on_result`` as it lands, in completion order. Once ``stopped()`` is true no
+        new item starts; the ones in flight finish. ``on_result`` runs on the loop; an
+        error it raises cancels every other worker and propagates."""
+        todo = iter(items)
+
+        async def worker() -> None:
+            while not stopped():
+                item = next(todo, _NONE)
+                if item is _NONE:
+                    return
+                on_result(item, await self._one(item))  # type: ignore[arg-type]
+
+        workers = [asyncio.ensure_future(worker()) for _ in range(self._limit)]
+        try:
+            await asyncio.gather(*workers)
+        except BaseException:
+            # one worker failed (or the run was cancelled): stop the others before
+            # returning, so nothing runs on after the caller has moved on
+            for w in workers:
+                w.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+            raise
 
     async def _one(self, item: _Item) -> Result:
         self._running += 1

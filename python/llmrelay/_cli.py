@@ -1,14 +1,17 @@
-"""The ``llmrelay`` command: ``demo``, ``chat``, ``providers``, ``cache stats|clear``.
+"""The ``llmrelay`` command: ``demo``, ``chat``, ``run``, ``providers``, ``cache stats|clear``.
 
 ``main(argv)`` returns the exit code: 0 done, 1 the provider call or the cache
-failed, 2 a bad setting or argument.
+failed (``run``: some lines are error lines), 2 a bad setting or argument, 130
+``run`` interrupted by Ctrl-C (rerun it to resume).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -49,6 +52,31 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--temperature", type=float, default=None)
     c.add_argument("--max-tokens", type=int, default=None, dest="max_tokens")
     c.add_argument("--stream", action="store_true")
+    r = sub.add_parser(
+        "run",
+        help="run every request of a JSONL file into an output JSONL file (resumable)",
+        description="One request per input line ({'id', 'messages' or 'prompt', 'model', "
+        "'priority', 'sample', chat parameters...}), one output line per input line, in "
+        "completion order. A rerun skips the ids already in the output. Ctrl-C stops "
+        "starting new lines and lets the ones in flight finish; a second Ctrl-C abandons "
+        "them. Exit code 0: every line answered; 1: some are error lines; 2: a bad setting "
+        "or argument; 130: interrupted.",
+    )
+    r.add_argument("input", help="the input JSONL file")
+    r.add_argument("-o", "--output", required=True, help="the output JSONL file (appended)")
+    r.add_argument("--config", default=None, help="a TOML config file (instead of LLMRELAY_CONFIG)")
+    r.add_argument("--model", default=None, help="the model of lines that name none")
+    r.add_argument("--concurrency", type=int, default=None, help="lines in flight at most")
+    r.add_argument(
+        "--cache-mode",
+        default=None,
+        choices=["read_write", "read_only", "write_only", "replay"],
+        help="the cache mode of every line (default: the config's CacheConfig.mode)",
+    )
+    r.add_argument("--no-progress", action="store_true", help="no live progress display")
+    r.add_argument(
+        "--plot", default=None, help="write throughput and latency to this PNG (needs matplotlib)"
+    )
     sub.add_parser("providers", help="the provider registry and model capabilities")
     cache = sub.add_parser("cache", help="inspect or clear a disk cache")
     cache.add_argument("action", choices=["stats", "clear"])
@@ -77,6 +105,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         if args.command == "chat":
             return _chat(args)
+        if args.command == "run":
+            return asyncio.run(_run(args))
         if args.command == "providers":
             return _providers()
         return _cache(args.action, args.path)
@@ -117,6 +147,58 @@ def _chat(args: argparse.Namespace) -> int:
                 print(f"  tried {line}", file=sys.stderr)
             return 1
     return 0
+
+
+async def _run(args: argparse.Namespace) -> int:
+    from llmrelay._cachekey import CacheControl
+    from llmrelay._config import LLMServiceConfig
+    from llmrelay._progress import RunProgress
+    from llmrelay._runner import FileRunner
+    from llmrelay._service import LLMService
+
+    config = LLMServiceConfig.from_toml(args.config) if args.config else None
+    if args.concurrency is not None and args.concurrency < 1:
+        print("llmrelay: --concurrency must be >= 1", file=sys.stderr)
+        return 2
+    async with LLMService(config) as svc:
+        view = svc.with_options(
+            model=args.model,
+            cache=CacheControl(mode=args.cache_mode) if args.cache_mode else None,
+        )
+        runner = FileRunner(
+            view,
+            args.input,
+            args.output,
+            concurrency=args.concurrency,
+            progress=RunProgress(live=not args.no_progress),
+            plot=args.plot,
+        )
+        task = asyncio.ensure_future(runner.run())
+        loop = asyncio.get_running_loop()
+
+        def interrupt() -> None:
+            if not runner.stopping:
+                runner.stop()
+                print(
+                    "\nllmrelay: stopping: no new lines; waiting for the ones in flight"
+                    " (Ctrl-C again to abandon them)",
+                    file=sys.stderr,
+                )
+            else:
+                task.cancel()
+
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # not on this platform
+            loop.add_signal_handler(signal.SIGINT, interrupt)
+        try:
+            summary = await task
+        except asyncio.CancelledError:
+            summary = runner.summary
+        finally:
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(signal.SIGINT)
+    if summary.interrupted:
+        return 130
+    return 1 if summary.failed else 0
 
 
 def _tried(svc: LLMService, err: LLMRelayError) -> list[str]:

@@ -457,8 +457,19 @@ class CacheConfig(_Config, frozen=True):
     #: How often the disk tier flushes to the file system (None: only on flush/close).
     flush_every_ms: int | None = 500
     cache_nondeterministic: bool = False
+    #: The default of ``CacheControl.mode``: ``read_write`` (look up and store),
+    #: ``read_only``, ``write_only`` or ``replay`` (never call a provider; a miss raises
+    #: CacheMissError).
+    mode: Literal["read_write", "read_only", "write_only", "replay"] = "read_write"
+    #: Store empty replies and replies cut by ``finish_reason == "length"`` too.
+    cache_incomplete: bool = False
 
     def _validate(self) -> None:
+        if self.mode == "replay" and not self.enabled:
+            raise ConfigError(
+                "invalid mode='replay' with enabled=False: replay answers only from the cache",
+                field="mode",
+            )
         _num("memory_max_entries", self.memory_max_entries, ge=1)
         _num("memory_max_bytes", self.memory_max_bytes, ge=1)
         _num("disk_max_bytes", self.disk_max_bytes, ge=1)

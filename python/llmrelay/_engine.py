@@ -22,7 +22,7 @@ import httpx
 import msgspec
 
 from llmrelay import _core
-from llmrelay._cachekey import CacheControl, cache_key, is_cacheable
+from llmrelay._cachekey import CacheControl, cache_key, is_cacheable, is_complete
 from llmrelay._config import LLMServiceConfig, ProviderConfig
 from llmrelay._metrics import ServiceMetrics
 from llmrelay._middleware import Middleware, chain
@@ -51,6 +51,7 @@ from llmrelay._types import (
     build_request,
 )
 from llmrelay.errors import (
+    CacheMissError,
     CircuitOpenError,
     ClientThrottledError,
     DeadlineExceededError,
@@ -91,6 +92,8 @@ class Prepared:
     cc: CacheControl
     est_in: int
     est_out: int
+    #: the cache mode: the call's ``CacheControl.mode``, else ``CacheConfig.mode``
+    mode: str = "read_write"
 
 
 class Engine:
@@ -281,15 +284,21 @@ class Engine:
         )
         cands = honouring(cands, req, stream=stream)
         key = None
+        mode = cc.mode or self.config.cache.mode
+        if mode == "replay" and cc.refresh:
+            raise InvalidRequestError(
+                "invalid cache: refresh=True with the service's mode='replay'",
+                field="cache.refresh",
+            )
         if self.cache is not None:
             if cc.skip:
                 self._skipped(cands[0], "requested")
-            elif not is_cacheable(req, self.config.cache.cache_nondeterministic):
+            elif not is_cacheable(req, self.config.cache.cache_nondeterministic, cc.sample):
                 self._skipped(cands[0], "nondeterministic")
             else:
                 ns = cc.namespace if cc.namespace is not None else self.config.namespace
-                key = cache_key(req, name, ns, cands[0].deployment.credential_scope)
-        return Prepared(req, name, prio, cands, key, cc, est_in, est_out)
+                key = cache_key(req, name, ns, cands[0].deployment.credential_scope, cc.sample)
+        return Prepared(req, name, prio, cands, key, cc, est_in, est_out, mode)
 
     def _skipped(self, cand: Candidate, reason: str) -> None:
         """Count a request the cache did not look up, and say once why it happens."""
@@ -300,7 +309,8 @@ class Engine:
             log.info(
                 "llmrelay: the cache is on but this request is not cached: only requests with"
                 " temperature=0 or a seed are (their answers should repeat). Pass"
-                " temperature=0 or seed=..., or set CacheConfig(cache_nondeterministic=True);"
+                " temperature=0, seed=... or a sample index (cache=CacheControl(sample=i)), or set"
+                " CacheConfig(cache_nondeterministic=True);"
                 " metrics count such requests as cache_skipped.nondeterministic"
             )
 
@@ -310,7 +320,7 @@ class Engine:
 
     def memory_hit(self, p: Prepared) -> ChatResponse | None:
         """The memory tier's answer, if any (no loop needed: sync callers use it directly)."""
-        if p.key is None or p.cc.refresh:
+        if p.key is None or p.cc.refresh or p.mode == "write_only":
             return None
         # with a disk tier the lookup goes on there: count its miss once, at the disk
         raw = (self.cache.get_hot if self._disk_configured else self.cache.get_memory)(p.key)
@@ -321,7 +331,7 @@ class Engine:
         return resp
 
     def _disk_hit(self, p: Prepared) -> ChatResponse | None:
-        if p.key is None or p.cc.refresh or not self._disk_configured:
+        if p.key is None or p.cc.refresh or p.mode == "write_only" or not self._disk_configured:
             return None
         raw = self.cache.get_disk(p.key)
         if raw is None:
@@ -336,9 +346,31 @@ class Engine:
             tiers.append(("cache_misses.disk", 1))
         self.metrics.core.record(*self._series(p), tiers, [])
 
+    def replay_miss(self, p: Prepared) -> CacheMissError:
+        """The error of a ``replay`` call the cache could not answer (nothing was sent)."""
+        if self.cache is None:
+            why, detail = "disabled", "the service has no cache (CacheConfig.enabled=False)"
+        elif p.key is not None:
+            why, detail = "miss", "no cached answer for this request"
+        elif p.cc.skip or not is_cacheable(
+            p.req, self.config.cache.cache_nondeterministic, p.cc.sample
+        ):
+            why = "not_cacheable"
+            detail = "the request is not cached (temperature > 0 with no seed and no sample)"
+        else:
+            why, detail = "changed", "a middleware changed the request, so it has no cache key"
+        return CacheMissError(
+            f"cache mode 'replay': {detail} (model {p.model})", model=p.model, reason=why
+        )
+
     def _store(self, p: Prepared, resp: ChatResponse) -> None:
-        if p.key is None:
+        if p.key is None or p.mode == "read_only" or p.mode == "replay":
             return
+        if not is_complete(resp):
+            incomplete = p.cc.cache_incomplete
+            if not (self.config.cache.cache_incomplete if incomplete is None else incomplete):
+                self.metrics.core.incr(*self._series(p), "cache_skipped.incomplete")
+                return
         stored = msgspec.structs.replace(resp, cached=True, latency_s=0.0, attempts=0)
         self.cache.set(p.key, self._encoder.encode(stored), p.cc.ttl_s)
 
@@ -375,13 +407,15 @@ class Engine:
     async def _cached(
         self, p: Prepared, timeout: float | None, memory_checked: bool
     ) -> ChatResponse:
-        if p.key is not None:
+        if p.key is not None and p.mode != "write_only":
             hit = None if memory_checked else self.memory_hit(p)
             if hit is None:
                 hit = self._disk_hit(p)
             if hit is not None:
                 return hit
             self._count_miss(p)
+        if p.mode == "replay":
+            raise self.replay_miss(p)
         if p.key is not None and self.dedup is not None:
             return await self._guarded(self._deduped(p, timeout))
         return await self._guarded(self._orchestrated(p, timeout))

@@ -27,7 +27,10 @@ from llmrelay._types import ChatChunk, ChatResponse, EmbeddingResponse, Messages
 from llmrelay.errors import InvalidRequestError, LLMRelayError
 
 if TYPE_CHECKING:
+    import os
+
     from llmrelay._conversation import Conversation
+    from llmrelay._runner import RunSummary
 
 __all__ = ["BatchItem", "CacheIn", "LLMService", "MessagesIn", "Priority"]
 
@@ -333,6 +336,64 @@ class LLMService:
                 on_progress=on_progress,
                 **params,
             )
+        )
+
+    # ---- file runs -------------------------------------------------------------------------
+
+    async def arun_file(
+        self,
+        input: str | os.PathLike[str],
+        output: str | os.PathLike[str],
+        *,
+        concurrency: int | None = None,
+        progress: bool = True,
+        plot: str | os.PathLike[str] | None = None,
+    ) -> RunSummary:
+        """Run every request of a JSONL file, one output line per input line; resumable.
+
+        Each input line is ``{"id", "messages" | "prompt", "model"?, "priority"?,
+        "timeout"?, "sample"?, "cache"?, <chat parameters>}``; each output line is
+        ``{"id", "line", "response"}`` or ``{"id", "line", "error": {"type",
+        "message", "field", ...}}``, appended and flushed as it lands (in completion
+        order). Ids already in ``output`` are skipped, so a rerun resumes a run that was
+        killed. ``progress`` draws a live bar (rich, or a plain line) and the summary
+        on stderr. The view's defaults (model, cache mode...) apply to every line.
+        Bad lines become error lines; a bad ``input``/``output``/``concurrency``
+        raises InvalidRequestError before anything is sent. ``plot`` (a ``.png`` path,
+        the ``plot`` extra: matplotlib) draws throughput and latency over the run.
+        See :mod:`llmrelay._runner`.
+        """
+        from llmrelay._progress import RunProgress
+        from llmrelay._runner import FileRunner
+
+        _batch_requests([], concurrency)  # checks concurrency
+        if not isinstance(progress, bool):
+            raise InvalidRequestError(
+                f"invalid progress={short(progress)}: must be True or False", field="progress"
+            )
+        self._engine.check_open()
+        runner = FileRunner(
+            self,
+            input,
+            output,
+            concurrency=concurrency,
+            progress=RunProgress() if progress else None,
+            plot=plot,
+        )
+        return await runner.run()
+
+    def run_file(
+        self,
+        input: str | os.PathLike[str],
+        output: str | os.PathLike[str],
+        *,
+        concurrency: int | None = None,
+        progress: bool = True,
+        plot: str | os.PathLike[str] | None = None,
+    ) -> RunSummary:
+        """The sync twin of :meth:`arun_file` (Ctrl-C cancels it; finished lines are kept)."""
+        return self._engine.runner.run(
+            self.arun_file(input, output, concurrency=concurrency, progress=progress, plot=plot)
         )
 
     # ---- conversations ---------------------------------------------------------------------

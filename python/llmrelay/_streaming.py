@@ -114,7 +114,7 @@ async def _pipeline(
     eng: Engine, p: Prepared, timeout: float | None, final: list[ChatResponse]
 ) -> AsyncIterator[ChatChunk]:
     """Cache replay, or the orchestrated stream; the whole response lands in ``final``."""
-    if p.key is not None:
+    if p.key is not None and p.mode != "write_only":
         hit = eng.memory_hit(p) or eng._disk_hit(p)
         if hit is not None:
             for chunk in replay(hit):
@@ -122,6 +122,8 @@ async def _pipeline(
             final.append(hit)
             return
         eng._count_miss(p)
+    if p.mode == "replay":
+        raise eng.replay_miss(p)
     ctx = CallContext(p.priority, eng._deadline(timeout), p.est_in, p.est_out)
     started = time.perf_counter()
     idle = eng.config.timeouts.stream_idle_s

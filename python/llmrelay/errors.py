@@ -21,6 +21,7 @@ working::
     ├── CircuitOpenError                     the deployment's breaker is open
     ├── QueueFullError                       the scheduler's queue is full
     ├── QueueTimeoutError (TimeoutError)     waited too long for a deployment's slot
+    ├── CacheMissError                       replay mode found no cached answer; not sent
     └── AllProvidersFailedError              every candidate failed; see ``attempts``
 
 No exception carries an API key: messages are built from provider names,
@@ -33,6 +34,7 @@ __all__ = [
     "AllProvidersFailedError",
     "Attempt",
     "AuthenticationError",
+    "CacheMissError",
     "CircuitOpenError",
     "ClientThrottledError",
     "ConfigError",
@@ -202,6 +204,21 @@ class QueueTimeoutError(LLMRelayError, TimeoutError):
     def __init__(self, message: str, *, deployment: str | None = None) -> None:
         super().__init__(message)
         self.deployment = deployment
+
+
+class CacheMissError(LLMRelayError):
+    """``replay`` cache mode found no stored answer, so nothing was sent to a provider.
+
+    ``model`` is the model asked; ``reason`` says why there was no answer: ``"miss"``
+    (looked up, not found), ``"not_cacheable"`` (temperature > 0 with no seed and no
+    sample), ``"changed"`` (a middleware changed the request) or ``"disabled"`` (the
+    service has no cache).
+    """
+
+    def __init__(self, message: str, *, model: str | None = None, reason: str = "miss") -> None:
+        super().__init__(message)
+        self.model = model
+        self.reason = reason
 
 
 class Attempt:
