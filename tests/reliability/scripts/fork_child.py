@@ -34,6 +34,11 @@ SVC = LLMService(
 )
 
 
+def emit(record: dict[str, object]) -> None:
+    """One JSON line in one write(2): lines of processes sharing the pipe never mix."""
+    os.write(1, (json.dumps(record) + "\n").encode())
+
+
 def calls(tag: str) -> list[str]:
     return [SVC.chat(f"{tag} prompt {i}", temperature=0).text for i in range(CALLS)]
 
@@ -44,16 +49,13 @@ def child(n: int) -> int:
     t0 = time.monotonic()
     SVC.close()
     took = time.monotonic() - t0
-    print(
-        json.dumps(
-            {
-                "who": f"child{n}",
-                "answers": len(answers),
-                "disk": snap.disk_tier,
-                "close_s": round(took, 3),
-            }
-        ),
-        flush=True,
+    emit(
+        {
+            "who": f"child{n}",
+            "answers": len(answers),
+            "disk": snap.disk_tier,
+            "close_s": round(took, 3),
+        }
     )
     ok = len(answers) == CALLS and snap.disk_tier.get("enabled") is False and took < 5.0
     return 0 if ok else 1
@@ -89,17 +91,14 @@ def main() -> int:
     parent_answers = calls("parent-after") if MODE == "used" else []
     snap = SVC.metrics.snapshot()
     SVC.close()
-    print(
-        json.dumps(
-            {
-                "who": "parent",
-                "children": codes,
-                "answers": len(parent_answers),
-                "disk": snap.disk_tier,
-                "disk_entries": snap.cache.get("disk_entries", 0),
-            }
-        ),
-        flush=True,
+    emit(
+        {
+            "who": "parent",
+            "children": codes,
+            "answers": len(parent_answers),
+            "disk": snap.disk_tier,
+            "disk_entries": snap.cache.get("disk_entries", 0),
+        }
     )
     return 0 if all(c == 0 for c in codes) else 1
 
