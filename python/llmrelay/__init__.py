@@ -20,6 +20,7 @@ from llmrelay._config import (
     ProviderConfig,
     RateLimitConfig,
     RequestTimeouts,
+    SharedStateConfig,
 )
 from llmrelay._priority import Priority
 from llmrelay.errors import LLMRelayError
@@ -121,6 +122,7 @@ __all__ = [
     "RateLimitConfig",
     "RequestTimeouts",
     "ServiceMetrics",
+    "SharedStateConfig",
     "TokenLogprob",
     "ToolCall",
     "ToolCallDelta",
