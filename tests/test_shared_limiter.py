@@ -313,3 +313,22 @@ def test_eight_processes_share_one_limit_exactly(redis: RedisServer) -> None:
     total = sum(c.get("redis", 0) for c in counts)
     assert 0.99 * capacity <= total <= capacity, (total, capacity, counts)
     assert sum(1 for c in counts if c.get("redis", 0) > 0) >= 6  # spread over the processes
+
+
+def test_fork_child_opens_its_own_connection(redis: RedisServer) -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "python"), str(ROOT / "tests")])}
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "shared_fork_child.py"), redis.url],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=True,
+    )
+    rows = {r["who"]: r for r in map(json.loads, out.stdout.splitlines())}
+    assert set(rows) == {"before", "child", "parent"}
+    assert all(r["source"] == "redis" for r in rows.values()), rows
+    assert rows["before"]["connects"] == 1
+    assert rows["child"]["connects"] == 2  # the inherited count + a fresh connection of its own
+    assert rows["parent"]["connects"] == 1  # the parent keeps its connection
+    assert rows["child"]["elapsed_s"] < 5.0
