@@ -212,6 +212,7 @@ impl PySharedLimiter {
         d.set_item("fallback_calls", s.fallback_calls)?;
         d.set_item("degraded_episodes", s.degraded_episodes)?;
         d.set_item("live_processes", s.live_processes)?;
+        d.set_item("slowest_call_s", s.slowest_call_s)?;
         d.set_item("local_share", self.inner.local_share())?;
         Ok(d)
     }

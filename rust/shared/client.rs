@@ -63,6 +63,8 @@ pub struct Counters {
     pub script_loads: AtomicU64,
     /// Connections opened.
     pub connects: AtomicU64,
+    /// The longest call so far, in µs (timed in the core, from start to result).
+    pub slowest_us: AtomicU64,
 }
 
 #[derive(Default)]
@@ -187,6 +189,7 @@ impl Connection {
         keys: &[String],
         args: &[String],
     ) -> Result<Value, Failure> {
+        let started = Instant::now();
         let result = tokio::time::timeout(self.op_timeout, self.eval_inner(script, keys, args))
             .await
             .unwrap_or(Err(Failure::Timeout));
@@ -206,6 +209,8 @@ impl Connection {
                 self.counters.script_errors.fetch_add(1, Ordering::Relaxed);
             }
         }
+        let took = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        self.counters.slowest_us.fetch_max(took, Ordering::Relaxed);
         result
     }
 

@@ -128,6 +128,8 @@ pub struct Stats {
     pub degraded_episodes: u64,
     /// Live processes as last seen in Redis (1 if never).
     pub live_processes: u64,
+    /// The longest Redis call so far (seconds, timed in the core).
+    pub slowest_call_s: f64,
 }
 
 /// One configured cell: its rate and burst.
@@ -672,6 +674,7 @@ impl SharedLimiter {
             fallback_calls: self.fallback_calls.load(Ordering::Relaxed),
             degraded_episodes: self.episodes.load(Ordering::Relaxed),
             live_processes: self.live.load(Ordering::Relaxed),
+            slowest_call_s: c.slowest_us.load(Ordering::Relaxed) as f64 / 1e6,
         }
     }
 
