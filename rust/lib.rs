@@ -17,6 +17,7 @@
 //! | [`cache`] | memory, disk and hybrid response caches |
 //! | [`runtime`] | the one lazily started tokio runtime |
 //! | [`http`], [`http_body`] | the pooled HTTP client behind the default transport |
+//! | [`shared`] | limits shared by every process, on Redis |
 
 pub mod breaker;
 pub mod cache;
@@ -29,6 +30,7 @@ pub mod limiter;
 pub mod metrics;
 pub mod runtime;
 pub mod scheduler;
+pub mod shared;
 
 #[cfg(feature = "python")]
 mod bindings;

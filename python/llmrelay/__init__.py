@@ -20,6 +20,7 @@ from llmrelay._config import (
     ProviderConfig,
     RateLimitConfig,
     RequestTimeouts,
+    SharedStateConfig,
 )
 from llmrelay._priority import Priority
 from llmrelay.errors import LLMRelayError
@@ -124,6 +125,7 @@ __all__ = [
     "RequestTimeouts",
     "RunSummary",
     "ServiceMetrics",
+    "SharedStateConfig",
     "TokenLogprob",
     "ToolCall",
     "ToolCallDelta",

@@ -33,6 +33,7 @@ __all__ = [
     "ProviderConfig",
     "RateLimitConfig",
     "RequestTimeouts",
+    "SharedStateConfig",
 ]
 
 _S = TypeVar("_S", bound="_Config")
@@ -491,6 +492,80 @@ class DedupConfig(_Config, frozen=True):
 _CAPABILITIES = ("tools", "vision", "json_mode", "streaming")
 
 
+_REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+unix")
+
+
+class SharedStateConfig(_Config, frozen=True):
+    """State shared by every process of a deployment, on Redis (or Valkey).
+
+    ``url`` is ``redis://[user:password@]host[:port][/db]``, ``rediss://`` (TLS)
+    or ``unix:///path/to/redis.sock``; its password never shows in ``repr``.
+    ``mode="exact"`` checks every admission in Redis (one Lua script);
+    ``"leased"`` admits locally from leased slices (not built yet).
+    ``on_unavailable`` says what a limit check does when Redis does not answer
+    within ``op_timeout_s``: ``"local_share"`` enforces the limit x 0.9 / live
+    processes in each process, ``"closed"`` refuses, ``"open"`` admits. The
+    switches pick which state is shared.
+    """
+
+    url: str
+    namespace: str = "llmrelay"
+    mode: Literal["exact", "leased"] = "exact"
+    on_unavailable: Literal["local_share", "closed", "open"] = "local_share"
+    op_timeout_s: float = 0.025
+    limits: bool = True
+    cache: bool = True
+    breakers: bool = True
+    dedup: bool = True
+
+    def __repr__(self) -> str:
+        fields = ", ".join(
+            f"{f}={getattr(self, f)!r}"
+            for f in ("namespace", "mode", "on_unavailable", "op_timeout_s")
+        )
+        return f"SharedStateConfig(url={redact_url(self.url)!r}, {fields})"
+
+    def _validate(self) -> None:
+        _num("op_timeout_s", self.op_timeout_s, gt=0, le=10)
+        bad = ConfigError(
+            f"invalid url={redact_url(self.url)!r}: must be a redis://, rediss:// or unix:// URL",
+            field="url",
+        )
+        try:
+            parts = urlsplit(self.url.strip())
+            parts.port  # noqa: B018 - raises ValueError on a port that is not a number
+        except ValueError:
+            raise bad from None
+        if parts.scheme not in _REDIS_SCHEMES:
+            raise bad
+        if parts.scheme in ("unix", "redis+unix") and not parts.path:
+            raise bad
+        if parts.scheme in ("redis", "rediss") and not parts.hostname:
+            raise bad
+        if (
+            not self.namespace
+            or any(c in self.namespace for c in "{}")
+            or not (self.namespace.isprintable() and " " not in self.namespace)
+        ):
+            raise ConfigError(
+                f"invalid namespace={self.namespace!r}: must be non-empty, printable, "
+                "without spaces or braces",
+                field="namespace",
+            )
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password replaced by ``***``."""
+    scheme, sep, rest = url.partition("://")
+    creds, at, host = rest.rpartition("@")
+    if not sep or not at:
+        return url
+    user, colon, _ = creds.partition(":")
+    return (
+        f"{scheme}://{user}{':***' if colon else ''}@{host}" if user else f"{scheme}://***@{host}"
+    )
+
+
 class ModelSelectionStrategy(_Config, frozen=True):
     """How candidates are ordered, and where a request goes when its model fails."""
 
@@ -564,6 +639,8 @@ class LLMServiceConfig(_Config, frozen=True):
     timeouts: RequestTimeouts = RequestTimeouts()
     selection: ModelSelectionStrategy = ModelSelectionStrategy()
     circuit_breaker: CircuitBreakerConfig = CircuitBreakerConfig()
+    #: State shared across processes on Redis (None: every process on its own).
+    shared: SharedStateConfig | None = None
     namespace: str = ""
     #: A deployment's HTTP client unused this long is closed (rebuilt on next use).
     client_idle_timeout_s: float = 300.0
@@ -614,7 +691,8 @@ class LLMServiceConfig(_Config, frozen=True):
         ``OPENAI_API_KEY`` (+ ``OPENAI_BASE_URL``), ``ANTHROPIC_API_KEY``
         (+ ``ANTHROPIC_BASE_URL``) and ``OLLAMA_HOST`` each add a provider, in
         that order. ``LLMRELAY_DEFAULT_MODEL`` and ``LLMRELAY_CACHE_DIR`` fill
-        ``default_model`` and ``cache.disk_path`` where the file sets none.
+        ``default_model`` and ``cache.disk_path`` where the file sets none;
+        ``LLMRELAY_REDIS_URL`` fills ``shared`` (with its defaults) likewise.
         Raises ConfigError naming the variables to set when no provider is given.
         """
         env = os.environ if environ is None else environ
@@ -630,6 +708,14 @@ class LLMServiceConfig(_Config, frozen=True):
         if cache_dir and cfg.cache.disk_path is None:
             cache = msgspec.structs.replace(cfg.cache, disk_path=cache_dir)
             cfg = msgspec.structs.replace(cfg, cache=cache)
+        redis_url = env.get("LLMRELAY_REDIS_URL") or None
+        if redis_url and cfg.shared is None:
+            try:
+                cfg = msgspec.structs.replace(cfg, shared=SharedStateConfig(url=redis_url))
+            except ConfigError as e:
+                raise ConfigError(
+                    f"{e} (from LLMRELAY_REDIS_URL)", field="LLMRELAY_REDIS_URL"
+                ) from None
         return cfg
 
 

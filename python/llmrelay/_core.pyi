@@ -1,8 +1,8 @@
 """Types of the native core ``llmrelay._core`` (checked by ``mypy.stubtest``)."""
 
 from asyncio import Future
-from collections.abc import Callable
-from typing import Final, Literal, final
+from collections.abc import Callable, Sequence
+from typing import Any, Final, Literal, final
 
 __all__ = [
     "DEDUP_DONE",
@@ -22,6 +22,7 @@ __all__ = [
     "PriorityScheduler",
     "RateLimiter",
     "RequestDeduplicator",
+    "SharedLimiter",
     "__version__",
     "cache_key",
 ]
@@ -337,3 +338,63 @@ class HttpBody:
     @property
     def buffered(self) -> int: ...
     def close(self) -> None: ...
+
+@final
+class SharedLimiter:
+    """Keyed GCRA limiter whose cells live in Redis, shared by every process.
+
+    Each method that talks to Redis returns at once; its result settles
+    ``future`` through ``completions``.
+    """
+
+    def __new__(
+        cls,
+        url: str,
+        *,
+        namespace: str = "llmrelay",
+        on_unavailable: str = "local_share",
+        op_timeout_s: float = 0.025,
+    ) -> SharedLimiter: ...
+    def configure(self, key: str, rate_per_s: float, burst: float) -> None: ...
+    def reserve_many(
+        self,
+        completions: Completions,
+        future: Future[object],
+        items: Sequence[tuple[str, float]],
+        max_wait_s: float = 0.0,
+        reservation: str | None = None,
+    ) -> None: ...
+    def refund(
+        self,
+        completions: Completions,
+        future: Future[object],
+        items: Sequence[tuple[str, float]],
+    ) -> None: ...
+    def reconcile(
+        self,
+        completions: Completions,
+        future: Future[object],
+        reservation: str,
+        items: Sequence[tuple[str, float]],
+    ) -> None: ...
+    def observe_headers(
+        self,
+        completions: Completions,
+        future: Future[object],
+        key: str,
+        remaining: float,
+        limit: float | None,
+        reset_s: float,
+    ) -> None: ...
+    def pause(
+        self,
+        completions: Completions,
+        future: Future[object],
+        key: str,
+        retry_after_s: float,
+    ) -> None: ...
+    def available(self, completions: Completions, future: Future[object], key: str) -> None: ...
+    def heartbeat(self, completions: Completions, future: Future[object]) -> None: ...
+    @property
+    def on_unavailable(self) -> str: ...
+    def stats(self) -> dict[str, Any]: ...

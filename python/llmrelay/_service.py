@@ -104,6 +104,7 @@ class LLMService:
                 field="config",
             )
         check_service_config(config)
+        _refuse_shared(config)
         self._engine = Engine(
             config, transport=transport, middleware=middleware, clock=clock, sleep=sleep
         )
@@ -443,3 +444,17 @@ class LLMService:
         names = [p.name for p in self._engine.config.providers]
         view = " view" if self._is_view else ""
         return f"<LLMService{view} providers={names} closed={self._engine.closed}>"
+
+
+def _refuse_shared(config: LLMServiceConfig) -> None:
+    """``shared`` is not wired into the request path yet: say so rather than ignore it."""
+    if config.shared is None:
+        return
+    raise NotImplementedError(
+        "LLMServiceConfig.shared is set, but LLMService does not use shared state yet: "
+        "the Redis-backed limiter exists (llmrelay._shared.SharedLimiter, exact mode, with "
+        "on_unavailable), while its wiring into the request path (the per-deployment gate), "
+        "leased mode, the shared cache tier, shared breakers and cross-process dedup are "
+        "not built; remove `shared` (or LLMRELAY_REDIS_URL) to run every process on its own. "
+        "See docs/scaleout.md."
+    )

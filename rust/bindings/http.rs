@@ -37,9 +37,11 @@ fn py_error(e: HttpError) -> PyErr {
 }
 
 /// What a finished operation hands back, converted to Python on the loop's thread.
-enum Outcome {
+pub(super) enum Outcome {
     Reply(Result<Reply, HttpError>),
     Chunk(Result<Bytes, HttpError>),
+    /// Any other result, built on the loop's thread (a value or an exception).
+    Value(Box<dyn FnOnce(Python<'_>) -> PyResult<PyObject> + Send>),
 }
 
 impl Outcome {
@@ -50,13 +52,14 @@ impl Outcome {
             Outcome::Reply(Err(e)) | Outcome::Chunk(Err(e)) => {
                 Ok(py_error(e).into_value(py).into_any())
             }
+            Outcome::Value(build) => build(py).or_else(|e| Ok(e.into_value(py).into_any())),
         }
     }
 }
 
 /// The queue behind `Completions`: filled by the runtime without the GIL,
 /// drained on the event loop's thread.
-struct Queue {
+pub(super) struct Queue {
     items: Mutex<Vec<(Py<PyAny>, Outcome)>>,
     /// Written (one byte) when the queue becomes non-empty.
     wake: UnixStream,
@@ -65,7 +68,7 @@ struct Queue {
 }
 
 impl Queue {
-    fn push(&self, future: Py<PyAny>, outcome: Outcome) {
+    pub(super) fn push(&self, future: Py<PyAny>, outcome: Outcome) {
         let was_empty = {
             let mut items = self.items.lock();
             items.push((future, outcome));
@@ -207,6 +210,13 @@ impl PyCompletions {
     /// Results queued and not yet drained.
     fn pending(&self) -> usize {
         self.queue.items.lock().len()
+    }
+}
+
+impl PyCompletions {
+    /// The queue, for other bindings that complete futures through it.
+    pub(super) fn queue(&self) -> Arc<Queue> {
+        self.queue.clone()
     }
 }
 

@@ -13,6 +13,7 @@ mod hybrid_cache;
 mod limiter;
 mod metrics;
 mod scheduler;
+mod shared;
 
 pub use breaker::PyCircuitBreaker;
 pub use clock::PyManualClock;
@@ -34,6 +35,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<http::PyHttpRequest>()?;
     m.add_class::<http::PyHttpBody>()?;
     m.add_class::<http::PyCompletions>()?;
+    m.add_class::<shared::PySharedLimiter>()?;
     m.add(
         "HttpTransportError",
         m.py().get_type::<http::HttpTransportError>(),

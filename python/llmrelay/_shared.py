@@ -1,0 +1,175 @@
+"""The Redis-backed limiter, for asyncio: ``SharedLimiter``.
+
+A thin async face over ``_core.SharedLimiter``: each call hands its work to the
+core's runtime and awaits a future that the runtime settles through the event
+loop's ``_core.Completions`` queue (the one the HTTP transport uses), so the
+loop never waits on Redis. Every call returns within ``op_timeout_s`` plus a
+few milliseconds; when Redis does not answer in time it follows
+``on_unavailable`` and :attr:`Admission.source` says who decided.
+
+Keys are the core limiter's: ``"<deployment>/<model>:<dimension>"`` (``rpm``,
+``tpm_in``, ``tpm_out``...). The keys of one call must share the
+(deployment, model), which is the Redis Cluster hash tag of its keys.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any, Literal, TypeAlias, TypeVar, cast
+
+import msgspec
+
+from llmrelay import _core
+from llmrelay._config import SharedStateConfig
+from llmrelay._transport import _completions
+
+__all__ = ["Admission", "SharedLimiter"]
+
+_log = logging.getLogger("llmrelay.shared")
+
+Source: TypeAlias = Literal["redis", "local_share", "open", "closed"]
+_T = TypeVar("_T")
+
+
+class Admission(msgspec.Struct, frozen=True):
+    """The outcome of :meth:`SharedLimiter.reserve`."""
+
+    admitted: bool
+    #: Seconds to wait before going (admitted), or until it could go (refused).
+    wait_s: float
+    #: ``"redis"`` (cluster-wide), or the fallback that decided while Redis was away.
+    source: Source
+
+
+class SharedLimiter:
+    """Keyed GCRA limits shared by every process, on Redis (exact mode).
+
+    ``SharedLimiter(SharedStateConfig(url=...))``; no connection is opened
+    until the first call, and a child process after ``fork`` opens its own.
+    """
+
+    def __init__(self, config: SharedStateConfig) -> None:
+        if not isinstance(config, SharedStateConfig):
+            raise TypeError(f"expected SharedStateConfig, got {type(config).__name__}")
+        if config.mode == "leased":
+            raise NotImplementedError(
+                "SharedStateConfig.mode='leased' is not built yet; use mode='exact'"
+            )
+        if config.url.startswith("rediss://"):
+            raise NotImplementedError(
+                "rediss:// (TLS to Redis) is not built into the core yet; use redis:// "
+                "on a trusted network or unix://"
+            )
+        self._config = config
+        self._core = _core.SharedLimiter(
+            config.url,
+            namespace=config.namespace,
+            on_unavailable=config.on_unavailable,
+            op_timeout_s=config.op_timeout_s,
+        )
+        self._warned = False
+
+    @property
+    def config(self) -> SharedStateConfig:
+        """The settings."""
+        return self._config
+
+    def configure(self, key: str, rate_per_s: float, burst: float) -> None:
+        """(Re)configure ``key``: ``rate_per_s`` > 0 units per second, bursts up to ``burst``."""
+        self._core.configure(key, rate_per_s, burst)
+
+    async def _call(self, start: Callable[[_core.Completions, asyncio.Future[Any]], None]) -> Any:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        start(_completions(loop), fut)
+        return await fut
+
+    def _seen(self, source: str) -> None:
+        if source == "redis":
+            self._warned = False
+        elif not self._warned:
+            self._warned = True
+            _log.warning(
+                "shared state unavailable (no reply from Redis within %.3f s): "
+                "limits follow on_unavailable=%r in this process until it answers",
+                self._config.op_timeout_s,
+                self._config.on_unavailable,
+            )
+
+    async def reserve(
+        self,
+        items: Sequence[tuple[str, float]],
+        *,
+        max_wait_s: float = 0.0,
+        reservation: str | None = None,
+    ) -> Admission:
+        """Book every ``(key, cost)`` if all of them (and any 429 pause) allow it
+        within ``max_wait_s``; otherwise book nothing.
+
+        With ``reservation`` (an id unique to the request), the booking is kept
+        for :meth:`reconcile` (ten minutes).
+        """
+        pairs = [(k, float(c)) for k, c in items]
+        admitted, wait_s, source = await self._call(
+            lambda q, f: self._core.reserve_many(q, f, pairs, max_wait_s, reservation)
+        )
+        self._seen(source)
+        return Admission(admitted=admitted, wait_s=wait_s, source=cast(Source, source))
+
+    async def refund(self, items: Sequence[tuple[str, float]]) -> Source:
+        """Give back an unused booking of every ``(key, cost)``."""
+        pairs = [(k, float(c)) for k, c in items]
+        source = await self._call(lambda q, f: self._core.refund(q, f, pairs))
+        self._seen(source)
+        return cast(Source, source)
+
+    async def reconcile(self, reservation: str, items: Sequence[tuple[str, float]]) -> bool:
+        """Settle ``reservation`` with the real cost of every ``(key, cost)``.
+
+        Each key booked under it is charged or given back ``actual - booked``;
+        True when applied now, False when it was settled already (a repeat is a
+        no-op), expired, or Redis did not answer.
+        """
+        pairs = [(k, float(c)) for k, c in items]
+        applied, source = await self._call(
+            lambda q, f: self._core.reconcile(q, f, reservation, pairs)
+        )
+        self._seen(source)
+        return bool(applied)
+
+    async def observe_headers(
+        self, key: str, remaining: float, limit: float | None, reset_s: float
+    ) -> Source:
+        """The provider says ``remaining`` (of ``limit``) are left until a reset in
+        ``reset_s``: tighten ``key`` cluster-wide (never loosens)."""
+        source = await self._call(
+            lambda q, f: self._core.observe_headers(q, f, key, remaining, limit, reset_s)
+        )
+        self._seen(source)
+        return cast(Source, source)
+
+    async def pause(self, key: str, retry_after_s: float) -> float:
+        """A 429 said to wait ``retry_after_s``: pause ``key``'s (deployment, model) in
+        every process (the later deadline wins). Returns the seconds left."""
+        left = await self._call(lambda q, f: self._core.pause(q, f, key, retry_after_s))
+        return float(left)
+
+    async def available(self, key: str) -> tuple[float, Source]:
+        """Capacity that could be taken now on ``key``, and who said so."""
+        capacity, source = await self._call(lambda q, f: self._core.available(q, f, key))
+        self._seen(source)
+        return float(capacity), cast(Source, source)
+
+    async def heartbeat(self) -> int | None:
+        """Record this process as live; the live count, or None if Redis did not answer."""
+        live = await self._call(lambda q, f: self._core.heartbeat(q, f))
+        return None if live is None else int(live)
+
+    def stats(self) -> dict[str, Any]:
+        """Health: connected, degraded, counts of timeouts, fallbacks, script loads..."""
+        return dict(self._core.stats())
+
+    def __repr__(self) -> str:
+        return f"SharedLimiter({self._config!r})"

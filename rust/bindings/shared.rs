@@ -1,0 +1,227 @@
+//! `SharedLimiter` for Python: the Redis-backed limiter of
+//! [`crate::shared`]. Every call that talks to Redis returns at once; its
+//! result settles an asyncio future through a `Completions` queue (as the
+//! HTTP client's do), so the event loop never waits on Redis.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+use pyo3::IntoPyObjectExt;
+
+use super::error::to_pyerr;
+use super::http::{Outcome, PyCompletions};
+use crate::runtime;
+use crate::shared::{OnUnavailable, SharedLimiter};
+
+/// Keyed GCRA limiter whose cells live in Redis, shared by every process.
+#[pyclass(name = "SharedLimiter", module = "llmrelay._core", frozen)]
+pub struct PySharedLimiter {
+    inner: Arc<SharedLimiter>,
+    url_shown: String,
+}
+
+type Build<T> = fn(Python<'_>, T) -> PyResult<PyObject>;
+
+/// Run `job` on the runtime; its result (or error) settles `future`.
+fn spawn<T, F>(
+    completions: &PyCompletions,
+    future: Py<PyAny>,
+    job: F,
+    build: Build<T>,
+) -> PyResult<()>
+where
+    T: Send + 'static,
+    F: Future<Output = crate::Result<T>> + Send + 'static,
+{
+    let rt = runtime::handle()?;
+    let queue = completions.queue();
+    rt.spawn(async move {
+        let result = job.await;
+        let outcome = Outcome::Value(Box::new(move |py: Python<'_>| match result {
+            Ok(v) => build(py, v),
+            Err(e) => Ok(to_pyerr(py, &e).into_value(py).into_any()),
+        }));
+        queue.push(future, outcome);
+    });
+    Ok(())
+}
+
+fn to_obj<'py, T>(py: Python<'py>, v: T) -> PyResult<PyObject>
+where
+    T: IntoPyObject<'py>,
+{
+    Ok(v.into_bound_py_any(py)?.unbind())
+}
+
+fn float_obj(py: Python<'_>, v: f64) -> PyResult<PyObject> {
+    to_obj(py, v)
+}
+
+fn count_obj(py: Python<'_>, v: Option<u64>) -> PyResult<PyObject> {
+    to_obj(py, v)
+}
+
+#[pymethods]
+impl PySharedLimiter {
+    #[new]
+    #[pyo3(signature = (url, *, namespace = "llmrelay", on_unavailable = "local_share", op_timeout_s = 0.025))]
+    fn new(url: &str, namespace: &str, on_unavailable: &str, op_timeout_s: f64) -> PyResult<Self> {
+        let policy = OnUnavailable::parse(on_unavailable)?;
+        let inner = SharedLimiter::new(url, namespace, policy, op_timeout_s)?;
+        let url_shown = match (url.find("://"), url.rfind('@')) {
+            (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
+            _ => url.to_string(),
+        };
+        Ok(Self {
+            inner: Arc::new(inner),
+            url_shown,
+        })
+    }
+
+    /// (Re)configure `key` cluster-wide: `rate_per_s` > 0, `burst` >= 1.
+    fn configure(&self, key: &str, rate_per_s: f64, burst: f64) -> PyResult<()> {
+        Ok(self.inner.configure(key, rate_per_s, burst)?)
+    }
+
+    /// Book every `(key, cost)` if all allow it within `max_wait_s`, else
+    /// nothing; `future` gets `(admitted, wait_s, source)`.
+    #[pyo3(signature = (completions, future, items, max_wait_s = 0.0, reservation = None))]
+    fn reserve_many(
+        &self,
+        completions: &PyCompletions,
+        future: Py<PyAny>,
+        items: Vec<(String, f64)>,
+        max_wait_s: f64,
+        reservation: Option<String>,
+    ) -> PyResult<()> {
+        let lim = self.inner.clone();
+        let job = async move {
+            lim.reserve_many(&items, max_wait_s, reservation.as_deref())
+                .await
+        };
+        spawn(completions, future, job, |py, a| {
+            to_obj(py, (a.admitted, a.wait_s, a.source.as_str()))
+        })
+    }
+
+    /// Give back every `(key, cost)`; `future` gets the source.
+    fn refund(
+        &self,
+        completions: &PyCompletions,
+        future: Py<PyAny>,
+        items: Vec<(String, f64)>,
+    ) -> PyResult<()> {
+        let lim = self.inner.clone();
+        let job = async move { lim.refund(&items).await };
+        spawn(completions, future, job, |py, s| to_obj(py, s.as_str()))
+    }
+
+    /// Settle `reservation` with the real `(key, cost)`s, once; `future`
+    /// gets `(applied, source)`.
+    fn reconcile(
+        &self,
+        completions: &PyCompletions,
+        future: Py<PyAny>,
+        reservation: String,
+        items: Vec<(String, f64)>,
+    ) -> PyResult<()> {
+        let lim = self.inner.clone();
+        let job = async move { lim.reconcile(&reservation, &items).await };
+        spawn(completions, future, job, |py, (applied, s)| {
+            to_obj(py, (applied, s.as_str()))
+        })
+    }
+
+    /// Tighten `key` to admit at most `remaining` before the reset; `future`
+    /// gets the source.
+    #[allow(clippy::too_many_arguments)]
+    fn observe_headers(
+        &self,
+        completions: &PyCompletions,
+        future: Py<PyAny>,
+        key: String,
+        remaining: f64,
+        limit: Option<f64>,
+        reset_s: f64,
+    ) -> PyResult<()> {
+        let lim = self.inner.clone();
+        let job = async move { lim.observe_headers(&key, remaining, limit, reset_s).await };
+        spawn(completions, future, job, |py, s| to_obj(py, s.as_str()))
+    }
+
+    /// Pause `key`'s (deployment, model) everywhere for `retry_after_s` (the
+    /// later deadline wins); `future` gets the seconds left.
+    fn pause(
+        &self,
+        completions: &PyCompletions,
+        future: Py<PyAny>,
+        key: String,
+        retry_after_s: f64,
+    ) -> PyResult<()> {
+        let lim = self.inner.clone();
+        let job = async move { lim.pause(&key, retry_after_s).await };
+        spawn(completions, future, job, float_obj)
+    }
+
+    /// `future` gets `(capacity available now, source)`.
+    fn available(
+        &self,
+        completions: &PyCompletions,
+        future: Py<PyAny>,
+        key: String,
+    ) -> PyResult<()> {
+        let lim = self.inner.clone();
+        let job = async move { lim.available(&key).await };
+        spawn(completions, future, job, |py, (c, s)| {
+            to_obj(py, (c, s.as_str()))
+        })
+    }
+
+    /// Renew this process's heartbeat; `future` gets the live process count
+    /// (`None` when Redis did not answer).
+    fn heartbeat(&self, completions: &PyCompletions, future: Py<PyAny>) -> PyResult<()> {
+        let lim = self.inner.clone();
+        let job = async move { Ok(lim.heartbeat().await) };
+        spawn(completions, future, job, count_obj)
+    }
+
+    /// The policy when Redis is unavailable.
+    #[getter]
+    fn on_unavailable(&self) -> &'static str {
+        match self.inner.on_unavailable() {
+            OnUnavailable::LocalShare => "local_share",
+            OnUnavailable::Closed => "closed",
+            OnUnavailable::Open => "open",
+        }
+    }
+
+    /// The health of the shared state, as a dict.
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let s = self.inner.stats();
+        let d = PyDict::new(py);
+        d.set_item("connected", s.connected)?;
+        d.set_item("degraded", s.degraded)?;
+        d.set_item("ok", s.ok)?;
+        d.set_item("timeouts", s.timeouts)?;
+        d.set_item("unavailable", s.unavailable)?;
+        d.set_item("script_errors", s.script_errors)?;
+        d.set_item("script_loads", s.script_loads)?;
+        d.set_item("connects", s.connects)?;
+        d.set_item("fallback_calls", s.fallback_calls)?;
+        d.set_item("degraded_episodes", s.degraded_episodes)?;
+        d.set_item("live_processes", s.live_processes)?;
+        d.set_item("slowest_call_s", s.slowest_call_s)?;
+        d.set_item("local_share", self.inner.local_share())?;
+        Ok(d)
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "SharedLimiter(url={:?}, on_unavailable={:?})",
+            self.url_shown,
+            self.on_unavailable()
+        )
+    }
+}
