@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
+
 import pytest
 
 from llmrelay import _core
+from llmrelay._transport import _completions
 from llmrelay.errors import (
     CircuitOpenError,
     ClientThrottledError,
@@ -103,3 +107,50 @@ def test_bad_arguments_are_invalid_request_errors() -> None:
     assert e.value.field == "dim"
     g.settle(a, _core.SUCCESS, 0.0)
     assert g.stats()["entries"] == 0
+
+
+async def test_a_parked_future_is_woken_by_the_settle_that_grants_its_slot() -> None:
+    g, _, _ = _gate(max_queue=2)
+    loop = asyncio.get_running_loop()
+    _, a, _ = g.admit(0, 0, 0, 10.0, 10.0)
+    _, b, _ = g.admit(0, 0, 0, 10.0, 10.0)
+    _, c, _ = g.admit(0, 0, 0, 10.0, 10.0)
+    fut_b: asyncio.Future[None] = loop.create_future()
+    fut_c: asyncio.Future[None] = loop.create_future()
+    assert g.park(b, fut_b, _completions(loop)) and g.park(c, fut_c, _completions(loop))
+    assert g.parked() == [b, c]
+    g.cancel(c)  # gives up: its future is dropped, never woken
+    assert g.parked() == [b]
+    assert g.settle(a, _core.SUCCESS, 0.0) == [b]
+    assert g.parked() == []
+    assert await asyncio.wait_for(fut_b, 5) is None
+    assert not fut_c.done()
+    assert g.resume(b) == (_core.GATE_PERMIT, b, 0.0)
+    # not queued (a permit): nothing to park, resume at once
+    assert not g.park(b, loop.create_future(), _completions(loop))
+    g.settle(b, _core.SUCCESS, 0.0)
+    assert g.stats()["entries"] == 0
+
+
+def test_a_waiter_on_another_loop_is_woken_from_this_thread() -> None:
+    g, _, _ = _gate()
+    _, a, _ = g.admit(0, 0, 0, 10.0, 10.0)
+    _, b, _ = g.admit(0, 0, 0, 10.0, 10.0)
+    parked = threading.Event()
+    got: list[tuple[int, int, float]] = []
+
+    async def wait() -> None:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        assert g.park(b, fut, _completions(loop))
+        parked.set()
+        await asyncio.wait_for(fut, 10)
+        got.append(g.resume(b))
+
+    th = threading.Thread(target=asyncio.run, args=(wait(),))
+    th.start()
+    assert parked.wait(10)
+    g.settle(a, _core.SUCCESS, 0.0)
+    th.join(10)
+    assert not th.is_alive() and got == [(_core.GATE_PERMIT, b, 0.0)]
+    g.settle(b, _core.SUCCESS, 0.0)

@@ -3,8 +3,9 @@
 The core decides and Python waits. One attempt is one ``Gate.admit`` (rate-limit
 reservation, priority slot and breaker permit in one call) and one ``Gate.settle``
 (breaker, scheduler and token reconciliation in one call). When the gate says wait,
-the caller sleeps the limiter's delay on its own loop, or parks on a future that a
-later ``settle``/``cancel`` wakes, then ``resume``s. Retries use full-jitter
+the caller sleeps the limiter's delay on its own loop, or parks a future in the gate
+(``Gate.park``), which the ``settle``/``cancel`` that grants its slot wakes through the
+loop's ``Completions`` queue (any loop, any thread), then ``resume``s. Retries use full-jitter
 exponential backoff honouring ``Retry-After``, within the gate's retry budget and the
 call's total deadline; then the next candidate. Cancellation at any point gives the
 entry up (``Gate.cancel``): slot, reservation and breaker permit go back.
@@ -25,6 +26,7 @@ from llmrelay import _core
 from llmrelay._config import LLMServiceConfig, RateLimitConfig
 from llmrelay._pool import Deployment
 from llmrelay._selection import Candidate
+from llmrelay._transport import _completions
 from llmrelay.errors import (
     AllProvidersFailedError,
     Attempt,
@@ -60,11 +62,6 @@ UsageOf = Callable[[Any], tuple[int, int]]
 _PERMIT = _core.GATE_PERMIT
 
 
-def _wake(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
-
-
 def outcome_of(err: BaseException | None) -> int:
     """How an attempt that ended with ``err`` judges its deployment (a gate outcome)."""
     if err is None:
@@ -86,13 +83,15 @@ def outcome_of(err: BaseException | None) -> int:
 
 @dataclass(eq=False)
 class DeploymentRuntime:
-    """A deployment and its gate; the callers waiting on the gate, by entry id."""
+    """A deployment and its gate (which holds the callers waiting for its slots)."""
 
     deployment: Deployment
     gate: _core.Gate
-    waiters: dict[int, asyncio.Future[None]] = field(default_factory=dict)
-    #: entries woken before their caller parked (another thread's settle got there first)
-    early: set[int] = field(default_factory=set)
+
+    @property
+    def waiters(self) -> list[int]:
+        """The entries whose callers are parked in the gate, waiting for a slot."""
+        return self.gate.parked()
 
     @property
     def scheduler(self) -> _core.PriorityScheduler:
@@ -113,23 +112,6 @@ class DeploymentRuntime:
     def outstanding(self) -> int:
         """Rate-limit reservations booked and neither sent nor refunded yet."""
         return int(self.gate.limiter_stats()["outstanding"])
-
-    def wake(self, ids: list[int]) -> None:
-        """Wake the callers whose entries the gate just granted (any loop, any thread)."""
-        for t in ids:
-            fut = self.waiters.pop(t, None)
-            if fut is None:
-                self.early.add(t)
-                continue
-            loop = fut.get_loop()
-            try:
-                running = asyncio.get_running_loop()
-            except RuntimeError:
-                running = None
-            if loop is running:
-                _wake(fut)
-            else:
-                loop.call_soon_threadsafe(_wake, fut)
 
 
 @dataclass(slots=True)
@@ -183,13 +165,11 @@ class Lease:
         self._done = True
         self._health.in_flight -= 1
         latency = time.perf_counter() - self._started if latency_s is None else latency_s
-        rt = self._rt
+        gate = self._rt.gate
         if usage is None:
-            woken = rt.gate.settle(self.id, outcome_of(err), latency)
+            gate.settle(self.id, outcome_of(err), latency)  # wakes whoever it lets run
         else:
-            woken = rt.gate.settle(self.id, outcome_of(err), latency, usage[0], usage[1])
-        if woken:
-            rt.wake(woken)
+            gate.settle(self.id, outcome_of(err), latency, usage[0], usage[1])
 
 
 class RequestOrchestrator:
@@ -251,8 +231,6 @@ class RequestOrchestrator:
         what they learnt."""
         for rt in self.runtimes.values():
             rt.gate.after_fork()
-            rt.waiters.clear()
-            rt.early.clear()
             rt.deployment.health.in_flight = 0
 
     @staticmethod
@@ -349,10 +327,8 @@ class RequestOrchestrator:
                 try:
                     await self._sleep(delay)
                 except BaseException:
-                    rt.wake(gate.cancel(entry))
+                    gate.cancel(entry)
                     raise
-            elif entry in rt.early:
-                rt.early.discard(entry)
             else:
                 await self._park(rt, cand, ctx, entry, wait_until)
             kind, entry, delay = gate.resume(entry)
@@ -362,16 +338,16 @@ class RequestOrchestrator:
         self, rt: DeploymentRuntime, cand: Candidate, ctx: CallContext, entry: int, until: float
     ) -> None:
         """Wait for a queued entry to be woken, up to ``until``."""
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        rt.waiters[entry] = fut
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        if not rt.gate.park(entry, fut, _completions(loop)):
+            return  # granted already (by another thread's settle): resume at once
         queued_at = time.perf_counter()
         try:
             async with asyncio.timeout_at(until):
                 await fut
         except BaseException as e:
-            rt.waiters.pop(entry, None)
-            rt.early.discard(entry)
-            rt.wake(rt.gate.cancel(entry))
+            rt.gate.cancel(entry)
             if not isinstance(e, TimeoutError):
                 raise
             name = cand.deployment.name

@@ -1,13 +1,16 @@
 //! `Gate` for Python: one admission gate per deployment, answering each
 //! step of an attempt in one call (see [`crate::gate`]).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
+use parking_lot::Mutex;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use super::breaker::{count as at_least_one, PyCircuitBreaker};
 use super::clock::{pick, PyManualClock};
+use super::http::{PyCompletions, Waker};
 use super::limiter::PyRateLimiter;
 use super::scheduler::{count, PyPriorityScheduler};
 use crate::breaker;
@@ -20,9 +23,29 @@ const PERMIT: u8 = 0;
 const WAIT: u8 = 1;
 
 /// One deployment's scheduler, rate-limit cells, breaker and retry budget.
+///
+/// Callers queued for a slot park their asyncio future here (`park`); the
+/// `settle` or `cancel` that grants their entry wakes it through its loop's
+/// `Completions`, so Python keeps no map of waiters.
 #[pyclass(name = "Gate", module = "llmrelay._core", frozen)]
 pub struct PyGate {
     inner: Gate,
+    parked: Mutex<HashMap<u64, Waker>>,
+}
+
+impl PyGate {
+    /// Wake the parked futures of the entries just granted; returns the ids.
+    fn wake(&self, ids: Vec<u64>) -> Vec<u64> {
+        if !ids.is_empty() {
+            let mut parked = self.parked.lock();
+            for id in &ids {
+                if let Some(w) = parked.remove(id) {
+                    w.wake();
+                }
+            }
+        }
+        ids
+    }
 }
 
 /// Entry ids are u64 starting at 1; a negative int is simply no entry of ours.
@@ -96,6 +119,7 @@ impl PyGate {
         let limiter = Arc::clone(&limiter.get().inner);
         Ok(Self {
             inner: Gate::new(name, cfg, limiter, pick(clock))?,
+            parked: Mutex::new(HashMap::new()),
         })
     }
 
@@ -136,12 +160,37 @@ impl PyGate {
     ) -> PyResult<Vec<u64>> {
         let outcome = Outcome::from_code(outcome)?;
         let usage = tokens_in.zip(tokens_out);
-        Ok(self.inner.settle(entry(id), outcome, latency_s, usage)?)
+        let woken = self.inner.settle(entry(id), outcome, latency_s, usage)?;
+        Ok(self.wake(woken))
     }
 
-    /// Give up an entry in any phase (idempotent); returns the entries to wake.
+    /// Give up an entry in any phase (idempotent; its parked future is
+    /// dropped); wakes, and returns, the entries granted as a result.
     fn cancel(&self, id: i64) -> Vec<u64> {
-        self.inner.cancel(entry(id))
+        self.parked.lock().remove(&entry(id));
+        let woken = self.inner.cancel(entry(id));
+        self.wake(woken)
+    }
+
+    /// Park `future` until queued entry `id` is granted: the granting `settle`
+    /// or `cancel` sets its result to `None` through `completions` (the
+    /// future's loop's queue). False when `id` is not queued (already granted:
+    /// resume at once).
+    fn park(&self, id: i64, future: Py<PyAny>, completions: &Bound<'_, PyCompletions>) -> bool {
+        let id = entry(id);
+        let mut parked = self.parked.lock();
+        if !self.inner.is_queued(id) {
+            return false;
+        }
+        parked.insert(id, Waker::new(future, completions.get()));
+        true
+    }
+
+    /// The entries whose futures are parked.
+    fn parked(&self) -> Vec<u64> {
+        let mut ids: Vec<u64> = self.parked.lock().keys().copied().collect();
+        ids.sort_unstable();
+        ids
     }
 
     /// Take one retry from the budget if it allows it.
@@ -210,6 +259,8 @@ impl PyGate {
 
     /// In a forked child: a fresh scheduler, no entries, nothing outstanding.
     fn after_fork(&self) -> PyResult<()> {
+        // the parent's futures belong to loops that do not run here
+        self.parked.lock().clear();
         Ok(self.inner.after_fork()?)
     }
 

@@ -582,6 +582,14 @@ impl Gate {
         self.grant(&mut st, granted)
     }
 
+    /// Whether entry `id` is queued for a slot and not granted yet.
+    pub fn is_queued(&self, id: u64) -> bool {
+        matches!(
+            self.state.lock().entries.get(&id).map(|e| e.phase),
+            Some(Phase::Queued(_))
+        )
+    }
+
     /// Take one retry from the budget if it allows it.
     pub fn try_retry(&self) -> bool {
         self.state.lock().budget.try_spend()

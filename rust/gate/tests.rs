@@ -85,7 +85,10 @@ fn permit_at_once_then_settle() {
     let id = permit_id(admit(&g).unwrap());
     g.check().unwrap();
     assert_eq!(g.scheduler().in_flight(), 1);
-    assert_eq!(g.settle(id, Outcome::Success, 0.1, None).unwrap(), Vec::<u64>::new());
+    assert_eq!(
+        g.settle(id, Outcome::Success, 0.1, None).unwrap(),
+        Vec::<u64>::new()
+    );
     assert_clean(&g);
     assert!(
         g.settle(id, Outcome::Success, 0.1, None).is_err(),
@@ -106,8 +109,10 @@ fn queued_entry_is_woken_by_a_settle_and_resumes_with_a_permit() {
             delay_s: 0.0
         }
     );
+    assert!(g.is_queued(b) && !g.is_queued(a) && !g.is_queued(99));
     assert_eq!(g.settle(a, Outcome::Success, 0.0, None).unwrap(), vec![b]);
     g.check().unwrap();
+    assert!(!g.is_queued(b), "granted");
     assert_eq!(g.resume(b).unwrap(), Admission::Permit(b));
     assert!(g.resume(b).is_err(), "a permit is settled, not resumed");
     g.settle(b, Outcome::Success, 0.0, None).unwrap();
