@@ -234,8 +234,8 @@ class Gate:
     def admit(
         self,
         priority: int,
-        est_in: float,
-        est_out: float,
+        est_in: int,
+        est_out: int,
         wait_s: float,
         deadline_s: float,
         first: bool = False,
@@ -246,8 +246,8 @@ class Gate:
         id: int,
         outcome: int,
         latency_s: float = 0.0,
-        tokens_in: float | None = None,
-        tokens_out: float | None = None,
+        tokens_in: int | None = None,
+        tokens_out: int | None = None,
     ) -> list[int]: ...
     def cancel(self, id: int) -> list[int]: ...
     def park(self, id: int, future: Future[None], completions: Completions) -> bool: ...
