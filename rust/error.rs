@@ -38,6 +38,16 @@ pub enum Error {
         /// Seconds until the breaker will admit a probe.
         retry_after_s: f64,
     },
+    /// A client-side rate limit has no room within the time the call can wait.
+    #[error("client-side rate limit: {detail}")]
+    Throttled {
+        /// The deployment whose limit refused.
+        name: String,
+        /// Seconds until the limit would have room.
+        retry_after_s: f64,
+        /// Why the wait was too long.
+        detail: String,
+    },
     /// The disk tier failed; callers treat this as a miss.
     #[error("storage: {0}")]
     Storage(String),

@@ -9,6 +9,7 @@
 //! | --- | --- |
 //! | [`clock`] | monotonic and manual time sources |
 //! | [`error`] | the one error enum |
+//! | [`gate`] | one admission gate per deployment: scheduler, cells, breaker, retry budget |
 //! | [`limiter`] | keyed GCRA rate limiter with FIFO reservations |
 //! | [`breaker`] | circuit breaker on a count-based sliding window |
 //! | [`metrics`] | counters, gauges and latency histograms per series |
@@ -24,6 +25,7 @@ pub mod cache;
 pub mod clock;
 pub mod dedup;
 pub mod error;
+pub mod gate;
 pub mod http;
 pub mod http_body;
 pub mod limiter;

@@ -5,12 +5,22 @@ from collections.abc import Callable, Sequence
 from typing import Any, Final, Literal, final
 
 __all__ = [
+    "DEADLINE",
     "DEDUP_DONE",
     "DEDUP_FOLLOWER",
     "DEDUP_LEADER",
+    "ERROR",
+    "FAILURE",
+    "GATE_PERMIT",
+    "GATE_WAIT",
+    "IGNORED",
+    "OVERLOAD",
+    "SUCCESS",
+    "THROTTLED",
     "CircuitBreaker",
     "Completions",
     "DiskCache",
+    "Gate",
     "HttpBody",
     "HttpClient",
     "HttpRequest",
@@ -171,6 +181,94 @@ class PriorityScheduler:
     @property
     def max_queue(self) -> int: ...
     def stats(self) -> dict[str, float | int]: ...
+
+#: Outcomes of an attempt, for ``Gate.settle`` (see rust/gate/mod.rs).
+SUCCESS: Final[int]
+THROTTLED: Final[int]
+OVERLOAD: Final[int]
+FAILURE: Final[int]
+ERROR: Final[int]
+IGNORED: Final[int]
+DEADLINE: Final[int]
+#: Answers of ``Gate.admit`` / ``Gate.resume``: ``(kind, id, delay_s)``.
+GATE_PERMIT: Final[int]
+GATE_WAIT: Final[int]
+
+@final
+class Gate:
+    """One deployment's admission: scheduler, rate-limit cells, breaker and retry budget
+    (see rust/gate/mod.rs).
+
+    ``admit`` answers ``(GATE_PERMIT, id, 0.0)`` (slot taken, breaker permitted,
+    reservation spent), ``(GATE_WAIT, id, delay_s)`` (sleep ``delay_s``, or with 0 wait
+    until ``id`` is woken, then ``resume``), or raises ``CircuitOpenError``,
+    ``QueueFullError`` or ``ClientThrottledError`` with everything booked given back.
+    ``settle`` books a permit's outcome at once. A queued caller parks its future
+    (``park``; False: granted already); the ``settle``/``cancel`` that grants its entry
+    sets the future's result to None through its loop's ``Completions`` (any loop, any
+    thread) and returns the ids it woke. ``scheduler`` and ``breaker`` are views to read.
+    """
+
+    def __new__(
+        cls,
+        name: str,
+        *,
+        limiter: RateLimiter,
+        max_concurrency: int = 64,
+        min_concurrency: int = 1,
+        max_queue: int = 10000,
+        adaptive: bool = True,
+        aging_s: float = 10.0,
+        failure_rate_threshold: float = 0.5,
+        slow_call_rate_threshold: float = 1.0,
+        slow_call_duration_s: float | None = None,
+        minimum_calls: int = 10,
+        window_size: int = 20,
+        open_duration_s: float = 30.0,
+        open_backoff_multiplier: float = 1.0,
+        max_open_duration_s: float = 300.0,
+        half_open_max_calls: int = 1,
+        retry_budget_ratio: float = 0.2,
+        retry_budget_floor: float = 10.0,
+        clock: ManualClock | None = None,
+    ) -> Gate: ...
+    def admit(
+        self,
+        priority: int,
+        est_in: int,
+        est_out: int,
+        wait_s: float,
+        deadline_s: float,
+        first: bool = False,
+    ) -> tuple[int, int, float]: ...
+    def resume(self, id: int) -> tuple[int, int, float]: ...
+    def settle(
+        self,
+        id: int,
+        outcome: int,
+        latency_s: float = 0.0,
+        tokens_in: int | None = None,
+        tokens_out: int | None = None,
+    ) -> list[int]: ...
+    def cancel(self, id: int) -> list[int]: ...
+    def park(self, id: int, future: Future[None], completions: Completions) -> bool: ...
+    def parked(self) -> list[int]: ...
+    def try_retry(self) -> bool: ...
+    def is_open(self) -> bool: ...
+    def configure_limit(self, dim: str, rate_per_s: float, burst: float) -> str: ...
+    def observe_headers(
+        self, dim: str, remaining: float, limit: float | None, reset_s: float
+    ) -> bool: ...
+    def rate_keys(self) -> dict[str, str]: ...
+    def limiter_stats(self) -> dict[str, float]: ...
+    def stats(self) -> dict[str, float | int]: ...
+    def after_fork(self) -> None: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def scheduler(self) -> PriorityScheduler: ...
+    @property
+    def breaker(self) -> CircuitBreaker: ...
 
 DEDUP_LEADER: Final[int]
 

@@ -77,6 +77,14 @@ def _after_fork_in_child() -> None:
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
 _T = TypeVar("_T")
+
+
+def _chat_usage(result: tuple[ChatResponse, float]) -> tuple[int, int]:
+    """The real usage of a chat attempt's result, settled with the attempt in its gate."""
+    u = result[0].usage
+    return u.prompt_tokens, u.completion_tokens
+
+
 _DEFAULT_OUTPUT_ESTIMATE = 512
 
 
@@ -213,20 +221,18 @@ class Engine:
         breakers: dict[str, Any] = {}
         concurrency: dict[str, dict[str, float]] = {}
         limiter: dict[str, dict[str, float]] = {}
-        lim = self.orchestrator.limiter
         for name, rt in self.orchestrator.runtimes.items():
-            limiter[name] = {"outstanding": float(rt.outstanding)} | {
-                f"available.{dim}": float(lim.available(key)) for dim, key in rt.rate_keys.items()
-            }
+            limiter[name] = rt.gate.limiter_stats()
+            breaker, sched = rt.breaker, rt.scheduler
             breakers[name] = {
-                "state": rt.breaker.state,
-                "failure_rate": rt.breaker.failure_rate,
-                "transitions": rt.breaker.transitions(),
+                "state": breaker.state,
+                "failure_rate": breaker.failure_rate,
+                "transitions": breaker.transitions(),
             }
             concurrency[name] = {
-                "limit": float(rt.scheduler.limit),
-                "in_flight": float(rt.scheduler.in_flight),
-                "queued": float(rt.scheduler.queued),
+                "limit": float(sched.limit),
+                "in_flight": float(sched.in_flight),
+                "queued": float(sched.queued),
             }
         return {
             "breakers": breakers,
@@ -537,7 +543,11 @@ class Engine:
         started = time.perf_counter()
         send = self._sender(p, ctx)
         resp, cand, _ = await self.orchestrator.run(
-            self.selector.usable(p.cands) or p.cands, ctx, send, self._record_attempt
+            self.selector.usable(p.cands) or p.cands,
+            ctx,
+            send,
+            self._record_attempt,
+            usage_of=_chat_usage,
         )
         return self._process(p, ctx, cand, resp, started)
 
@@ -569,7 +579,6 @@ class Engine:
         resp, attempt_latency = result
         dep = cand.deployment
         u: Usage = resp.usage
-        self.orchestrator.reconcile(dep, ctx, u.prompt_tokens, u.completion_tokens)
         counters = [
             ("requests", 1),
             ("successes", 1),

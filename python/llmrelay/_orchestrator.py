@@ -1,14 +1,14 @@
-"""RequestOrchestrator: the Python driver of the core's scheduler, limiter and breakers.
+"""RequestOrchestrator: the Python driver of each deployment's core ``Gate``.
 
-The core decides and Python waits: ``PriorityScheduler.acquire`` answers "go"
-or a ticket, and the orchestrator parks the caller on a future that a later
-``release``/``cancel`` wakes; ``RateLimiter.reserve_many`` answers a delay the
-caller sleeps on its own loop. One attempt is: reserve rate capacity, take a
-concurrency slot (by priority), ask the breaker, send, classify, release.
-Retries use full-jitter exponential backoff honouring ``Retry-After``, within a
-retry budget per deployment and the call's total deadline; then the next
-candidate. Cancellation at any point releases the slot, refunds the
-reservation and gives the breaker permit back.
+The core decides and Python waits. One attempt is one ``Gate.admit`` (rate-limit
+reservation, priority slot and breaker permit in one call) and one ``Gate.settle``
+(breaker, scheduler and token reconciliation in one call). When the gate says wait,
+the caller sleeps the limiter's delay on its own loop, or parks a future in the gate
+(``Gate.park``), which the ``settle``/``cancel`` that grants its slot wakes through the
+loop's ``Completions`` queue (any loop, any thread), then ``resume``s. Retries use full-jitter
+exponential backoff honouring ``Retry-After``, within the gate's retry budget and the
+call's total deadline; then the next candidate. Cancellation at any point gives the
+entry up (``Gate.cancel``): slot, reservation and breaker permit go back.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from llmrelay import _core
 from llmrelay._config import LLMServiceConfig, RateLimitConfig
 from llmrelay._pool import Deployment
 from llmrelay._selection import Candidate
+from llmrelay._transport import _completions
 from llmrelay.errors import (
     AllProvidersFailedError,
     Attempt,
@@ -36,6 +37,7 @@ from llmrelay.errors import (
     DeadlineExceededError,
     LLMRelayError,
     ProviderError,
+    ProviderResponseError,
     ProviderTimeoutError,
     ProviderUnavailableError,
     QueueFullError,
@@ -43,7 +45,7 @@ from llmrelay.errors import (
     RateLimitError,
 )
 
-__all__ = ["CallContext", "DeploymentRuntime", "Lease", "RequestOrchestrator", "RetryBudget"]
+__all__ = ["CallContext", "DeploymentRuntime", "Lease", "RequestOrchestrator", "outcome_of"]
 
 log = logging.getLogger("llmrelay")
 
@@ -54,67 +56,62 @@ T = TypeVar("T")
 Sleep = Callable[[float], Awaitable[None]]
 #: Called after each attempt: (candidate, error or None, seconds, whether it was sent).
 AttemptHook = Callable[[Candidate, BaseException | None, float, bool], None]
+#: The real (input, output) token usage of a successful result, for the gate's books.
+UsageOf = Callable[[Any], tuple[int, int]]
+
+_PERMIT = _core.GATE_PERMIT
 
 
-class RetryBudget:
-    """Retries allowed as a share of traffic: each call deposits ``ratio``, a retry costs 1.
-
-    Starts with ``floor`` credits so a quiet deployment can still retry; capped
-    so a long quiet spell cannot bank a retry storm.
-    """
-
-    __slots__ = ("_balance", "_cap", "_ratio")
-
-    def __init__(self, ratio: float, floor: float = 10.0) -> None:
-        self._ratio = ratio
-        self._cap = max(floor, 1.0)
-        self._balance = floor
-
-    def on_call(self) -> None:
-        """Credit one first attempt."""
-        self._balance = min(self._cap, self._balance + self._ratio)
-
-    def try_spend(self) -> bool:
-        """Take one retry if the budget allows it."""
-        if self._balance >= 1.0:
-            self._balance -= 1.0
-            return True
-        return False
-
-
-def _wake(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
+def outcome_of(err: BaseException | None) -> int:
+    """How an attempt that ended with ``err`` judges its deployment (a gate outcome)."""
+    if err is None:
+        return _core.SUCCESS
+    if isinstance(err, DeadlineExceededError):
+        return _core.DEADLINE  # the caller's budget ran out: says nothing about the deployment
+    if isinstance(err, RateLimitError):
+        return _core.THROTTLED
+    if isinstance(err, ProviderTimeoutError):
+        return _core.OVERLOAD
+    if isinstance(err, ProviderUnavailableError):
+        return _core.OVERLOAD if err.status_code in (503, 529) else _core.FAILURE
+    if isinstance(err, ProviderResponseError):
+        return _core.FAILURE
+    if isinstance(err, AuthenticationError | ProviderError):
+        return _core.ERROR
+    return _core.IGNORED
 
 
 @dataclass(eq=False)
 class DeploymentRuntime:
-    """The core objects of one deployment."""
+    """A deployment and its gate (which holds the callers waiting for its slots)."""
 
     deployment: Deployment
-    scheduler: Any
-    breaker: Any
-    budget: RetryBudget
-    rate_keys: dict[str, str]
-    waiters: dict[int, asyncio.Future[None]] = field(default_factory=dict)
-    #: rate-limit reservations booked and neither sent nor refunded yet
-    outstanding: int = 0
+    gate: _core.Gate
 
-    def wake(self, tickets: list[int]) -> None:
-        """Wake the callers whose tickets the scheduler just granted (any loop, any thread)."""
-        for t in tickets:
-            fut = self.waiters.pop(t, None)
-            if fut is None:
-                continue
-            loop = fut.get_loop()
-            try:
-                running = asyncio.get_running_loop()
-            except RuntimeError:
-                running = None
-            if loop is running:
-                _wake(fut)
-            else:
-                loop.call_soon_threadsafe(_wake, fut)
+    @property
+    def waiters(self) -> list[int]:
+        """The entries whose callers are parked in the gate, waiting for a slot."""
+        return self.gate.parked()
+
+    @property
+    def scheduler(self) -> _core.PriorityScheduler:
+        """The gate's scheduler, to read."""
+        return self.gate.scheduler
+
+    @property
+    def breaker(self) -> _core.CircuitBreaker:
+        """The gate's breaker, to read."""
+        return self.gate.breaker
+
+    @property
+    def rate_keys(self) -> dict[str, str]:
+        """The configured limit cells: ``{dim: key in the orchestrator's limiter}``."""
+        return self.gate.rate_keys()
+
+    @property
+    def outstanding(self) -> int:
+        """Rate-limit reservations booked and neither sent nor refunded yet."""
+        return int(self.gate.limiter_stats()["outstanding"])
 
 
 @dataclass(slots=True)
@@ -134,65 +131,45 @@ class CallContext:
 
 
 class Lease:
-    """A granted slot (and breaker permit) held until ``finish`` -- for streams, until they end."""
+    """A gate permit held until ``finish`` -- for streams, until they end."""
 
-    __slots__ = ("_done", "_health", "_rt", "_started", "permitted", "ticket")
+    __slots__ = ("_done", "_health", "_rt", "_started", "id")
 
-    def __init__(self, rt: DeploymentRuntime, ticket: int, health: Any) -> None:
+    def __init__(self, rt: DeploymentRuntime, entry: int, health: Any) -> None:
         self._rt = rt
-        self.ticket = ticket
+        self.id = entry
         self._health = health
         self._started = time.perf_counter()
         self._done = False
-        self.permitted = False
         health.in_flight += 1
 
     def held_s(self) -> float:
-        """Seconds since the slot was granted."""
+        """Seconds since the permit was granted."""
         return time.perf_counter() - self._started
 
-    def finish(self, err: BaseException | None, latency_s: float | None = None) -> None:
-        """Judge the call, free the slot and wake whoever it lets run (idempotent).
+    def finish(
+        self,
+        err: BaseException | None,
+        latency_s: float | None = None,
+        usage: tuple[int, int] | None = None,
+    ) -> None:
+        """Settle the attempt in the gate and wake whoever it lets run (idempotent).
 
         ``latency_s`` is the time the deployment took; by default the time since the
-        slot was granted. A stream passes the time spent waiting for its data, so a
-        consumer that holds a stream open does not make the deployment look slow.
+        permit. A stream passes the time spent waiting for its data, so a consumer that
+        holds a stream open does not make the deployment look slow. ``usage`` (input,
+        output tokens) reconciles the reservation's estimate with what was used.
         """
         if self._done:
             return
         self._done = True
         self._health.in_flight -= 1
         latency = time.perf_counter() - self._started if latency_s is None else latency_s
-        rt = self._rt
-        if self.permitted:
-            rt.breaker.record(_breaker_outcome(err), latency)
-        rt.wake(rt.scheduler.release(self.ticket, _scheduler_outcome(err), latency))
-
-
-def _scheduler_outcome(err: BaseException | None) -> str:
-    if err is None:
-        return "success"
-    if isinstance(err, DeadlineExceededError):
-        return "ignored"  # the caller's budget ran out: says nothing about the deployment
-    if isinstance(err, RateLimitError | ProviderTimeoutError):
-        return "overload"
-    if isinstance(err, ProviderUnavailableError) and err.status_code in (503, 529):
-        return "overload"
-    if isinstance(err, ProviderError):
-        return "error"
-    return "ignored"
-
-
-def _breaker_outcome(err: BaseException | None) -> str:
-    if err is None:
-        return "success"
-    if isinstance(err, RateLimitError | AuthenticationError | DeadlineExceededError):
-        return "ignored"
-    if isinstance(err, ProviderUnavailableError | ProviderTimeoutError):
-        return "failure"
-    if type(err).__name__ == "ProviderResponseError":
-        return "failure"
-    return "ignored"
+        gate = self._rt.gate
+        if usage is None:
+            gate.settle(self.id, outcome_of(err), latency)  # wakes whoever it lets run
+        else:
+            gate.settle(self.id, outcome_of(err), latency, usage[0], usage[1])
 
 
 class RequestOrchestrator:
@@ -219,35 +196,32 @@ class RequestOrchestrator:
         self.runtimes: dict[str, DeploymentRuntime] = {}
         self._clock = clock
         for dep in deployments:
-            bc = dep.config.circuit_breaker or config.circuit_breaker
-            sched = self._scheduler(dep)
-            breaker = _core.CircuitBreaker(
-                dep.name,
-                failure_rate_threshold=bc.failure_rate_threshold,
-                slow_call_rate_threshold=bc.slow_call_rate_threshold,
-                slow_call_duration_s=bc.slow_call_threshold_s,
-                minimum_calls=bc.minimum_calls,
-                window_size=bc.window_size,
-                open_duration_s=bc.open_duration_s,
-                open_backoff_multiplier=bc.open_backoff_multiplier,
-                max_open_duration_s=bc.max_open_duration_s,
-                half_open_max_calls=bc.half_open_max_calls,
-                clock=clock,
-            )
-            keys = self._configure_limits(dep.name, dep.config.rate_limit)
-            self.runtimes[dep.name] = DeploymentRuntime(
-                dep, sched, breaker, RetryBudget(oc.retry_budget_ratio), keys
-            )
+            gate = self._gate(config, dep)
+            self._configure_limits(gate, dep.config.rate_limit)
+            self.runtimes[dep.name] = DeploymentRuntime(dep, gate)
 
-    def _scheduler(self, dep: Deployment) -> Any:
+    def _gate(self, config: LLMServiceConfig, dep: Deployment) -> _core.Gate:
         oc = self._cfg
+        bc = dep.config.circuit_breaker or config.circuit_breaker
         limit = dep.config.max_concurrency or oc.max_concurrency
-        return _core.PriorityScheduler(
+        return _core.Gate(
+            dep.name,
+            limiter=self.limiter,
             max_concurrency=limit,
             min_concurrency=min(oc.min_concurrency, limit),
             max_queue=oc.max_queue_size,
             adaptive=oc.adaptive_concurrency,
             aging_s=oc.aging_s,
+            failure_rate_threshold=bc.failure_rate_threshold,
+            slow_call_rate_threshold=bc.slow_call_rate_threshold,
+            slow_call_duration_s=bc.slow_call_threshold_s,
+            minimum_calls=bc.minimum_calls,
+            window_size=bc.window_size,
+            open_duration_s=bc.open_duration_s,
+            open_backoff_multiplier=bc.open_backoff_multiplier,
+            max_open_duration_s=bc.max_open_duration_s,
+            half_open_max_calls=bc.half_open_max_calls,
+            retry_budget_ratio=oc.retry_budget_ratio,
             clock=self._clock,
         )
 
@@ -256,15 +230,13 @@ class RequestOrchestrator:
         the fork do not exist here and must not hold its slots. Breakers and limits keep
         what they learnt."""
         for rt in self.runtimes.values():
-            rt.scheduler = self._scheduler(rt.deployment)
-            rt.waiters.clear()
-            rt.outstanding = 0
+            rt.gate.after_fork()
             rt.deployment.health.in_flight = 0
 
-    def _configure_limits(self, name: str, rl: RateLimitConfig | None) -> dict[str, str]:
-        keys: dict[str, str] = {}
+    @staticmethod
+    def _configure_limits(gate: _core.Gate, rl: RateLimitConfig | None) -> None:
         if rl is None:
-            return keys
+            return
         rpm = rl.requests_per_minute
         # burst: requests that may go at once; tokens get the same share of their minute
         share = (rl.burst / rpm) if (rl.burst and rpm) else (1.0 / 6.0)
@@ -275,45 +247,12 @@ class RequestOrchestrator:
             ("otpm", rl.output_tokens_per_minute),
         ):
             if per_min:
-                key = f"{name}:{dim}"
                 burst = rl.burst if dim == "rpm" and rl.burst else max(1.0, per_min * share)
-                self.limiter.configure(key, per_min / 60.0, burst)
-                keys[dim] = key
-        return keys
+                gate.configure_limit(dim, per_min / 60.0, burst)
 
     def is_open(self, dep: Deployment) -> bool:
         """Whether the deployment's breaker would refuse a call now."""
-        return bool(self.runtimes[dep.name].breaker.state == "open")
-
-    def _costs(self, rt: DeploymentRuntime, ctx: CallContext) -> list[tuple[str, float]]:
-        k = rt.rate_keys
-        if not k:
-            return []
-        cost = {
-            "rpm": 1.0,
-            "tpm": float(ctx.est_input_tokens + ctx.est_output_tokens),
-            "itpm": float(ctx.est_input_tokens),
-            "otpm": float(ctx.est_output_tokens),
-        }
-        return [(key, cost[dim]) for dim, key in k.items()]
-
-    def _refund(self, costs: list[tuple[str, float]]) -> None:
-        for key, cost in costs:
-            self.limiter.refund(key, cost)
-
-    def reconcile(self, dep: Deployment, ctx: CallContext, tokens_in: int, tokens_out: int) -> None:
-        """Charge or return the difference between the token estimate and the real usage."""
-        k = self.runtimes[dep.name].rate_keys
-        if not k:
-            return
-        pairs = (
-            ("tpm", ctx.est_input_tokens + ctx.est_output_tokens, tokens_in + tokens_out),
-            ("itpm", ctx.est_input_tokens, tokens_in),
-            ("otpm", ctx.est_output_tokens, tokens_out),
-        )
-        for dim, est, actual in pairs:
-            if dim in k:
-                self.limiter.reconcile(k[dim], float(est), float(actual))
+        return self.runtimes[dep.name].gate.is_open()
 
     def observe_reply_headers(self, dep: Deployment, adapter: Any, headers: Any) -> None:
         """Learn from a reply's rate-limit headers. A header that cannot be used is
@@ -340,7 +279,7 @@ class RequestOrchestrator:
         """
         if info is None:
             return
-        rt = self.runtimes[dep.name]
+        gate = self.runtimes[dep.name].gate
         for dim, pre in (("rpm", "requests"), ("tpm", "tokens")):
             remaining = getattr(info, f"{pre}_remaining", None)
             reset = getattr(info, f"{pre}_reset_s", None)
@@ -363,36 +302,56 @@ class RequestOrchestrator:
                     )
                 self._metrics.core.incr(dep.kind, "", dep.name, "rate_headers_ignored")
                 continue
-            key = rt.rate_keys.get(dim)
-            if key is None:
-                if not limit or limit <= 0:
-                    continue
-                key = f"{dep.name}:{dim}"
-                self.limiter.configure(key, float(limit) / 60.0, max(1.0, float(limit) / 6.0))
-                rt.rate_keys[dim] = key
-            lim = float(limit) if limit else None
-            self.limiter.observe_headers(
-                key, float(max(0.0, remaining)), lim, float(max(0.0, reset))
+            gate.observe_headers(
+                dim,
+                float(max(0.0, remaining)),
+                float(limit) if limit else None,
+                float(max(0.0, reset)),
             )
 
-    async def _take_slot(
-        self, rt: DeploymentRuntime, cand: Candidate, ctx: CallContext, wait_until: float
+    async def _wait(
+        self,
+        rt: DeploymentRuntime,
+        cand: Candidate,
+        ctx: CallContext,
+        entry: int,
+        delay: float,
+        wait_until: float,
     ) -> int:
-        ticket, granted = rt.scheduler.acquire(ctx.priority)
-        if granted:
-            return int(ticket)
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        rt.waiters[ticket] = fut
+        """Wait as the gate said (a limiter delay, or a queued slot), then resume, until
+        it grants a permit. Any way out but a permit gives the entry up."""
+        gate = rt.gate
+        kind = _core.GATE_WAIT
+        while kind != _PERMIT:
+            if delay > 0:
+                try:
+                    await self._sleep(delay)
+                except BaseException:
+                    gate.cancel(entry)
+                    raise
+            else:
+                await self._park(rt, cand, ctx, entry, wait_until)
+            kind, entry, delay = gate.resume(entry)
+        return entry
+
+    async def _park(
+        self, rt: DeploymentRuntime, cand: Candidate, ctx: CallContext, entry: int, until: float
+    ) -> None:
+        """Wait for a queued entry to be woken, up to ``until``."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        if not rt.gate.park(entry, fut, _completions(loop)):
+            return  # granted already (by another thread's settle): resume at once
+        queued_at = time.perf_counter()
         try:
-            async with asyncio.timeout_at(wait_until):
+            async with asyncio.timeout_at(until):
                 await fut
         except BaseException as e:
-            rt.waiters.pop(ticket, None)
-            rt.wake(rt.scheduler.cancel(ticket))
+            rt.gate.cancel(entry)
             if not isinstance(e, TimeoutError):
                 raise
             name = cand.deployment.name
-            if wait_until < ctx.deadline:
+            if until < ctx.deadline:
                 raise QueueTimeoutError(
                     f"waited {self._cfg.fallback_wait_share:.0%} of the time left for a slot of"
                     f" {name} (limit {rt.scheduler.limit}); trying the next candidate",
@@ -401,7 +360,8 @@ class RequestOrchestrator:
             raise DeadlineExceededError(
                 "total timeout exceeded while queued", provider=name, model=cand.model
             ) from None
-        return int(ticket)
+        finally:
+            ctx.queue_wait_s += time.perf_counter() - queued_at
 
     async def _attempt(
         self,
@@ -410,53 +370,32 @@ class RequestOrchestrator:
         send: Callable[[Candidate], Awaitable[T]],
         hold: bool,
         others_left: bool,
+        first: bool,
+        usage_of: UsageOf | None,
     ) -> tuple[T, Lease | None]:
-        """One attempt: reserve rate capacity, take a slot, ask the breaker, send.
+        """One attempt: admission by the gate (waiting if it says so), then the send.
 
         With ``others_left`` the waits before sending (limiter, slot) are bounded by a
         share of the time left, so a degraded candidate cannot hold the call until its
-        deadline while a healthy one sits idle. A reservation not sent is refunded on
-        every path (refusal, timeout, cancellation).
+        deadline while a healthy one sits idle. The gate refunds a reservation not sent
+        on every path (refusal, timeout, cancellation).
         """
         rt = self.runtimes[cand.deployment.name]
-        loop = asyncio.get_running_loop()
-        now = loop.time()
-        wait_until = ctx.deadline
-        if others_left:
-            wait_until = now + (ctx.deadline - now) * self._cfg.fallback_wait_share
-        costs = self._costs(rt, ctx)
-        reserved = False
-        lease: Lease | None = None
+        now = asyncio.get_running_loop().time()
+        left = ctx.deadline - now
+        wait_s = left * self._cfg.fallback_wait_share if others_left else left
         try:
-            if costs:
-                delay = float(self.limiter.reserve_many(costs))
-                reserved = True
-                rt.outstanding += 1
-                if delay > 0:
-                    if now + delay >= wait_until:
-                        why = "past the deadline" if wait_until >= ctx.deadline else "too far off"
-                        raise ClientThrottledError(
-                            f"client-side rate limit: next slot in {delay:.3f}s is {why}",
-                            retry_after=delay,
-                            provider=cand.deployment.name,
-                            model=cand.model,
-                        )
-                    await self._sleep(delay)
-            queued_at = time.perf_counter()
-            ticket = await self._take_slot(rt, cand, ctx, wait_until)
-            ctx.queue_wait_s += time.perf_counter() - queued_at
-            lease = Lease(rt, ticket, cand.deployment.health)
-            if not rt.breaker.try_acquire():
-                raise CircuitOpenError(
-                    f"circuit open for {cand.deployment.name}",
-                    deployment=cand.deployment.name,
-                    retry_after=float(rt.breaker.retry_after_s),
-                )
-            lease.permitted = True
-            if reserved:  # the capacity is spent on this send from here on
-                reserved = False
-                rt.outstanding -= 1
-            ctx.sending = ctx.sent = True
+            kind, entry, delay = rt.gate.admit(
+                ctx.priority, ctx.est_input_tokens, ctx.est_output_tokens, wait_s, left, first
+            )
+        except ClientThrottledError as e:
+            e.model = cand.model
+            raise
+        if kind != _PERMIT:
+            entry = await self._wait(rt, cand, ctx, entry, delay, now + wait_s)
+        lease = Lease(rt, entry, cand.deployment.health)
+        ctx.sending = ctx.sent = True
+        try:
             if getattr(cand.deployment.adapter, "never_blocks", False):
                 result = await send(cand)  # answers at once: no deadline timer to arm
             else:
@@ -472,18 +411,14 @@ class RequestOrchestrator:
                         model=cand.model,
                     ) from None
         except BaseException as e:
-            if reserved:
-                self._refund(costs)
-                rt.outstanding -= 1
-            if lease is not None:
-                lease.finish(e)
+            lease.finish(e)
             if not isinstance(e, asyncio.CancelledError):
                 ctx.sending = False
             raise
         ctx.sending = False
         if hold:
             return result, lease
-        lease.finish(None)
+        lease.finish(None, usage=None if usage_of is None else usage_of(result))
         return result, None
 
     def backoff(self, retry: int, err: LLMRelayError) -> float:
@@ -503,16 +438,20 @@ class RequestOrchestrator:
         on_attempt_end: AttemptHook | None = None,
         *,
         hold: bool = False,
+        usage_of: UsageOf | None = None,
     ) -> tuple[T, Candidate, Lease | None]:
         """Try the candidates in order, with retries, until one answers or all have failed.
 
         With ``hold`` the winning attempt's slot stays taken: the caller gets a
-        :class:`Lease` and must ``finish`` it (a stream, when it ends).
+        :class:`Lease` and must ``finish`` it (a stream, when it ends). ``usage_of``
+        reads the real token usage of a result, settled with the attempt.
         """
         # The deadline is enforced where a call can wait (queue, rate-limit sleep,
         # backoff, the send itself), not by one timer around everything: arming a
         # timer costs several microseconds, which an in-process answer need not pay.
-        return await self._run(cands, ctx, send, on_attempt_end, asyncio.get_running_loop(), hold)
+        return await self._run(
+            cands, ctx, send, on_attempt_end, asyncio.get_running_loop(), hold, usage_of
+        )
 
     def _final_error(
         self, ctx: CallContext, last: LLMRelayError | None, next_cand: Candidate | None = None
@@ -539,12 +478,12 @@ class RequestOrchestrator:
         on_attempt_end: AttemptHook | None,
         loop: asyncio.AbstractEventLoop,
         hold: bool,
+        usage_of: UsageOf | None,
     ) -> tuple[T, Candidate, Lease | None]:
         last: LLMRelayError | None = None
         share = self._cfg.fallback_wait_share
         for idx, cand in enumerate(cands):
             rt = self.runtimes[cand.deployment.name]
-            rt.budget.on_call()
             others_left = idx + 1 < len(cands)
             if idx > 0:
                 ctx.fallbacks += 1
@@ -555,7 +494,9 @@ class RequestOrchestrator:
                 t0 = time.perf_counter()
                 ctx.sent = False
                 try:
-                    result, lease = await self._attempt(cand, ctx, send, hold, others_left)
+                    result, lease = await self._attempt(
+                        cand, ctx, send, hold, others_left, tries == 0, usage_of
+                    )
                 except asyncio.CancelledError as e:
                     if ctx.sending:  # on the wire when the caller gave up: still an attempt
                         ctx.sending = False
@@ -580,7 +521,7 @@ class RequestOrchestrator:
                     if isinstance(e, ClientThrottledError) and others_left:
                         break  # its limit has no room in time: the next one may
                     tries += 1
-                    if tries > self._cfg.max_retries or not rt.budget.try_spend():
+                    if tries > self._cfg.max_retries or not rt.gate.try_retry():
                         break
                     delay = self.backoff(tries, e)
                     now = loop.time()

@@ -1,5 +1,7 @@
 //! `CircuitBreaker` for Python: a frozen wrapper over [`crate::breaker::CircuitBreaker`].
 
+use std::sync::Arc;
+
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
@@ -10,11 +12,11 @@ use crate::Error;
 /// resilience4j-style circuit breaker over a count-based sliding window.
 #[pyclass(name = "CircuitBreaker", module = "llmrelay._core", frozen)]
 pub struct PyCircuitBreaker {
-    inner: CircuitBreaker,
+    pub(crate) inner: Arc<CircuitBreaker>,
 }
 
 /// A count argument: at least 1 (the error names `param` and the value).
-fn count(param: &'static str, v: i64) -> Result<usize, Error> {
+pub(super) fn count(param: &'static str, v: i64) -> Result<usize, Error> {
     usize::try_from(v)
         .ok()
         .filter(|&n| n >= 1)
@@ -56,7 +58,7 @@ impl PyCircuitBreaker {
             half_open_max_calls: count("half_open_max_calls", half_open_max_calls)?,
         };
         Ok(Self {
-            inner: CircuitBreaker::new(name, cfg, pick(clock))?,
+            inner: Arc::new(CircuitBreaker::new(name, cfg, pick(clock))?),
         })
     }
 

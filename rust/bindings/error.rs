@@ -28,6 +28,15 @@ fn build(py: Python<'_>, err: &Error) -> PyResult<PyErr> {
             kwargs.set_item("retry_after", *retry_after_s)?;
             "CircuitOpenError"
         }
+        Error::Throttled {
+            name,
+            retry_after_s,
+            ..
+        } => {
+            kwargs.set_item("provider", name)?;
+            kwargs.set_item("retry_after", *retry_after_s)?;
+            "ClientThrottledError"
+        }
         Error::Storage(_) => "LLMRelayError",
     };
     let value = module.getattr(class)?.call((msg,), Some(&kwargs))?;

@@ -42,6 +42,8 @@ pub(super) enum Outcome {
     Chunk(Result<Bytes, HttpError>),
     /// Any other result, built on the loop's thread (a value or an exception).
     Value(Box<dyn FnOnce(Python<'_>) -> PyResult<PyObject> + Send>),
+    /// A parked waiter's turn (`Waker`): the future's result is `None`.
+    Wake,
 }
 
 impl Outcome {
@@ -49,6 +51,7 @@ impl Outcome {
         match self {
             Outcome::Reply(Ok(reply)) => reply_to_py(py, reply),
             Outcome::Chunk(Ok(b)) => Ok(PyBytes::new(py, &b).into_any().unbind()),
+            Outcome::Wake => Ok(py.None()),
             Outcome::Reply(Err(e)) | Outcome::Chunk(Err(e)) => {
                 Ok(py_error(e).into_value(py).into_any())
             }
@@ -82,6 +85,28 @@ impl Queue {
 }
 
 /// Complete `future` with `outcome` unless it is done (cancelled) already.
+/// An asyncio future parked on its loop's `Completions`: `wake` settles it
+/// with `None` through that loop's queue, from any thread or loop.
+pub(super) struct Waker {
+    future: Py<PyAny>,
+    queue: Arc<Queue>,
+}
+
+impl Waker {
+    /// Park `future`, to be woken through `completions` (its loop's queue).
+    pub(super) fn new(future: Py<PyAny>, completions: &PyCompletions) -> Self {
+        Self {
+            future,
+            queue: completions.queue.clone(),
+        }
+    }
+
+    /// Settle the future with `None` on its loop (a future already done is left alone).
+    pub(super) fn wake(self) {
+        self.queue.push(self.future, Outcome::Wake);
+    }
+}
+
 fn settle(py: Python<'_>, future: &Bound<'_, PyAny>, outcome: Outcome) -> PyResult<()> {
     if future.call_method0(intern!(py, "done"))?.is_truthy()? {
         return Ok(());

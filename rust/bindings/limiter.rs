@@ -1,5 +1,7 @@
 //! `RateLimiter` for Python: a frozen wrapper over [`crate::limiter::RateLimiter`].
 
+use std::sync::Arc;
+
 use pyo3::prelude::*;
 use pyo3::types::PyString;
 
@@ -9,7 +11,7 @@ use crate::limiter::RateLimiter;
 /// Keyed GCRA rate limiter; an unconfigured key is unlimited.
 #[pyclass(name = "RateLimiter", module = "llmrelay._core", frozen)]
 pub struct PyRateLimiter {
-    inner: RateLimiter,
+    pub(crate) inner: Arc<RateLimiter>,
 }
 
 #[pymethods]
@@ -18,7 +20,7 @@ impl PyRateLimiter {
     #[pyo3(signature = (*, idle_ttl_s = 600.0, clock = None))]
     fn new(idle_ttl_s: f64, clock: Option<&Bound<'_, PyManualClock>>) -> PyResult<Self> {
         Ok(Self {
-            inner: RateLimiter::new(idle_ttl_s, pick(clock))?,
+            inner: Arc::new(RateLimiter::new(idle_ttl_s, pick(clock))?),
         })
     }
 

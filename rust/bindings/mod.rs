@@ -8,6 +8,7 @@ mod cache;
 mod clock;
 mod dedup;
 mod error;
+mod gate;
 mod http;
 mod hybrid_cache;
 mod limiter;
@@ -29,6 +30,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyCircuitBreaker>()?;
     m.add_class::<PyMetrics>()?;
     scheduler::register(m)?;
+    gate::register(m)?;
     dedup::register(m)?;
     cache::register(m)?;
     m.add_class::<http::PyHttpClient>()?;

@@ -1,6 +1,8 @@
 //! `PriorityScheduler` for Python: the core decides, Python waits on futures
 //! keyed by the tickets these methods return.
 
+use std::sync::Arc;
+
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
@@ -11,10 +13,10 @@ use crate::Error;
 /// Priority admission with a bounded queue and adaptive concurrency slots.
 #[pyclass(name = "PriorityScheduler", module = "llmrelay._core", frozen)]
 pub struct PyPriorityScheduler {
-    inner: PriorityScheduler,
+    pub(crate) inner: Arc<PriorityScheduler>,
 }
 
-fn count(param: &'static str, value: i64) -> PyResult<usize> {
+pub(super) fn count(param: &'static str, value: i64) -> PyResult<usize> {
     usize::try_from(value).map_err(|_| Error::config(param, value, "must be >= 0").into())
 }
 
@@ -54,7 +56,7 @@ impl PyPriorityScheduler {
             increase_step,
         };
         Ok(Self {
-            inner: PriorityScheduler::new(cfg, pick(clock))?,
+            inner: Arc::new(PriorityScheduler::new(cfg, pick(clock))?),
         })
     }
 

@@ -1,0 +1,802 @@
+//! `Gate`: the one admission point of a deployment. It composes the
+//! deployment's [`PriorityScheduler`] (priorities, aging, bounded queue,
+//! AIMD), its rate-limit cells in a shared [`RateLimiter`] (requests, tokens,
+//! input and output tokens, cells learnt from headers), its
+//! [`CircuitBreaker`] and its [`RetryBudget`], and books all of them in one
+//! call per step of an attempt.
+//!
+//! An attempt is an *entry* with a `u64` id:
+//!
+//! * [`Gate::admit`] books the rate-limit reservation and answers with a
+//!   [`Admission::Permit`] (slot taken, breaker permitted, reservation spent
+//!   on the send), an [`Admission::Wait`] (a limiter delay to sleep, or a
+//!   queued ticket to wait for), or a typed refusal
+//!   ([`Error::CircuitOpen`], [`Error::QueueFull`], [`Error::Throttled`])
+//!   with everything it booked given back.
+//! * After a wait, [`Gate::resume`] answers the same way.
+//! * [`Gate::settle`] books the outcome of a permitted attempt in the breaker
+//!   and the scheduler, reconciles the token estimate with the real usage and
+//!   returns the entries to wake; [`Gate::cancel`] gives up an entry in any
+//!   phase (refunds a reservation not spent, frees a slot, gives a breaker
+//!   probe back) and returns the entries to wake.
+//!
+//! Rules held here once (issue 9): a deadline cut ([`Outcome::Deadline`]) is
+//! ignored by the breaker and by AIMD; a reservation that sends nothing is
+//! refunded on every path; the outstanding reservations and the available
+//! capacity per limit are readable ([`Gate::limiter_stats`]).
+//!
+//! A queued entry is granted inside the call that frees a slot (`settle`,
+//! `cancel`, `after_fork`): the breaker is asked for it right there; when it
+//! refuses, the slot goes to the next queued entry and the refused entry is
+//! woken to learn, from `resume`, that the circuit is open.
+//!
+//! One lock serialises the gate's steps, so the scheduler, breaker and cells
+//! of a deployment move together.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::breaker::{self, CircuitBreaker, State as BreakerState};
+use crate::error::{Error, Result};
+use crate::limiter::RateLimiter;
+use crate::scheduler::{self, invalid_priority, PriorityScheduler, SchedulerConfig};
+
+/// The rate-limit dimensions of a deployment, in index order.
+pub const DIMS: [&str; 4] = ["rpm", "tpm", "itpm", "otpm"];
+
+/// How an attempt ended, as the deployment is judged by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Outcome {
+    /// It answered.
+    Success = 0,
+    /// 429: too many requests. Lowers the limit; not a breaker failure.
+    Throttled = 1,
+    /// A timeout within its own `read_s`, or 503/529: lowers the limit and
+    /// counts as a breaker failure.
+    Overload = 2,
+    /// Another server-side failure (5xx, unreadable reply): a breaker
+    /// failure; leaves the limit alone.
+    Failure = 3,
+    /// The request was refused for what it asked (400, auth): neither.
+    Error = 4,
+    /// Says nothing about the deployment (cancelled, a local error).
+    Ignored = 5,
+    /// Cut by the caller's own deadline: ignored by breaker and AIMD,
+    /// counted apart.
+    Deadline = 6,
+}
+
+impl Outcome {
+    /// Every outcome, in code order.
+    pub const ALL: [Outcome; 7] = [
+        Outcome::Success,
+        Outcome::Throttled,
+        Outcome::Overload,
+        Outcome::Failure,
+        Outcome::Error,
+        Outcome::Ignored,
+        Outcome::Deadline,
+    ];
+
+    /// The outcome of an int code.
+    pub fn from_code(code: i64) -> Result<Self> {
+        usize::try_from(code)
+            .ok()
+            .and_then(|i| Self::ALL.get(i).copied())
+            .ok_or_else(|| Error::InvalidArgument {
+                what: "outcome",
+                detail: format!("outcome={code} is not an outcome code (0..=6)"),
+            })
+    }
+
+    /// What the AIMD controller learns from it.
+    pub fn scheduler(self) -> scheduler::Outcome {
+        match self {
+            Outcome::Success => scheduler::Outcome::Success,
+            Outcome::Throttled | Outcome::Overload => scheduler::Outcome::Overload,
+            Outcome::Failure | Outcome::Error => scheduler::Outcome::Error,
+            Outcome::Ignored | Outcome::Deadline => scheduler::Outcome::Ignored,
+        }
+    }
+
+    /// What the breaker learns from it.
+    pub fn breaker(self) -> breaker::Outcome {
+        match self {
+            Outcome::Success => breaker::Outcome::Success,
+            Outcome::Overload | Outcome::Failure => breaker::Outcome::Failure,
+            Outcome::Throttled | Outcome::Error | Outcome::Ignored | Outcome::Deadline => {
+                breaker::Outcome::Ignored
+            }
+        }
+    }
+}
+
+/// Retries allowed as a share of traffic: each call deposits `ratio`, a
+/// retry costs 1. Starts with `floor` credits so a quiet deployment can still
+/// retry; capped at `max(floor, 1)` so a long quiet spell cannot bank a
+/// retry storm.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryBudget {
+    ratio: f64,
+    cap: f64,
+    balance: f64,
+}
+
+impl RetryBudget {
+    /// A budget depositing `ratio` (>= 0) per call, starting at `floor` (>= 0).
+    pub fn new(ratio: f64, floor: f64) -> Result<Self> {
+        for (param, v) in [("retry_budget_ratio", ratio), ("retry_budget_floor", floor)] {
+            if !(v.is_finite() && v >= 0.0) {
+                return Err(Error::config(param, v, "must be a finite number >= 0"));
+            }
+        }
+        Ok(Self {
+            ratio,
+            cap: floor.max(1.0),
+            balance: floor,
+        })
+    }
+
+    /// Credit one first attempt.
+    pub fn on_call(&mut self) {
+        self.balance = (self.balance + self.ratio).min(self.cap);
+    }
+
+    /// Take one retry if the budget allows it.
+    pub fn try_spend(&mut self) -> bool {
+        if self.balance >= 1.0 {
+            self.balance -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Credits left.
+    pub fn balance(&self) -> f64 {
+        self.balance
+    }
+}
+
+/// Settings of a [`Gate`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct GateConfig {
+    /// The scheduler's settings.
+    pub scheduler: SchedulerConfig,
+    /// The breaker's settings.
+    pub breaker: breaker::Config,
+    /// Retry credits deposited per call.
+    pub retry_budget_ratio: f64,
+    /// Retry credits at start.
+    pub retry_budget_floor: f64,
+}
+
+impl Default for GateConfig {
+    fn default() -> Self {
+        Self {
+            scheduler: SchedulerConfig::default(),
+            breaker: breaker::Config::default(),
+            retry_budget_ratio: 0.2,
+            retry_budget_floor: 10.0,
+        }
+    }
+}
+
+/// The gate's answer to `admit` or `resume` when it does not refuse.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Admission {
+    /// Go: slot taken, breaker permitted, reservation spent. Settle it.
+    Permit(u64),
+    /// Wait, then `resume` (or `cancel`): `delay_s > 0` is a limiter delay to
+    /// sleep; `delay_s == 0` means queued for a slot until woken.
+    Wait {
+        /// The entry.
+        id: u64,
+        /// Seconds to sleep (0: wait to be woken).
+        delay_s: f64,
+    },
+}
+
+/// Where an entry stands.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Phase {
+    /// Booked, sleeping on a limiter delay; no slot yet.
+    Delayed,
+    /// Queued for a slot under this scheduler ticket.
+    Queued(u64),
+    /// Granted a slot and a breaker permit while queued; not yet resumed.
+    Granted(u64),
+    /// Handed to the caller as a permit: on the wire until settled.
+    Permitted(u64),
+    /// The breaker refused when its slot came up (everything given back).
+    Refused(f64),
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    priority: u8,
+    est_in: f64,
+    est_out: f64,
+    /// Dimensions booked at admission (bit per `DIMS` index).
+    mask: u8,
+    /// Whether the reservation is still unspent (to refund if nothing goes).
+    booked: bool,
+    phase: Phase,
+}
+
+impl Entry {
+    fn cost(&self, dim: usize) -> f64 {
+        match dim {
+            0 => 1.0,
+            1 => self.est_in + self.est_out,
+            2 => self.est_in,
+            _ => self.est_out,
+        }
+    }
+}
+
+/// Counters of a gate, for metrics and tests.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GateStats {
+    /// `admit` calls.
+    pub admitted: u64,
+    /// Permits handed out.
+    pub permits: u64,
+    /// Refusals because the circuit was open (at admission or at grant).
+    pub refused_circuit: u64,
+    /// Refusals because the queue was full.
+    pub refused_queue: u64,
+    /// Refusals because the limiter had no room in time.
+    pub refused_throttled: u64,
+    /// Entries given up by `cancel`.
+    pub cancelled: u64,
+    /// Permits settled.
+    pub settled: u64,
+    /// Permits settled as cut by the caller's deadline.
+    pub deadline_cuts: u64,
+    /// Entries alive now (any phase).
+    pub entries: usize,
+    /// Reservations booked and neither spent on a send nor refunded.
+    pub outstanding: usize,
+}
+
+#[derive(Debug)]
+struct State {
+    scheduler: Arc<PriorityScheduler>,
+    entries: HashMap<u64, Entry>,
+    /// Queued scheduler ticket -> entry id.
+    by_ticket: HashMap<u64, u64>,
+    next_id: u64,
+    /// Cell key per dimension, once configured.
+    keys: [Option<Box<str>>; 4],
+    budget: RetryBudget,
+    /// Entries granted by a step that could not return them (a refusal).
+    pending: Vec<u64>,
+    stats: GateStats,
+}
+
+/// The admission gate of one deployment (see the module docs).
+#[derive(Debug)]
+pub struct Gate {
+    name: String,
+    cfg: GateConfig,
+    limiter: Arc<RateLimiter>,
+    breaker: Arc<CircuitBreaker>,
+    clock: crate::clock::SharedClock,
+    state: Mutex<State>,
+}
+
+fn unknown(id: u64) -> Error {
+    Error::InvalidArgument {
+        what: "permit",
+        detail: format!("entry {id} is unknown or finished"),
+    }
+}
+
+fn dim_index(dim: &str) -> Result<usize> {
+    DIMS.iter()
+        .position(|d| *d == dim)
+        .ok_or_else(|| Error::InvalidArgument {
+            what: "dim",
+            detail: format!("dim={dim:?} must be one of rpm, tpm, itpm, otpm"),
+        })
+}
+
+fn tokens(what: &'static str, v: f64) -> Result<f64> {
+    if v.is_finite() && v >= 0.0 {
+        Ok(v)
+    } else {
+        Err(Error::InvalidArgument {
+            what,
+            detail: format!("{what}={v} must be a finite number >= 0"),
+        })
+    }
+}
+
+impl Gate {
+    /// A gate named `name` (the deployment) booking its cells in `limiter`.
+    pub fn new(
+        name: impl Into<String>,
+        cfg: GateConfig,
+        limiter: Arc<RateLimiter>,
+        clock: crate::clock::SharedClock,
+    ) -> Result<Self> {
+        let name = name.into();
+        let scheduler = Arc::new(PriorityScheduler::new(
+            cfg.scheduler.clone(),
+            clock.clone(),
+        )?);
+        let breaker = Arc::new(CircuitBreaker::new(
+            name.clone(),
+            cfg.breaker.clone(),
+            clock.clone(),
+        )?);
+        let budget = RetryBudget::new(cfg.retry_budget_ratio, cfg.retry_budget_floor)?;
+        Ok(Self {
+            name,
+            limiter,
+            breaker,
+            clock,
+            state: Mutex::new(State {
+                scheduler,
+                entries: HashMap::new(),
+                by_ticket: HashMap::new(),
+                next_id: 1,
+                keys: Default::default(),
+                budget,
+                pending: Vec::new(),
+                stats: GateStats::default(),
+            }),
+            cfg,
+        })
+    }
+
+    /// The deployment's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The gate's settings.
+    pub fn config(&self) -> &GateConfig {
+        &self.cfg
+    }
+
+    /// The scheduler (for reading its state; admission goes through the gate).
+    pub fn scheduler(&self) -> Arc<PriorityScheduler> {
+        self.state.lock().scheduler.clone()
+    }
+
+    /// The breaker (for reading its state; outcomes go through the gate).
+    pub fn breaker(&self) -> Arc<CircuitBreaker> {
+        self.breaker.clone()
+    }
+
+    /// The limiter holding the gate's cells.
+    pub fn limiter(&self) -> &Arc<RateLimiter> {
+        &self.limiter
+    }
+
+    /// Whether the breaker would refuse a call now.
+    pub fn is_open(&self) -> bool {
+        self.breaker.state() == BreakerState::Open
+    }
+
+    /// Configure the cell of `dim` (`rpm`, `tpm`, `itpm`, `otpm`) at
+    /// `rate_per_s` with bursts of `burst`; returns its key in the limiter.
+    pub fn configure_limit(&self, dim: &str, rate_per_s: f64, burst: f64) -> Result<String> {
+        let i = dim_index(dim)?;
+        let key = format!("{}:{dim}", self.name);
+        self.limiter.configure(&key, rate_per_s, burst)?;
+        self.state.lock().keys[i] = Some(key.clone().into_boxed_str());
+        Ok(key)
+    }
+
+    /// The configured cells: `(dim, key)` in `DIMS` order.
+    pub fn rate_keys(&self) -> Vec<(&'static str, String)> {
+        let st = self.state.lock();
+        DIMS.iter()
+            .zip(st.keys.iter())
+            .filter_map(|(d, k)| k.as_ref().map(|k| (*d, k.to_string())))
+            .collect()
+    }
+
+    /// Learn from a reply's headers for `dim` (`rpm` or `tpm`): `remaining`
+    /// of `limit` left until a reset in `reset_s`. A dimension with no cell
+    /// gets one learnt from `limit` (per minute; bursts of a sixth); without
+    /// a cell or a `limit` nothing is learnt. Returns whether a cell was
+    /// tightened.
+    pub fn observe_headers(
+        &self,
+        dim: &str,
+        remaining: f64,
+        limit: Option<f64>,
+        reset_s: f64,
+    ) -> Result<bool> {
+        let i = dim_index(dim)?;
+        let key = self.state.lock().keys[i].clone();
+        let key = match (key, limit) {
+            (Some(k), _) => k.to_string(),
+            (None, Some(l)) if l.is_finite() && l > 0.0 => {
+                self.configure_limit(dim, l / 60.0, (l / 6.0).max(1.0))?
+            }
+            (None, _) => return Ok(false),
+        };
+        self.limiter
+            .observe_headers(&key, remaining.max(0.0), limit, reset_s.max(0.0))?;
+        Ok(true)
+    }
+
+    /// Ask to send an attempt at `priority` estimated at `est_in` input and
+    /// `est_out` output tokens, which may wait at most `wait_s` seconds
+    /// before sending (`deadline_s`: the time the call has left, for the
+    /// refusal's message). `first` deposits in the retry budget (the first
+    /// attempt of a call on this deployment).
+    pub fn admit(
+        &self,
+        priority: u8,
+        est_in: f64,
+        est_out: f64,
+        wait_s: f64,
+        deadline_s: f64,
+        first: bool,
+    ) -> Result<Admission> {
+        if usize::from(priority) >= scheduler::PRIORITY_LEVELS {
+            return Err(invalid_priority(priority));
+        }
+        let est_in = tokens("est_in", est_in)?;
+        let est_out = tokens("est_out", est_out)?;
+        if wait_s.is_nan() || deadline_s.is_nan() {
+            return Err(Error::InvalidArgument {
+                what: "wait_s",
+                detail: "wait_s and deadline_s must be numbers".into(),
+            });
+        }
+        let mut st = self.state.lock();
+        st.stats.admitted += 1;
+        if first {
+            st.budget.on_call();
+        }
+        if self.breaker.state() == BreakerState::Open {
+            st.stats.refused_circuit += 1;
+            return Err(self.circuit_open(self.breaker.retry_after_s()));
+        }
+        let mut entry = Entry {
+            priority,
+            est_in,
+            est_out,
+            mask: 0,
+            booked: false,
+            phase: Phase::Delayed,
+        };
+        let delay = self.book(&mut st, &mut entry);
+        if delay > 0.0 {
+            if delay >= wait_s {
+                self.refund(&mut st, &mut entry);
+                st.stats.refused_throttled += 1;
+                let why = if wait_s >= deadline_s {
+                    "past the deadline"
+                } else {
+                    "too far off"
+                };
+                return Err(Error::Throttled {
+                    name: self.name.clone(),
+                    retry_after_s: delay,
+                    detail: format!("next slot in {delay:.3}s is {why}"),
+                });
+            }
+            let id = Self::insert(&mut st, entry);
+            return Ok(Admission::Wait { id, delay_s: delay });
+        }
+        let id = Self::insert(&mut st, entry);
+        self.take_slot(&mut st, id)
+    }
+
+    /// Continue an entry after its wait: a slept limiter delay goes on to
+    /// the slot, a woken queued entry gets its permit (or learns the circuit
+    /// opened meanwhile). A queued entry not granted yet answers `Wait` again.
+    pub fn resume(&self, id: u64) -> Result<Admission> {
+        let mut st = self.state.lock();
+        let phase = st.entries.get(&id).ok_or_else(|| unknown(id))?.phase;
+        match phase {
+            Phase::Delayed => self.take_slot(&mut st, id),
+            Phase::Queued(_) => Ok(Admission::Wait { id, delay_s: 0.0 }),
+            Phase::Granted(t) => Ok(Self::permit(&mut st, id, t)),
+            Phase::Refused(retry_after) => {
+                st.entries.remove(&id);
+                Err(self.circuit_open(retry_after))
+            }
+            Phase::Permitted(_) => Err(Error::InvalidArgument {
+                what: "permit",
+                detail: format!("entry {id} already holds a permit: settle it"),
+            }),
+        }
+    }
+
+    /// Book the outcome of a permitted attempt that took `latency_s`: breaker,
+    /// scheduler (freeing the slot) and, with the real usage (`tokens_in`,
+    /// `tokens_out`), the reconciliation of the token estimate. Returns the
+    /// entries to wake.
+    pub fn settle(
+        &self,
+        id: u64,
+        outcome: Outcome,
+        latency_s: f64,
+        usage: Option<(f64, f64)>,
+    ) -> Result<Vec<u64>> {
+        if !(latency_s.is_finite() && latency_s >= 0.0) {
+            return Err(Error::InvalidArgument {
+                what: "latency_s",
+                detail: format!("latency_s={latency_s} must be a finite number >= 0"),
+            });
+        }
+        if let Some((i, o)) = usage {
+            tokens("tokens_in", i)?;
+            tokens("tokens_out", o)?;
+        }
+        let mut st = self.state.lock();
+        let ticket = match st.entries.get(&id).map(|e| e.phase) {
+            Some(Phase::Permitted(t)) => t,
+            _ => return Err(unknown(id)),
+        };
+        let entry = st.entries.remove(&id).expect("entry exists");
+        self.breaker.record(outcome.breaker(), latency_s)?;
+        let granted = st
+            .scheduler
+            .release(ticket, outcome.scheduler(), latency_s)?;
+        st.stats.settled += 1;
+        if outcome == Outcome::Deadline {
+            st.stats.deadline_cuts += 1;
+        }
+        if let Some((used_in, used_out)) = usage {
+            self.reconcile(&st, &entry, used_in, used_out);
+        }
+        Ok(self.grant(&mut st, granted))
+    }
+
+    /// Give up an entry in any phase: a reservation not spent is refunded, a
+    /// queued ticket leaves the queue, a slot is freed (outcome `Ignored`, a
+    /// breaker probe given back). Unknown or finished entries are a no-op.
+    /// Returns the entries to wake.
+    pub fn cancel(&self, id: u64) -> Vec<u64> {
+        let mut st = self.state.lock();
+        let Some(mut entry) = st.entries.remove(&id) else {
+            return std::mem::take(&mut st.pending);
+        };
+        st.stats.cancelled += 1;
+        let granted = match entry.phase {
+            Phase::Delayed | Phase::Refused(_) => Vec::new(),
+            Phase::Queued(t) => {
+                st.by_ticket.remove(&t);
+                st.scheduler.cancel(t)
+            }
+            Phase::Granted(t) | Phase::Permitted(t) => {
+                // a probe permit taken for it goes back
+                let _ = self.breaker.record(breaker::Outcome::Ignored, 0.0);
+                st.scheduler.cancel(t)
+            }
+        };
+        self.refund(&mut st, &mut entry);
+        self.grant(&mut st, granted)
+    }
+
+    /// Whether entry `id` is queued for a slot and not granted yet.
+    pub fn is_queued(&self, id: u64) -> bool {
+        matches!(
+            self.state.lock().entries.get(&id).map(|e| e.phase),
+            Some(Phase::Queued(_))
+        )
+    }
+
+    /// Take one retry from the budget if it allows it.
+    pub fn try_retry(&self) -> bool {
+        self.state.lock().budget.try_spend()
+    }
+
+    /// Retry credits left.
+    pub fn retry_balance(&self) -> f64 {
+        self.state.lock().budget.balance()
+    }
+
+    /// Outstanding reservations and the capacity available now per
+    /// configured dimension (`inf` would be an unconfigured one: not listed).
+    pub fn limiter_stats(&self) -> (usize, Vec<(&'static str, f64)>) {
+        let st = self.state.lock();
+        let avail = DIMS
+            .iter()
+            .zip(st.keys.iter())
+            .filter_map(|(d, k)| k.as_ref().map(|k| (*d, self.limiter.available(k))))
+            .collect();
+        (st.stats.outstanding, avail)
+    }
+
+    /// The gate's counters.
+    pub fn stats(&self) -> GateStats {
+        let st = self.state.lock();
+        GateStats {
+            entries: st.entries.len(),
+            ..st.stats.clone()
+        }
+    }
+
+    /// In a forked child: the parent's attempts do not exist here. A fresh
+    /// scheduler, no entries, no outstanding reservations; the breaker and
+    /// the cells keep what they learnt.
+    pub fn after_fork(&self) -> Result<()> {
+        let fresh = PriorityScheduler::new(self.cfg.scheduler.clone(), self.clock.clone())?;
+        let mut st = self.state.lock();
+        st.scheduler = Arc::new(fresh);
+        st.entries.clear();
+        st.by_ticket.clear();
+        st.pending.clear();
+        st.stats.outstanding = 0;
+        Ok(())
+    }
+
+    /// Check the gate's books against its scheduler (tests and debugging):
+    /// every queued ticket belongs to a queued entry, every slot to a granted
+    /// or permitted one, every unspent reservation is counted.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        let st = self.state.lock();
+        let count = |f: fn(&Phase) -> bool| st.entries.values().filter(|e| f(&e.phase)).count();
+        let queued = count(|p| matches!(p, Phase::Queued(_)));
+        let running = count(|p| matches!(p, Phase::Granted(_) | Phase::Permitted(_)));
+        let booked = st.entries.values().filter(|e| e.booked).count();
+        let s = st.scheduler.stats();
+        if s.queued != queued || st.by_ticket.len() != queued {
+            return Err(format!(
+                "queued: scheduler {} entries {queued} map {}",
+                s.queued,
+                st.by_ticket.len()
+            ));
+        }
+        if s.in_flight != running {
+            return Err(format!(
+                "in flight: scheduler {} entries {running}",
+                s.in_flight
+            ));
+        }
+        if booked != st.stats.outstanding {
+            return Err(format!(
+                "outstanding: counted {} booked {booked}",
+                st.stats.outstanding
+            ));
+        }
+        Ok(())
+    }
+
+    fn circuit_open(&self, retry_after_s: f64) -> Error {
+        Error::CircuitOpen {
+            name: self.name.clone(),
+            retry_after_s,
+        }
+    }
+
+    fn insert(st: &mut State, entry: Entry) -> u64 {
+        let id = st.next_id;
+        st.next_id += 1;
+        st.entries.insert(id, entry);
+        id
+    }
+
+    /// Book the entry's costs on every configured cell; the largest delay.
+    fn book(&self, st: &mut State, entry: &mut Entry) -> f64 {
+        let mut delay = 0.0_f64;
+        for (i, key) in st.keys.iter().enumerate() {
+            if let Some(key) = key {
+                // costs were checked: reserve cannot fail
+                delay = delay.max(self.limiter.reserve(key, entry.cost(i)).unwrap_or(0.0));
+                entry.mask |= 1 << i;
+            }
+        }
+        if entry.mask != 0 {
+            entry.booked = true;
+            st.stats.outstanding += 1;
+        }
+        delay
+    }
+
+    /// Give back an unspent reservation.
+    fn refund(&self, st: &mut State, entry: &mut Entry) {
+        if !entry.booked {
+            return;
+        }
+        entry.booked = false;
+        st.stats.outstanding -= 1;
+        for (i, key) in st.keys.iter().enumerate() {
+            if let (Some(key), true) = (key, entry.mask & (1 << i) != 0) {
+                let _ = self.limiter.refund(key, entry.cost(i));
+            }
+        }
+    }
+
+    fn reconcile(&self, st: &State, entry: &Entry, used_in: f64, used_out: f64) {
+        for (i, actual) in [(1, used_in + used_out), (2, used_in), (3, used_out)] {
+            if let (Some(key), true) = (&st.keys[i], entry.mask & (1 << i) != 0) {
+                let _ = self.limiter.reconcile(key, entry.cost(i), actual);
+            }
+        }
+    }
+
+    /// Hand out the permit of entry `id` holding slot `ticket`.
+    fn permit(st: &mut State, id: u64, ticket: u64) -> Admission {
+        let e = st.entries.get_mut(&id).expect("entry exists");
+        e.phase = Phase::Permitted(ticket);
+        if std::mem::take(&mut e.booked) {
+            st.stats.outstanding -= 1; // spent on this send from here on
+        }
+        st.stats.permits += 1;
+        Admission::Permit(id)
+    }
+
+    /// The slot stage of entry `id` (booked, not queued yet).
+    fn take_slot(&self, st: &mut State, id: u64) -> Result<Admission> {
+        let priority = st.entries[&id].priority;
+        let (ticket, now) = match st.scheduler.acquire(priority) {
+            Ok(v) => v,
+            Err(e) => {
+                let mut entry = st.entries.remove(&id).expect("entry exists");
+                self.refund(st, &mut entry);
+                st.stats.refused_queue += 1;
+                return Err(e);
+            }
+        };
+        if !now {
+            st.entries.get_mut(&id).expect("entry exists").phase = Phase::Queued(ticket);
+            st.by_ticket.insert(ticket, id);
+            return Ok(Admission::Wait { id, delay_s: 0.0 });
+        }
+        if self.breaker.try_acquire() {
+            return Ok(Self::permit(st, id, ticket));
+        }
+        let mut entry = st.entries.remove(&id).expect("entry exists");
+        self.refund(st, &mut entry);
+        st.stats.refused_circuit += 1;
+        // granted at once means nothing was queued: this frees no one, but keep
+        // whatever it grants for the next step that can return it
+        let granted = st.scheduler.cancel(ticket);
+        let woken = self.grant(st, granted);
+        st.pending.extend(woken);
+        Err(self.circuit_open(self.breaker.retry_after_s()))
+    }
+
+    /// Queued tickets the scheduler just granted: ask the breaker for each
+    /// (a refusal frees the slot for the next one). Returns the entries to
+    /// wake, with any pending from an earlier refusal.
+    fn grant(&self, st: &mut State, granted: Vec<u64>) -> Vec<u64> {
+        let mut woken = std::mem::take(&mut st.pending);
+        let mut todo = granted;
+        while !todo.is_empty() {
+            let mut next = Vec::new();
+            for ticket in todo {
+                let Some(id) = st.by_ticket.remove(&ticket) else {
+                    // not ours (granted behind the gate's back): free it again
+                    next.extend(st.scheduler.cancel(ticket));
+                    continue;
+                };
+                if self.breaker.try_acquire() {
+                    st.entries.get_mut(&id).expect("entry exists").phase = Phase::Granted(ticket);
+                } else {
+                    let retry_after = self.breaker.retry_after_s();
+                    let mut entry = *st.entries.get(&id).expect("entry exists");
+                    self.refund(st, &mut entry);
+                    entry.phase = Phase::Refused(retry_after);
+                    st.entries.insert(id, entry);
+                    st.stats.refused_circuit += 1;
+                    next.extend(st.scheduler.cancel(ticket));
+                }
+                woken.push(id);
+            }
+            todo = next;
+        }
+        woken
+    }
+}
+
+#[cfg(test)]
+mod tests;
+
+#[cfg(test)]
+mod props;

@@ -1,0 +1,84 @@
+"""Python->Rust crossings per uncached provider call, counted with ``sys.setprofile``.
+
+Every call of a method or function of ``llmrelay._core`` is a ``c_call`` event whose
+callable is bound to a core object (or the module). Attribute reads of the core's
+properties are not calls and are not counted.
+"""
+
+from __future__ import annotations
+
+import collections
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+from typing import Any
+
+import pytest
+
+from llmrelay import CacheConfig, LLMService, RateLimitConfig
+from llmrelay.testing import FakeProvider
+from service_helpers import ConfigFactory
+
+#: What the gate's adoption brought the orchestration of one attempt down to:
+#: the breaker look of the selector, one admit, one settle.
+GATE_CROSSINGS_PER_CALL = 3
+_GATE_NAMES = {"Gate", "PriorityScheduler", "CircuitBreaker", "RateLimiter"}
+
+
+def _core_target(fn: Any) -> str | None:
+    owner = getattr(fn, "__self__", None)
+    if owner is None:
+        return None
+    if getattr(owner, "__name__", None) == "llmrelay._core":
+        return f"_core.{fn.__name__}"
+    cls = type(owner)
+    if cls.__module__ == "llmrelay._core":
+        return f"{cls.__name__}.{fn.__name__}"
+    return None
+
+
+@contextmanager
+def counting() -> Iterator[collections.Counter[str]]:
+    """Count the core's calls made while the block runs (this thread)."""
+    seen: collections.Counter[str] = collections.Counter()
+
+    def prof(frame: FrameType, event: str, arg: Any) -> None:
+        if event == "c_call":
+            name = _core_target(arg)
+            if name is not None:
+                seen[name] += 1
+
+    sys.setprofile(prof)
+    try:
+        yield seen
+    finally:
+        sys.setprofile(None)
+
+
+def gate_crossings(seen: collections.Counter[str]) -> int:
+    """The crossings of the orchestration (gate, scheduler, breaker, limiter)."""
+    return sum(n for k, n in seen.items() if k.split(".")[0] in _GATE_NAMES)
+
+
+@pytest.mark.parametrize("limited", [False, True], ids=["no_limits", "rpm_tpm_limits"])
+async def test_crossings_per_uncached_provider_call(
+    make_config: ConfigFactory, fakes: dict[str, FakeProvider], limited: bool
+) -> None:
+    limits = RateLimitConfig(requests_per_minute=6_000, tokens_per_minute=10_000_000)
+    cfg = make_config(
+        cache=CacheConfig(enabled=False),
+        provider_kw={"openai": {"rate_limit": limits}} if limited else {},
+    )
+    async with LLMService(cfg) as svc:
+        for i in range(3):
+            await svc.achat(f"warm {i}")
+        calls = 5
+        with counting() as seen:
+            for i in range(calls):
+                await svc.achat(f"count {i}")
+        assert fakes["openai"].request_count == 3 + calls
+        per_call = {k: v / calls for k, v in sorted(seen.items())}
+        total = sum(seen.values()) / calls
+        print(f"\ncore crossings per uncached call ({limited=}): {total:g} {per_call}")
+        assert gate_crossings(seen) / calls == GATE_CROSSINGS_PER_CALL, per_call
