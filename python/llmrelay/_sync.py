@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import inspect
 import os
 import threading
 from collections.abc import AsyncIterator, Coroutine, Iterator
@@ -29,6 +30,16 @@ T = TypeVar("T")
 _END = object()
 #: How long ``stop()`` waits for the loop thread to end.
 _JOIN_S = 5.0
+
+
+async def _cancel_rest() -> None:
+    """Cancel every other task of the running loop and wait (bounded) for them to end."""
+    me = asyncio.current_task()
+    rest = [t for t in asyncio.all_tasks() if t is not me and not t.done()]
+    for t in rest:
+        t.cancel()
+    if rest:
+        await asyncio.wait(rest, timeout=1.0)
 
 
 def _closed_error() -> LLMRelayError:
@@ -45,13 +56,14 @@ class LoopThread:
         self._thread: threading.Thread | None = None
         self._pid = 0
         self._closed_pid = 0  # the process in which stop() ran (a forked child may start anew)
-        self._pending: set[concurrent.futures.Future[Any]] = set()
+        #: each sync call's future and its coroutine, until it is done
+        self._pending: dict[concurrent.futures.Future[Any], Coroutine[Any, Any, Any]] = {}
 
     def after_fork_in_child(self) -> None:
         """Forget the parent's loop and thread (they do not exist in a forked child)."""
         self._lock = threading.Lock()
         self._loop, self._thread, self._pid = None, None, 0
-        self._pending = set()
+        self._pending = {}
 
     @property
     def closed(self) -> bool:
@@ -95,18 +107,21 @@ class LoopThread:
         self, coro: Coroutine[Any, Any, T], loop: asyncio.AbstractEventLoop
     ) -> concurrent.futures.Future[T]:
         """Schedule ``coro`` on ``loop`` as a tracked future (closed: LLMRelayError)."""
-        try:
-            fut = asyncio.run_coroutine_threadsafe(coro, loop)
-        except RuntimeError:  # the loop is closed
-            coro.close()
-            raise _closed_error() from None
         with self._lock:
             if self.closed or loop is not self._loop:
-                fut.cancel()  # stop() already ran (or is running): the loop will not run it
-            else:
-                self._pending.add(fut)
-        fut.add_done_callback(self._pending.discard)
+                coro.close()
+                raise _closed_error()
+            try:
+                fut = asyncio.run_coroutine_threadsafe(coro, loop)
+            except RuntimeError:  # the loop is closed
+                coro.close()
+                raise _closed_error() from None
+            self._pending[fut] = coro
+        fut.add_done_callback(self._forget)
         return fut
+
+    def _forget(self, fut: concurrent.futures.Future[Any]) -> None:
+        self._pending.pop(fut, None)
 
     def _wait(self, fut: concurrent.futures.Future[T]) -> T:
         try:
@@ -161,14 +176,21 @@ class LoopThread:
             same_process = self._pid == os.getpid()
             self._loop, self._thread = None, None
             self._closed_pid = os.getpid()
-            pending = list(self._pending)
+            pending = list(self._pending.items())
             self._pending.clear()
         if loop is not None and same_process:
+            if loop.is_running() and thread is not threading.current_thread():
+                # tasks still on the loop (calls stopped at close) end cancelled, their
+                # clean-up run, instead of being destroyed pending with the loop
+                with contextlib.suppress(Exception):
+                    asyncio.run_coroutine_threadsafe(_cancel_rest(), loop).result(_JOIN_S)
             with contextlib.suppress(RuntimeError):  # already closed
                 loop.call_soon_threadsafe(loop.stop)
             if thread is not None and thread is not threading.current_thread():
                 thread.join(timeout=_JOIN_S)
-        for fut in pending:
+        for fut, coro in pending:
             fut.cancel()  # their threads wake with LLMRelayError (see _wait)
+            if inspect.iscoroutine(coro) and inspect.getcoroutinestate(coro) == "CORO_CREATED":
+                coro.close()  # scheduled, never started: the stopped loop will not run it
         if loop is not None and same_process and not loop.is_running() and not loop.is_closed():
             loop.close()
