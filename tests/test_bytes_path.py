@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import struct
 from collections.abc import AsyncIterator, Iterator
@@ -189,7 +190,10 @@ async def chunked_server() -> AsyncIterator[str]:
         }
     ).encode()
 
+    writers: set[asyncio.StreamWriter] = set()
+
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writers.add(writer)
         try:
             while True:
                 head = (await reader.readuntil(b"\r\n\r\n")).lower()
@@ -211,6 +215,12 @@ async def chunked_server() -> AsyncIterator[str]:
     port = server.sockets[0].getsockname()[1]
     async with server:
         yield f"http://127.0.0.1:{port}/v1"
+        # the client keeps its connection alive: close ours before the loop goes
+        for w in writers:
+            w.close()
+        for w in writers:
+            with contextlib.suppress(ConnectionError):
+                await w.wait_closed()
 
 
 async def test_chunked_reply_on_the_default_path(chunked_server: str) -> None:
