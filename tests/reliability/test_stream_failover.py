@@ -37,9 +37,11 @@ async def test_stream_without_a_first_token_in_time_falls_back(
     assert "fail me over" in text
     assert {c.provider for c in chunks if c.text} == {"claude"}
     (primary,) = snap.for_deployment("openai")
-    # retried like a plain call (max_retries=3), then the fallback
-    assert primary.counter("failures.ProviderTimeoutError") == 4
-    assert fakes["openai"].request_count == 4
+    # retried like a plain call (up to max_retries=3; a jittered backoff longer than the
+    # share of the time left moves on sooner), then the fallback
+    tries = primary.counter("failures.ProviderTimeoutError")
+    assert 1 <= tries <= 4
+    assert fakes["openai"].request_count == tries
     (fallback,) = snap.for_deployment("claude")
     assert fallback.counter("successes") == 1
     assert fallback.histograms["ttft"]["count"] == 1
