@@ -22,17 +22,15 @@ from llmrelay._shared import SharedLimiter
 async def use(lim: SharedLimiter, who: str) -> None:
     t0 = time.perf_counter()
     sources = [(await lim.reserve([("f/m:rpm", 1.0)])).source for _ in range(3)]
-    print(
-        json.dumps(
-            {
-                "who": who,
-                "source": sources[-1],
-                "connects": lim.stats()["connects"],
-                "elapsed_s": time.perf_counter() - t0,
-            }
-        ),
-        flush=True,
-    )
+    row = {
+        "who": who,
+        "source": sources[-1],
+        "connects": lim.stats()["connects"],
+        "elapsed_s": time.perf_counter() - t0,
+    }
+    # One write(2) per line: parent and child share the pipe, and print() may
+    # split the text and its newline into two writes that interleave.
+    os.write(1, (json.dumps(row) + "\n").encode())
 
 
 def main(url: str) -> None:
