@@ -17,6 +17,7 @@ import sys
 import time
 
 from llmrelay import CacheConfig, LLMService, LLMServiceConfig, ProviderConfig
+from llmrelay.testing import FakeProvider
 
 
 def _config(**kw: object) -> LLMServiceConfig:
@@ -33,7 +34,7 @@ def _pct(xs: list[float], q: float) -> float:
 def _line(name: str, xs: list[float]) -> str:
     us = [x * 1e6 for x in xs]
     return (
-        f"{name:<34} p50 {_pct(us, 0.5):8.2f} us   p99 {_pct(us, 0.99):8.2f} us"
+        f"{name:<38} p50 {_pct(us, 0.5):8.2f} us   p99 {_pct(us, 0.99):8.2f} us"
         f"   mean {statistics.fmean(us):8.2f} us   n={len(us)}"
     )
 
@@ -57,6 +58,29 @@ async def _async_cases(n: int) -> list[str]:
             await svc.achat("cached", temperature=0)
             xs.append(time.perf_counter() - t0)
         out.append(_line("achat, memory-cache hit", xs))
+    # Issue 11 asks why a hit costs more "with an HTTP kind" in bench-compare: that
+    # report sends an OpenAI-style message list, this one a string. Same input, both
+    # kinds, side by side: the kind's share and the input's share of a hit.
+    messages = [{"role": "user", "content": "Hello, benchmark! Please answer briefly."}]
+    fake = FakeProvider.spawn("openai")
+    try:
+        http = LLMServiceConfig(
+            providers=[
+                ProviderConfig(name="openai", kind="openai", base_url=fake.base_url, api_key="x")
+            ],
+            default_model="openai/gpt-4o-mini",
+        )
+        for label, cfg in (("echo", _config()), ("openai kind", http)):
+            async with LLMService(cfg) as svc:
+                await svc.achat(messages, temperature=0)
+                xs = []
+                for _ in range(n):
+                    t0 = time.perf_counter()
+                    await svc.achat(messages, temperature=0)
+                    xs.append(time.perf_counter() - t0)
+                out.append(_line(f"achat, memory hit, list, {label}", xs))
+    finally:
+        fake.close()
     return out
 
 
@@ -93,8 +117,8 @@ def _import_figures() -> list[str]:
         runs.append((float(d), int(rss)))
     best = min(runs)
     return [
-        f"{'import llmrelay (best of 5)':<34} {best[0] * 1000:8.1f} ms",
-        f"{'RSS after import':<34} {best[1] / 2**20:8.1f} MB",
+        f"{'import llmrelay (best of 5)':<38} {best[0] * 1000:8.1f} ms",
+        f"{'RSS after import':<38} {best[1] / 2**20:8.1f} MB",
     ]
 
 
