@@ -129,6 +129,7 @@ class Engine:
             config,
             adapter_for=self._adapter_for,
             default_base_url=lambda kind: get_provider(kind).resolve_base_url(),
+            default_api_key_env=lambda kind: get_provider(kind).api_key_env,
             transport_factory=transport_factory(transport),
             idle_timeout_s=config.client_idle_timeout_s,
         )
@@ -147,6 +148,7 @@ class Engine:
             facts=model_facts,
             knows=lambda kind, model: model in get_provider(kind).models,
             is_open=self.orchestrator.is_open,
+            aliases=config.aliases,
         )
         cc = config.cache
         self._disk_configured = bool(cc.enabled and cc.disk_path)
@@ -288,11 +290,12 @@ class Engine:
         req = build_request(messages, model, params)
         fmt = params.get("response_format")
         spec = output_spec(fmt) if fmt is not None else None
-        name = req.model or self.selector.default_model
+        asked = req.model or self.selector.default_model
+        name = self.selector.canonical(asked)  # an alias and its model share cache entries
         est_in = estimate_input_tokens(req)
         est_out = req.max_tokens or _DEFAULT_OUTPUT_ESTIMATE
         cands = self.selector.candidates(
-            name, needs=needs_of(req, stream), est_tokens=est_in + (req.max_tokens or 0)
+            asked, needs=needs_of(req, stream), est_tokens=est_in + (req.max_tokens or 0)
         )
         cands = honouring(cands, req, stream=stream)
         key = None

@@ -7,6 +7,7 @@ never "incapable".
 
 from __future__ import annotations
 
+from llmrelay.providers._compatible import COMPATIBLE
 from llmrelay.providers._inprocess import EchoAdapter
 from llmrelay.providers._registry import ModelInfo, ProviderRegistration, register_provider
 from llmrelay.providers.anthropic import AnthropicAdapter
@@ -152,6 +153,7 @@ BUILTINS = (
 
 
 def register_builtins() -> None:
-    """Register the built-in kinds (again, replacing any override)."""
-    for reg in BUILTINS:
+    """Register the built-in kinds (again, replacing any override): the protocols above
+    and the OpenAI-compatible services of :mod:`llmrelay.providers._compatible`."""
+    for reg in (*BUILTINS, *COMPATIBLE):
         register_provider(reg, replace=True)
