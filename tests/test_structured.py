@@ -12,7 +12,12 @@ from llmrelay.errors import InvalidRequestError, StructuredOutputError
 from llmrelay.testing import FakeProvider
 from service_helpers import ConfigFactory
 
-pydantic = pytest.importorskip("pydantic")
+try:
+    import pydantic
+except ImportError:  # pydantic is optional: its tests skip, the rest run
+    pydantic = None
+
+needs_pydantic = pytest.mark.skipif(pydantic is None, reason="pydantic is not installed")
 
 
 class Person(msgspec.Struct):
@@ -20,9 +25,11 @@ class Person(msgspec.Struct):
     age: int
 
 
-class PersonModel(pydantic.BaseModel):  # type: ignore[misc,name-defined]
-    name: str
-    age: int
+if pydantic is not None:
+
+    class PersonModel(pydantic.BaseModel):
+        name: str
+        age: int
 
 
 SCHEMA: dict[str, Any] = {
@@ -96,6 +103,7 @@ async def test_ollama_native_format(
 # ---- fallbacks: JSON mode, then the instruction -----------------------------------------------
 
 
+@needs_pydantic
 async def test_json_mode_fallback_for_a_model_without_json_schema(
     make_config: ConfigFactory, fakes: dict[str, FakeProvider]
 ) -> None:
@@ -226,6 +234,7 @@ def test_sync_twin_parses_and_repairs(
 # ---- cache ------------------------------------------------------------------------------------
 
 
+@needs_pydantic
 async def test_cached_reply_keeps_parsed(
     make_config: ConfigFactory, fakes: dict[str, FakeProvider]
 ) -> None:
@@ -350,3 +359,47 @@ async def test_fallback_across_providers_keeps_the_schema(
     async with LLMService(cfg) as svc:
         r = await svc.achat("who?", response_format=Person, cache=CacheControl(skip=True))  # type: ignore[arg-type]
     assert r.parsed == Person(name="B", age=1) and r.provider == "claude"
+
+
+async def test_anthropic_with_own_tools_gets_the_instruction(
+    make_config: ConfigFactory, fakes: dict[str, FakeProvider]
+) -> None:
+    """A call with tools of its own cannot force the schema's tool: the schema goes into
+    the system prompt and the text reply is parsed."""
+    fakes["anthropic"].script(GOOD)
+    tool = {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}
+    async with LLMService(make_config()) as svc:
+        r = await svc.achat(
+            "who?",
+            MODELS["anthropic"],
+            tools=[tool],
+            response_format=Person,  # type: ignore[arg-type]
+        )
+    assert r.parsed == Person(name="Ada", age=36)
+    body = last_body(fakes["anthropic"])
+    assert [t["name"] for t in body["tools"]] == ["lookup"] and "tool_choice" not in body
+    assert "JSON schema" in body["system"]
+
+
+async def test_view_default_response_format_and_batch(
+    make_config: ConfigFactory, fakes: dict[str, FakeProvider]
+) -> None:
+    fakes["openai"].script(GOOD, times=3)
+    async with LLMService(make_config()) as svc:
+        view = svc.with_options(response_format=Person)  # type: ignore[arg-type]
+        r = await view.achat("who?")
+        results = await view.abatch(["a", "b"])
+    assert r.parsed == Person(name="Ada", age=36)
+    assert [getattr(x, "parsed", None) for x in results] == [Person(name="Ada", age=36)] * 2
+
+
+@needs_pydantic
+async def test_pydantic_stream(make_config: ConfigFactory, fakes: dict[str, FakeProvider]) -> None:
+    fakes["openai"].script(GOOD)
+    async with LLMService(make_config()) as svc:
+        chunks = [
+            c
+            async for c in svc.astream("who?", response_format=PersonModel)  # type: ignore[arg-type]
+        ]
+    assert isinstance(chunks[-1].parsed, PersonModel) and chunks[-1].parsed.name == "Ada"
+    assert chunks[-1].to_dict()["parsed"] == {"name": "Ada", "age": 36}
