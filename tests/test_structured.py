@@ -40,7 +40,11 @@ SCHEMA: dict[str, Any] = {
 }
 GOOD = '{"name": "Ada", "age": 36}'
 BAD = '{"name": "Ada", "age": "thirty-six"}'
-MODELS = {"openai": "openai/gpt-4o-mini", "anthropic": "claude/claude-haiku-4-5"}
+MODELS = {
+    "openai": "openai/gpt-4o-mini",
+    "anthropic": "claude/claude-haiku-4-5",
+    "ollama": "local/llama3.2",
+}
 
 
 def last_body(fake: FakeProvider) -> dict[str, Any]:
@@ -165,7 +169,7 @@ def _plain_adapter(**kw: Any) -> Any:
 # ---- repair -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+@pytest.mark.parametrize("provider", ["openai", "anthropic", "ollama"])
 async def test_invalid_then_repaired(
     provider: str, make_config: ConfigFactory, fakes: dict[str, FakeProvider]
 ) -> None:
