@@ -148,3 +148,32 @@ def test_stream_tail_with_no_tail_adds_a_final_chunk_and_reports_errors() -> Non
     bad.feed(ChatChunk(text='{"value": "x"}', finish_reason="stop"))
     assert bad.finish() == [ChatChunk(text='{"value": "x"}', finish_reason="stop")]
     assert bad.error is not None and "int" in bad.error
+
+
+def test_an_empty_schema_is_not_strict() -> None:
+    spec = output_spec({"type": "json_schema", "json_schema": {"name": "x", "schema": {}}})
+    assert spec is not None and spec.strict is False
+
+
+def test_batch_run_records_encode_a_pydantic_parsed() -> None:
+    pydantic = pytest.importorskip("pydantic")
+    from llmrelay._runner import _encoder
+    from llmrelay._types import ChatResponse, Message
+
+    class P(pydantic.BaseModel):  # type: ignore[name-defined,misc]
+        a: int
+
+    resp = ChatResponse(
+        id="i",
+        model="m",
+        provider="p",
+        text='{"a": 1}',
+        message=Message(role="assistant", content='{"a": 1}'),
+        tool_calls=[],
+        finish_reason="stop",
+        usage=Usage(),
+        parsed=P(a=1),
+    )
+    assert msgspec.json.decode(_encoder.encode({"response": resp}))["response"]["parsed"] == {
+        "a": 1
+    }

@@ -267,7 +267,8 @@ def _strictable(schema: Any) -> bool:
             walk(value)
 
     walk(schema)
-    return ok
+    # strict mode wants an object with its properties at the root
+    return ok and isinstance(schema, dict) and "properties" in schema
 
 
 def is_object_schema(schema: Any) -> bool:
