@@ -274,3 +274,17 @@ def test_aliases_from_toml(tmp_path: Path) -> None:
     assert msgspec.json.decode(msgspec.json.encode(cfg))["aliases"] == {
         "fast": "groq/llama-3.1-8b-instant"
     }
+
+
+def test_azure_fake_in_a_subprocess() -> None:
+    """``python -m llmrelay.testing azure`` serves the same protocol from another process."""
+    with FakeProvider.spawn("azure", api_key="azure-key") as fake:
+        fake.script("from the child")
+        cfg = LLMServiceConfig(
+            providers=[
+                ProviderConfig(name="az", kind="azure", base_url=fake.base_url, api_key="azure-key")
+            ],
+            default_model="az/dep",
+        )
+        with LLMService(cfg) as svc:
+            assert svc.chat("x").text == "from the child"
