@@ -407,3 +407,15 @@ async def test_pydantic_stream(make_config: ConfigFactory, fakes: dict[str, Fake
         ]
     assert isinstance(chunks[-1].parsed, PersonModel) and chunks[-1].parsed.name == "Ada"
     assert chunks[-1].to_dict()["parsed"] == {"name": "Ada", "age": 36}
+
+
+async def test_anthropic_json_mode_is_served_by_the_instruction(
+    make_config: ConfigFactory, fakes: dict[str, FakeProvider]
+) -> None:
+    """Regression: ``{"type": "json_object"}`` on Anthropic was refused too (no candidate
+    supports json_mode); it is asked for in the system prompt, and not parsed."""
+    fakes["anthropic"].script('{"a": 1}')
+    async with LLMService(make_config()) as svc:
+        r = await svc.achat("x", MODELS["anthropic"], response_format={"type": "json_object"})
+    assert r.text == '{"a": 1}' and r.parsed is None
+    assert "JSON" in last_body(fakes["anthropic"])["system"]
