@@ -222,11 +222,24 @@ def test_defaults_json_mode_and_bad_image() -> None:
         "m",
         stream=False,
     )
-    assert (
-        body["system"].startswith("s\n\n")
-        and '{"type":"object"}' in body["system"]
-        and body["max_tokens"] == 9
+    # a JSON schema is a forced tool (the system prompt is left alone)
+    assert body["system"] == "s" and body["max_tokens"] == 9
+    assert body["tool_choice"] == {"type": "tool", "name": "s"}
+    assert [t["name"] for t in body["tools"]] == ["s"]
+    assert body["tools"][0]["input_schema"]["type"] == "object"
+    # with tools of the call's own, the schema goes into the system prompt instead
+    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+    body = adapter().chat_body(
+        build_request(
+            [{"role": "system", "content": "s"}, {"role": "user", "content": "x"}],
+            None,
+            {"response_format": schema, "tools": [tool]},
+        ),
+        "m",
+        stream=False,
     )
+    assert body["system"].startswith("s\n\n") and '"type":"object"' in body["system"]
+    assert [t["name"] for t in body["tools"]] == ["f"] and "tool_choice" not in body
     bad = build_request(
         [{"role": "user", "content": [{"type": "image_url", "image_url": "data:image/png,raw"}]}],
         None,

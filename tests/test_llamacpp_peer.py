@@ -17,9 +17,10 @@ import importlib.util
 import math
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
+import msgspec
 import pytest
 
 from llmrelay import CacheConfig, ChatResponse, LLMService, LLMServiceConfig, ProviderConfig
@@ -282,3 +283,28 @@ def test_peer_that_cannot_load_its_model_fails_fast(tmp_path: Path) -> None:
         peer.start()
     peer.close()  # idempotent
     assert peer.log_path.exists()
+
+
+# ---------------------------------------------------------------- structured output
+
+
+class Verdict(msgspec.Struct):
+    choice: Literal["yes", "no"]
+    sure: bool
+
+
+async def test_structured_output_with_a_json_schema(chat_peer: str) -> None:
+    """The ``llamacpp`` kind sends the schema as ``response_format`` json_schema, which the
+    server compiles to a grammar: even random weights must answer valid JSON of it."""
+    cfg = LLMServiceConfig(
+        providers=[ProviderConfig(name="local", kind="llamacpp", base_url=f"{chat_peer}/v1")],
+        default_model=f"local/{MODEL_ALIAS}",
+        cache=CacheConfig(enabled=False),
+    )
+    async with LLMService(cfg) as svc:
+        params: dict[str, Any] = {"temperature": 0, "max_tokens": 160}
+        r = await svc.achat("Answer.", response_format=Verdict, **params)
+        assert isinstance(r.parsed, Verdict) and r.parsed.choice in ("yes", "no")
+        assert r.attempts == 1  # valid at once: no repair was needed
+        chunks = [c async for c in svc.astream("Answer.", response_format=Verdict, **params)]
+        assert chunks[-1].parsed == r.parsed  # greedy: the stream says the same

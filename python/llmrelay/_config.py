@@ -644,9 +644,13 @@ class LLMServiceConfig(_Config, frozen=True):
     namespace: str = ""
     #: A deployment's HTTP client unused this long is closed (rebuilt on next use).
     client_idle_timeout_s: float = 300.0
+    #: Short names for models (``{"fast": "groq/llama-3.1-8b-instant"}``), usable
+    #: wherever a model is named: calls, ``default_model``, fallbacks.
+    aliases: dict[str, str] = {}
 
     def _validate(self) -> None:
         _num("client_idle_timeout_s", self.client_idle_timeout_s, gt=0)
+        self._check_aliases()
         seen: set[str] = set()
         for i, p in enumerate(self.providers):
             if p.name in seen:
@@ -658,11 +662,38 @@ class LLMServiceConfig(_Config, frozen=True):
             self._check_deployment(field, name)
 
     def model_names(self) -> Iterator[tuple[str, str]]:
-        """``default_model`` and every fallback model name, each with its field path."""
+        """``default_model``, every fallback model name and every alias's target, each
+        with its field path (an alias named here is given as its target)."""
         if self.default_model is not None:
-            yield "default_model", self.default_model
+            yield "default_model", self.aliases.get(self.default_model, self.default_model)
         for field, name in self.selection.model_names():
-            yield f"selection.{field}", name
+            yield f"selection.{field}", self.aliases.get(name, name)
+        for alias, target in self.aliases.items():
+            yield f"aliases[{alias!r}]", target
+
+    def _check_aliases(self) -> None:
+        """An alias is a plain name (no ``/``: that is a deployment's) for a model name
+        that is not itself an alias (aliases take one step)."""
+        names = {p.name for p in self.providers}
+        for alias, target in self.aliases.items():
+            field = f"aliases[{alias!r}]"
+            if not alias.strip() or "/" in alias or alias != alias.strip():
+                raise ConfigError(
+                    f"invalid alias name {alias!r}: must be a non-empty name without '/' or "
+                    "surrounding spaces ('<provider>/<model>' names a deployment's model)",
+                    field=field,
+                )
+            if alias in names:
+                raise ConfigError(
+                    f"invalid alias name {alias!r}: a provider has that name", field=field
+                )
+            _nonempty_model(target, field)
+            if target in self.aliases:
+                raise ConfigError(
+                    f"invalid {field}={target!r}: it names another alias; an alias names "
+                    "a model ('<provider>/<model>' or a listed model name)",
+                    field=field,
+                )
 
     def _check_deployment(self, field: str, name: str) -> None:
         """A ``provider/model`` name must start with a provider's name (or be a listed model).

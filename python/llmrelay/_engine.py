@@ -41,6 +41,8 @@ from llmrelay._stages import (
     transport_factory,
 )
 from llmrelay._streaming import stream_call
+from llmrelay._structured import OutputSpec, output_spec
+from llmrelay._structured_call import structured_chat, with_parsed
 from llmrelay._sync import LoopThread
 from llmrelay._types import (
     ChatChunk,
@@ -102,6 +104,8 @@ class Prepared:
     est_out: int
     #: the cache mode: the call's ``CacheControl.mode``, else ``CacheConfig.mode``
     mode: str = "read_write"
+    #: what a ``response_format`` model asks for (None: no structured output)
+    structured: OutputSpec | None = None
 
 
 class Engine:
@@ -125,6 +129,7 @@ class Engine:
             config,
             adapter_for=self._adapter_for,
             default_base_url=lambda kind: get_provider(kind).resolve_base_url(),
+            default_api_key_env=lambda kind: get_provider(kind).api_key_env,
             transport_factory=transport_factory(transport),
             idle_timeout_s=config.client_idle_timeout_s,
         )
@@ -143,6 +148,7 @@ class Engine:
             facts=model_facts,
             knows=lambda kind, model: model in get_provider(kind).models,
             is_open=self.orchestrator.is_open,
+            aliases=config.aliases,
         )
         cc = config.cache
         self._disk_configured = bool(cc.enabled and cc.disk_path)
@@ -282,11 +288,14 @@ class Engine:
         prio = self.check_priority(priority)
         cc = cache_control(cache)
         req = build_request(messages, model, params)
-        name = req.model or self.selector.default_model
+        fmt = params.get("response_format")
+        spec = output_spec(fmt) if fmt is not None else None
+        asked = req.model or self.selector.default_model
+        name = self.selector.canonical(asked)  # an alias and its model share cache entries
         est_in = estimate_input_tokens(req)
         est_out = req.max_tokens or _DEFAULT_OUTPUT_ESTIMATE
         cands = self.selector.candidates(
-            name, needs=needs_of(req, stream), est_tokens=est_in + (req.max_tokens or 0)
+            asked, needs=needs_of(req, stream), est_tokens=est_in + (req.max_tokens or 0)
         )
         cands = honouring(cands, req, stream=stream)
         key = None
@@ -304,7 +313,7 @@ class Engine:
             else:
                 ns = cc.namespace if cc.namespace is not None else self.config.namespace
                 key = cache_key(req, name, ns, cands[0].deployment.credential_scope, cc.sample)
-        return Prepared(req, name, prio, cands, key, cc, est_in, est_out, mode)
+        return Prepared(req, name, prio, cands, key, cc, est_in, est_out, mode, spec)
 
     def _skipped(self, cand: Candidate, reason: str) -> None:
         """Count a request the cache did not look up, and say once why it happens."""
@@ -332,8 +341,9 @@ class Engine:
         raw = (self.cache.get_hot if self._disk_configured else self.cache.get_memory)(p.key)
         if raw is None:
             return None
-        self.metrics.core.incr(*self._series(p), "cache_hits.memory")
-        resp: ChatResponse = self._decoder.decode(raw)
+        resp: ChatResponse | None = self._decoded_hit(p, raw)
+        if resp is not None:
+            self.metrics.core.incr(*self._series(p), "cache_hits.memory")
         return resp
 
     def _disk_hit(self, p: Prepared) -> ChatResponse | None:
@@ -342,9 +352,19 @@ class Engine:
         raw = self.cache.get_disk(p.key)
         if raw is None:
             return None
-        self.metrics.core.incr(*self._series(p), "cache_hits.disk")
-        resp: ChatResponse = self._decoder.decode(raw)
+        resp: ChatResponse | None = self._decoded_hit(p, raw)
+        if resp is not None:
+            self.metrics.core.incr(*self._series(p), "cache_hits.disk")
         return resp
+
+    def _decoded_hit(self, p: Prepared, raw: bytes) -> ChatResponse | None:
+        """A cached answer, with ``parsed`` for a structured call (an answer that does
+        not validate into this call's model is no answer: a miss)."""
+        resp: ChatResponse = self._decoder.decode(raw)
+        if p.structured is None:
+            return resp
+        value, error = p.structured.try_parse(resp.text)
+        return None if error is not None else msgspec.structs.replace(resp, parsed=value)
 
     def _count_miss(self, p: Prepared) -> None:
         tiers = [("cache_misses.memory", 1)]
@@ -372,12 +392,16 @@ class Engine:
     def _store(self, p: Prepared, resp: ChatResponse) -> None:
         if p.key is None or p.mode == "read_only" or p.mode == "replay":
             return
+        if p.structured is not None and resp.parsed is None:
+            return  # a reply that does not validate is not kept (its repair may be)
         if not is_complete(resp):
             incomplete = p.cc.cache_incomplete
             if not (self.config.cache.cache_incomplete if incomplete is None else incomplete):
                 self.metrics.core.incr(*self._series(p), "cache_skipped.incomplete")
                 return
-        stored = msgspec.structs.replace(resp, cached=True, latency_s=0.0, attempts=0)
+        stored = msgspec.structs.replace(
+            resp, cached=True, latency_s=0.0, attempts=0, parsed=None
+        )  # ``parsed`` is rebuilt from the text on a hit, into the caller's own model
         self.cache.set(p.key, self._encoder.encode(stored), p.cc.ttl_s)
 
     # ---- chat ------------------------------------------------------------------------------
@@ -398,7 +422,16 @@ class Engine:
     async def chat_prepared(
         self, p: Prepared, timeout: float | None, *, memory_checked: bool
     ) -> ChatResponse:
-        """Everything after validation: middleware around cache, dedup and orchestration."""
+        """Everything after validation: middleware around cache, dedup and orchestration;
+        a structured call's reply validated (and repaired once) on top."""
+        if p.structured is not None:
+            return await structured_chat(self, p, timeout, memory_checked)
+        return await self.chat_once(p, timeout, memory_checked=memory_checked)
+
+    async def chat_once(
+        self, p: Prepared, timeout: float | None, *, memory_checked: bool
+    ) -> ChatResponse:
+        """One pass of the call: middleware around cache, dedup and orchestration."""
         if not self.middleware:
             return await self._cached(p, timeout, memory_checked)
 
@@ -604,6 +637,8 @@ class Engine:
             attempts=len(ctx.attempts) + 1,
             cached=False,
         )
+        if p.structured is not None:
+            out = with_parsed(p.structured, p.req, out)
         self._store(p, out)
         return out
 

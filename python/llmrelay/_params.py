@@ -61,7 +61,7 @@ class ChatParams(TypedDict, total=False):
     seed: int | None
     tools: Sequence[Mapping[str, Any]] | None
     tool_choice: Literal["auto", "none", "required"] | Mapping[str, Any] | None
-    response_format: Mapping[str, Any] | None
+    response_format: Mapping[str, Any] | type | None
     user: str | None
     metadata: Mapping[str, str] | None
     extra: Mapping[str, Any] | None
@@ -166,11 +166,16 @@ def _tool_choice(field: str, v: Any) -> str | dict[str, Any]:
 
 
 def _response_format(field: str, v: Any) -> dict[str, Any]:
-    if not isinstance(v, dict) or v.get("type") not in ("text", "json_object", "json_schema"):
-        raise bad(field, v, "{'type': 'text' | 'json_object' | 'json_schema', ...}")
-    if v["type"] == "json_schema" and not isinstance(v.get("json_schema"), dict):
-        raise bad(f"{field}.json_schema", v.get("json_schema"), "a dict with name and schema")
-    return v
+    """OpenAI's ``text``/``json_object`` dicts as they are; a model (msgspec Struct type,
+    pydantic class, JSON-schema dict, or OpenAI's ``json_schema`` dict) normalised to
+    OpenAI's ``json_schema`` shape (see :mod:`llmrelay._structured`)."""
+    from llmrelay._structured import output_spec  # lazy: _structured imports _types
+
+    if isinstance(v, dict) and v.get("type") in ("text", "json_object"):
+        return v
+    spec = output_spec(v)
+    assert spec is not None
+    return spec.response_format
 
 
 def _str(field: str, v: Any) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -112,6 +113,7 @@ class ProviderPool:
         *,
         adapter_for: Callable[[ProviderConfig, str, str | None], Any],
         default_base_url: Callable[[str], str],
+        default_api_key_env: Callable[[str], str | None] | None = None,
         transport_factory: TransportFactory | None = None,
         idle_timeout_s: float = 300.0,
         max_connections: int = 256,
@@ -127,6 +129,9 @@ class ProviderPool:
         for p in config.providers:
             base_url = (p.base_url or default_base_url(p.provider_kind)).rstrip("/")
             key = p.resolve_api_key()
+            if key is None and not p.api_key_env and default_api_key_env is not None:
+                env = default_api_key_env(p.provider_kind)  # the kind's own (GROQ_API_KEY)
+                key = os.environ.get(env) or None if env else None
             self._deployments[p.name] = Deployment(
                 config=p,
                 base_url=base_url,

@@ -7,7 +7,8 @@ built) or on the environment the service starts in:
 - every provider's kind is registered;
 - an ``api_key_env`` names a variable that is set;
 - a kind's base-URL variable (``OPENAI_BASE_URL``, ``ANTHROPIC_BASE_URL``,
-  ``OLLAMA_HOST``), where a provider without ``base_url`` takes it, is a URL;
+  ``OLLAMA_HOST``), where a provider without ``base_url`` takes it, is a URL, and
+  a kind without a default URL (``azure``) has one;
 - ``default_model`` and every fallback name a model a provider serves (by the
   selector's own rule, :func:`llmrelay._selection.route`).
 
@@ -48,12 +49,19 @@ def check_service_config(
             )
         if p.base_url is None:
             try:
-                reg.resolve_base_url(env)
+                resolved = reg.resolve_base_url(env)
             except ConfigError as e:
                 raise ConfigError(
                     f"invalid {where}.base_url, taken from the environment: {e}",
                     field=f"{where}.base_url",
                 ) from None
+            if not resolved:  # a kind with no default URL (azure: one per resource)
+                hint = f" or set {reg.base_url_env}" if reg.base_url_env else ""
+                raise ConfigError(
+                    f"invalid {where}.base_url=None: kind {reg.kind!r} has no default URL; "
+                    f"give base_url{hint} (provider {p.name!r})",
+                    field=f"{where}.base_url",
+                )
     for field, name in config.model_names():
         try:
             route(name, config.providers, knows_model)

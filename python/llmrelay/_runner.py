@@ -34,6 +34,7 @@ import msgspec
 
 from llmrelay._cachekey import CacheControl
 from llmrelay._stages import cache_control
+from llmrelay._structured import parsed_builtins
 from llmrelay._types import ChatResponse
 from llmrelay.errors import InvalidRequestError, LLMRelayError
 
@@ -148,7 +149,7 @@ class _DoneError(msgspec.Struct):
 
 
 _done_decoder = msgspec.json.Decoder(_DoneRecord)
-_encoder = msgspec.json.Encoder()
+_encoder = msgspec.json.Encoder(enc_hook=parsed_builtins)  # a pydantic ``parsed``
 
 
 def read_done(path: Path) -> tuple[set[Any], set[int], int]:

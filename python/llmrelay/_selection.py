@@ -14,7 +14,7 @@ size are dropped; open circuits are skipped, not tried.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from llmrelay._config import ModelSelectionStrategy, ProviderConfig
@@ -148,7 +148,9 @@ class Selector:
         knows: KnowsFn,
         is_open: Callable[[Deployment], bool],
         rng: random.Random | None = None,
+        aliases: Mapping[str, str] | None = None,
     ) -> None:
+        self._aliases: dict[str, str] = dict(aliases or {})
         self._pool = pool
         self._strategy = strategy
         self._default_model = default_model
@@ -192,12 +194,17 @@ class Selector:
             field="model",
         )
 
+    def canonical(self, model: str) -> str:
+        """The model an alias stands for (``LLMServiceConfig.aliases``), else ``model``."""
+        return self._aliases.get(model, model)
+
     def resolve(self, model: str) -> tuple[Candidate, ...]:
-        """Every deployment serving ``model`` (unordered by strategy); cached per name."""
+        """Every deployment serving ``model`` (an alias: its target; unordered by
+        strategy); cached per name."""
         hit = self._resolve_cache.get(model)
         if hit is not None:
             return hit
-        found = self._resolve(model)
+        found = self._resolve(self.canonical(model))
         self._resolve_cache[model] = found
         return found
 
@@ -236,6 +243,9 @@ class Selector:
         primary = self._order(list(self.resolve(model)))
         out: list[Candidate] = list(primary)
         fallbacks = self._strategy.fallbacks.get(model)
+        if fallbacks is None and model in self._aliases:
+            model = self._aliases[model]
+            fallbacks = self._strategy.fallbacks.get(model)
         if fallbacks is None and "/" in model:
             fallbacks = self._strategy.fallbacks.get(model.partition("/")[2])
         kinds = {c.deployment.kind for c in primary}

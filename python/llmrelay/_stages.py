@@ -54,8 +54,9 @@ def needs_of(req: ChatRequest, stream: bool) -> list[str]:
     needs = []
     if req.tools:
         needs.append("tools")
-    if req.response_format:
-        needs.append("json_mode")
+    # response_format needs no capability: every adapter honours it natively or by
+    # JSON mode or instructions (see llmrelay._structured); ``json_mode`` stays a
+    # capability a config may require
     if stream:
         needs.append("streaming")
     for m in req.messages:

@@ -17,6 +17,7 @@ from llmrelay._middleware import chain
 from llmrelay._orchestrator import CallContext
 from llmrelay._selection import Candidate
 from llmrelay._stages import replay
+from llmrelay._structured_call import structured_stream
 from llmrelay._types import ChatChunk, ChatRequest, ChatResponse
 from llmrelay.errors import DeadlineExceededError, LLMRelayError, ProviderTimeoutError
 from llmrelay.providers import accumulate_chunks
@@ -42,6 +43,8 @@ async def stream_call(
     """The pipeline for a streamed call (cache replay, no in-flight joining)."""
     p = eng.prepare(messages, model, priority, cache, params, stream=True)
     inner = _with_middleware(eng, p, timeout) if eng.middleware else _pipeline(eng, p, timeout, [])
+    if p.structured is not None:  # parsed on the final chunk (see llmrelay._structured_call)
+        inner = structured_stream(inner, p.structured, p.req)
     async for chunk in inner:
         yield chunk
 

@@ -64,6 +64,9 @@ def _plain(value: Any) -> Any:
     to_dict = getattr(value, "to_dict", None)
     if to_dict is not None:
         return to_dict()
+    dump = getattr(value, "model_dump", None)  # a pydantic model in ``parsed``
+    if dump is not None and not isinstance(value, type):
+        return dump(mode="json")
     if isinstance(value, list):
         return [_plain(v) for v in value]
     return msgspec.to_builtins(value)
@@ -430,7 +433,8 @@ class Choice(msgspec.Struct, kw_only=True):
 
 
 class ChatResponse(msgspec.Struct, kw_only=True):
-    """A provider's answer. The service fills ``latency_s``, ``cached`` and ``attempts``.
+    """A provider's answer. The service fills ``latency_s``, ``cached`` and ``attempts``,
+    and ``parsed`` for a call with ``response_format=Model``.
 
     ``choices`` lists every alternative of a call made with ``n`` (the response
     itself first); ``alternatives`` holds the ones after the first.
@@ -449,6 +453,8 @@ class ChatResponse(msgspec.Struct, kw_only=True):
     attempts: int = 1
     logprobs: list[TokenLogprob] | None = None
     alternatives: list[Choice] = []
+    #: the reply validated into the call's ``response_format`` model (None without one)
+    parsed: Any = None
 
     @property
     def choices(self) -> list[Choice]:
@@ -483,6 +489,8 @@ class ChatChunk(msgspec.Struct, kw_only=True, omit_defaults=True):
     provider: str | None = None
     id: str | None = None
     logprobs: list[TokenLogprob] | None = None
+    #: on the final chunk of a call with a ``response_format`` model: the answer, validated
+    parsed: Any = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain builtins (JSON-ready), every field present."""

@@ -22,6 +22,7 @@ working::
     ├── QueueFullError                       the scheduler's queue is full
     ├── QueueTimeoutError (TimeoutError)     waited too long for a deployment's slot
     ├── CacheMissError                       replay mode found no cached answer; not sent
+    ├── StructuredOutputError (ValueError)   the reply did not validate, repair included
     └── AllProvidersFailedError              every candidate failed; see ``attempts``
 
 No exception carries an API key: messages are built from provider names,
@@ -50,6 +51,7 @@ __all__ = [
     "QueueFullError",
     "QueueTimeoutError",
     "RateLimitError",
+    "StructuredOutputError",
 ]
 
 
@@ -219,6 +221,31 @@ class CacheMissError(LLMRelayError):
         super().__init__(message)
         self.model = model
         self.reason = reason
+
+
+class StructuredOutputError(LLMRelayError, ValueError):
+    """A call made with ``response_format=Model`` got a reply that does not validate,
+    after its one repair attempt (a stream: at its end; a stream is not repaired).
+
+    ``raw`` is the last reply's text (the JSON it gave, or whatever it wrote);
+    ``validation_error`` says what is wrong with it; ``response`` is that reply
+    (a streamed call: None).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        raw: str,
+        validation_error: str,
+        response: object | None = None,
+        model: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.raw = raw
+        self.validation_error = validation_error
+        self.response = response
+        self.model = model
 
 
 class Attempt:

@@ -1,7 +1,10 @@
 """Provider adapters and the provider registry.
 
 Built-in kinds: ``openai`` (and ``openai_compatible`` for any server speaking the
-OpenAI Chat Completions protocol), ``anthropic`` and ``ollama``. Third-party
+OpenAI Chat Completions protocol), ``anthropic`` and ``ollama``; ``azure`` (Azure
+OpenAI's deployment URLs and ``api-key``); the OpenAI-compatible services
+``gemini``, ``groq``, ``together``, ``deepseek``, ``mistral``, ``openrouter``,
+``xai``, ``fireworks`` and the local servers ``vllm``, ``lmstudio``, ``llamacpp``. Third-party
 kinds register with :func:`register_provider` or the ``llmrelay.providers``
 entry-point group.
 """
@@ -25,12 +28,14 @@ from llmrelay.providers._registry import (
     unregister_provider,
 )
 from llmrelay.providers.anthropic import AnthropicAdapter
+from llmrelay.providers.azure import AzureOpenAIAdapter
 from llmrelay.providers.ollama import OllamaAdapter
 from llmrelay.providers.openai import OpenAIAdapter
 
 __all__ = [
     "ENTRY_POINT_GROUP",
     "AnthropicAdapter",
+    "AzureOpenAIAdapter",
     "ChunkAccumulator",
     "EchoAdapter",
     "InProcessAdapter",

@@ -7,6 +7,7 @@ never "incapable".
 
 from __future__ import annotations
 
+from llmrelay.providers._compatible import COMPATIBLE
 from llmrelay.providers._inprocess import EchoAdapter
 from llmrelay.providers._registry import ModelInfo, ProviderRegistration, register_provider
 from llmrelay.providers.anthropic import AnthropicAdapter
@@ -25,11 +26,13 @@ def _chat(
     vision: bool | None = True,
     tools: bool = True,
     json_mode: bool = True,
+    json_schema: bool | None = True,
 ) -> ModelInfo:
     return ModelInfo(
         tools=tools,
         vision=vision,
         json_mode=json_mode,
+        json_schema=json_schema,
         streaming=True,
         embeddings=False,
         context_window=ctx,
@@ -59,14 +62,15 @@ OPENAI_MODELS = {
     "gpt-4.1-nano": _chat(1_047_576, 32_768, 0.10, 0.40),
     "o3-mini": _chat(200_000, 100_000, 1.10, 4.40, vision=False),
     "o4-mini": _chat(200_000, 100_000, 1.10, 4.40),
-    "gpt-4-turbo": _chat(128_000, 4_096, 10.00, 30.00),
-    "gpt-3.5-turbo": _chat(16_385, 4_096, 0.50, 1.50, vision=False),
+    # no structured outputs (json_schema) on these two: JSON mode plus the instruction
+    "gpt-4-turbo": _chat(128_000, 4_096, 10.00, 30.00, json_schema=False),
+    "gpt-3.5-turbo": _chat(16_385, 4_096, 0.50, 1.50, vision=False, json_schema=False),
     "text-embedding-3-small": _embedding(8_191, 0.02),
     "text-embedding-3-large": _embedding(8_191, 0.13),
     "text-embedding-ada-002": _embedding(8_191, 0.10),
 }
 
-# Anthropic has no native JSON mode (the adapter asks for JSON in the system prompt).
+# Anthropic has no JSON mode; a JSON schema is asked for as a forced tool (json_schema).
 ANTHROPIC_MODELS = {
     "claude-opus-4-1": _chat(200_000, 32_000, 15.00, 75.00, json_mode=False),
     "claude-opus-4-0": _chat(200_000, 32_000, 15.00, 75.00, json_mode=False),
@@ -149,6 +153,7 @@ BUILTINS = (
 
 
 def register_builtins() -> None:
-    """Register the built-in kinds (again, replacing any override)."""
-    for reg in BUILTINS:
+    """Register the built-in kinds (again, replacing any override): the protocols above
+    and the OpenAI-compatible services of :mod:`llmrelay.providers._compatible`."""
+    for reg in (*BUILTINS, *COMPATIBLE):
         register_provider(reg, replace=True)

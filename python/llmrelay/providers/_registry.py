@@ -46,6 +46,8 @@ class ModelInfo(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
     tools: bool | None = None
     vision: bool | None = None
     json_mode: bool | None = None
+    #: takes a JSON schema natively (OpenAI ``json_schema``; Anthropic and Ollama always)
+    json_schema: bool | None = None
     streaming: bool | None = None
     embeddings: bool | None = None
     context_window: int | None = None

@@ -7,8 +7,10 @@ Every SSE event type is handled; an ``error`` event raises a typed error.
 OpenAI parameters: ``max_completion_tokens`` is ``max_tokens``,
 ``parallel_tool_calls=False`` is ``tool_choice.disable_parallel_tool_use``,
 ``reasoning_effort`` is ``output_config.effort``, ``service_tier="default"`` is
-``standard_only``; the penalties, ``logprobs``, ``logit_bias`` and ``n`` > 1 have
-no equivalent and are refused before sending.
+``standard_only``; ``response_format`` with a JSON schema is a forced tool (an
+instruction in the system prompt when the call has tools of its own; JSON mode,
+which Anthropic lacks, always is one); the penalties, ``logprobs``, ``logit_bias``
+and ``n`` > 1 have no equivalent and are refused before sending.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 import httpx
 import msgspec
 
+from llmrelay._structured import instruction, is_object_schema, schema_of
 from llmrelay._types import (
     ChatChunk,
     ChatRequest,
@@ -207,14 +210,31 @@ def _tool_choice(choice: str | dict[str, Any]) -> dict[str, Any] | None:
 
 def _json_instruction(fmt: dict[str, Any]) -> str | None:
     if fmt.get("type") == "json_object":
-        return "Respond with a single valid JSON object and nothing else."
+        return instruction(None)
     if fmt.get("type") == "json_schema":
-        schema = fmt["json_schema"].get("schema", fmt["json_schema"])
-        return (
-            "Respond with a single valid JSON object, and nothing else, that follows this "
-            f"JSON schema: {_encode(schema).decode()}"
-        )
+        return instruction(schema_of(fmt))
     return None
+
+
+def _forced_tool(req: ChatRequest) -> dict[str, Any] | None:
+    """The tool a JSON-schema ``response_format`` becomes: its input is the answer.
+
+    None (the schema goes into the system prompt instead) when the call has tools
+    of its own, asks for extended thinking (which takes no forced tool), or the
+    schema's root is not an object (a tool's input must be one).
+    """
+    fmt = req.response_format
+    schema = schema_of(fmt) if fmt is not None else None
+    if schema is None or req.tools or "thinking" in (req.extra or {}):
+        return None
+    if not is_object_schema(schema):
+        return None
+    assert fmt is not None
+    return {
+        "name": fmt["json_schema"]["name"],
+        "description": "Give your answer as this tool's input; it is the reply.",
+        "input_schema": schema,
+    }
 
 
 class AnthropicAdapter(ProviderAdapter):
@@ -254,7 +274,8 @@ class AnthropicAdapter(ProviderAdapter):
         if max_tokens is None:
             max_tokens = capabilities(self.kind, model).max_output_tokens or DEFAULT_MAX_TOKENS
         body: dict[str, Any] = {"model": model, "max_tokens": max_tokens, "messages": messages}
-        if req.response_format is not None:
+        forced = _forced_tool(req)
+        if req.response_format is not None and forced is None:
             hint = _json_instruction(req.response_format)
             if hint is not None:
                 system = f"{system}\n\n{hint}" if system else hint
@@ -281,6 +302,9 @@ class AnthropicAdapter(ProviderAdapter):
                 choice = {**(choice or {"type": "auto"}), "disable_parallel_tool_use": True}
             if choice is not None:
                 body["tool_choice"] = choice
+        if forced is not None:  # the schema as the one tool it must call
+            body["tools"] = [forced]
+            body["tool_choice"] = {"type": "tool", "name": forced["name"]}
         if req.user is not None:
             body["metadata"] = {"user_id": req.user}
         if req.reasoning_effort is not None:

@@ -1,8 +1,9 @@
 """OpenAI Chat Completions, and any OpenAI-compatible server by ``base_url`` (with ``/v1``).
 
 Chat (plain and SSE-streamed with ``stream_options.include_usage``), tools and
-streamed tool-call deltas, ``response_format`` and the other OpenAI parameters
-passed through (``n`` gives ``ChatResponse.alternatives``, ``logprobs`` the
+streamed tool-call deltas, ``response_format`` (a JSON schema natively, or as JSON
+mode or an instruction where the model lacks it: ``structured_mode``) and the other
+OpenAI parameters passed through (``n`` gives ``ChatResponse.alternatives``, ``logprobs`` the
 token log probabilities), ``/embeddings`` (``encoding_format="base64"`` decoded
 to floats) and ``/models``.
 """
@@ -12,11 +13,12 @@ from __future__ import annotations
 import base64
 import math
 import struct
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 import msgspec
 
+from llmrelay._structured import instruction, schema_of, with_instruction
 from llmrelay._types import (
     ChatChunk,
     ChatRequest,
@@ -31,8 +33,10 @@ from llmrelay._types import (
     parse_arguments,
 )
 from llmrelay._wire import HeaderPairs, WireRequest
+from llmrelay.errors import ConfigError
 from llmrelay.providers._base import ProviderAdapter
 from llmrelay.providers._errors import error_from_payload, response_error
+from llmrelay.providers._registry import UNKNOWN_MODEL, capabilities
 from llmrelay.providers._sse import SSEDecoder
 
 __all__ = ["OpenAIAdapter"]
@@ -196,6 +200,9 @@ class OpenAIAdapter(ProviderAdapter):
 
     kind = "openai"
     supports_n = True
+    #: How a JSON schema is asked for when the model's capabilities do not say:
+    #: ``"json_schema"``, ``"json_object"`` or ``"prompt"`` (see ``structured_mode``).
+    structured_default: ClassVar[str] = "json_schema"
 
     def _auth(self) -> dict[str, str]:
         return {"authorization": f"Bearer {self._api_key}"} if self._api_key else {}
@@ -222,7 +229,7 @@ class OpenAIAdapter(ProviderAdapter):
         if req.tool_choice is not None:
             body["tool_choice"] = req.tool_choice
         if req.response_format is not None:
-            body["response_format"] = req.response_format
+            self._response_format(body, req.response_format, model)
         if req.user is not None:
             body["user"] = req.user
         if req.frequency_penalty is not None:
@@ -249,6 +256,32 @@ class OpenAIAdapter(ProviderAdapter):
         if req.extra:
             body.update(req.extra)
         return body
+
+    def structured_mode(self, model: str) -> str:
+        """How this deployment asks ``model`` for a JSON schema: ``"json_schema"``
+        (native), ``"json_object"`` (JSON mode plus the schema as an instruction) or
+        ``"prompt"`` (the instruction alone), from the model's ``ModelInfo.json_schema``
+        and ``json_mode``, else the kind's ``structured_default``."""
+        try:
+            info = capabilities(self.kind, model)
+        except ConfigError:  # a subclass whose kind is not registered
+            info = UNKNOWN_MODEL
+        default = self.structured_default
+        if info.json_schema or (info.json_schema is None and default == "json_schema"):
+            return "json_schema"
+        if info.json_mode or (info.json_mode is None and default == "json_object"):
+            return "json_object"
+        return "prompt"
+
+    def _response_format(self, body: dict[str, Any], fmt: dict[str, Any], model: str) -> None:
+        schema = schema_of(fmt)
+        mode = "json_schema" if schema is None else self.structured_mode(model)
+        if mode == "json_schema":
+            body["response_format"] = fmt
+            return
+        body["messages"] = with_instruction(body["messages"], instruction(schema))
+        if mode == "json_object":
+            body["response_format"] = {"type": "json_object"}
 
     def wire_chat(self, req: ChatRequest, model: str, *, stream: bool) -> WireRequest:
         return self._wire(

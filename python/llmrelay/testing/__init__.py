@@ -1,6 +1,7 @@
 """Fake LLM provider servers for tests, demos and benchmarks.
 
-``FakeProvider("openai" | "anthropic" | "ollama")`` serves that provider's real wire protocol
+``FakeProvider("openai" | "anthropic" | "ollama" | "azure")`` serves that provider's real wire
+protocol (``azure``: OpenAI's at Azure OpenAI's deployment URLs, ``api-version`` and ``api-key``)
 on 127.0.0.1 (JSON and streaming, tool calls, embeddings, model lists, errors in the
 provider's shape), with scripted replies, latency, faults on demand and a log of the requests
 it received. Point any client at ``fake.base_url``::

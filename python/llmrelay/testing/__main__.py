@@ -15,7 +15,7 @@ from llmrelay.testing._fake import FakeProvider
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m llmrelay.testing", description=__doc__)
-    p.add_argument("protocol", choices=["openai", "anthropic", "ollama"])
+    p.add_argument("protocol", choices=["openai", "anthropic", "ollama", "azure"])
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--latency-s", type=float, default=0.0)

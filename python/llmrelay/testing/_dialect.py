@@ -116,6 +116,11 @@ class Dialect:
         """``{path: {method: handler}}``."""
         raise NotImplementedError  # pragma: no cover - each dialect defines its routes
 
+    def route(self, routes: dict[str, dict[str, Handler]], path: str) -> dict[str, Handler] | None:
+        """The handlers of ``path`` (``routes`` is what :meth:`routes` gave); a dialect
+        whose paths carry a name (Azure's deployments) matches them here."""
+        return routes.get(path)
+
     def error(self, kind: ErrorKind, message: str | None, ctx: dict[str, Any]) -> tuple[int, bytes]:
         """Status and body of an error in the provider's shape."""
         raise NotImplementedError  # pragma: no cover - each dialect defines its errors

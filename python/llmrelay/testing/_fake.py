@@ -23,6 +23,7 @@ import msgspec
 
 from llmrelay.errors import ConfigError
 from llmrelay.testing._anthropic import AnthropicDialect
+from llmrelay.testing._azure import AzureDialect
 from llmrelay.testing._control import CONTROL_PATH, handle_control
 from llmrelay.testing._dialect import Dialect, Exchange
 from llmrelay.testing._faults import FaultKind, FaultPlan
@@ -44,12 +45,13 @@ if TYPE_CHECKING:
 
 __all__ = ["FakeProvider", "Protocol", "RecordedRequest"]
 
-Protocol = Literal["openai", "anthropic", "ollama"]
+Protocol = Literal["openai", "anthropic", "ollama", "azure"]
 _S = TypeVar("_S", ScriptedChat, EmbeddingScript)
 _DIALECTS: dict[str, type[Dialect]] = {
     "openai": OpenAIDialect,
     "anthropic": AnthropicDialect,
     "ollama": OllamaDialect,
+    "azure": AzureDialect,
 }
 _decode = msgspec.json.decode
 # faults answered with the provider's error of the same name
@@ -81,7 +83,8 @@ def _non_negative(name: str, value: float) -> float:
 
 
 class FakeProvider:
-    """A fake OpenAI, Anthropic or Ollama server on ``host:port`` (``port=0``: any free port).
+    """A fake OpenAI, Anthropic, Ollama or Azure OpenAI server on ``host:port`` (``port=0``:
+    any free port).
 
     ``latency_s`` delays every answer; ``stream_chunk_delay_s`` separates stream events;
     ``model`` fixes the model name reported (default: echo the requested one); ``api_key``,
@@ -498,7 +501,7 @@ class FakeProvider:
         ex = Exchange(self, request, responder, parsed, request_id, headers)
         if self.latency_s > 0:
             await asyncio.sleep(self.latency_s)
-        methods = self._routes.get(request.path)
+        methods = dialect.route(self._routes, request.path)
         if methods is None:
             return await dialect.send_error(
                 ex, "not_found", None, method=request.method, path=request.path
