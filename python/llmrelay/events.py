@@ -212,7 +212,8 @@ class BreakerTransition(Event, frozen=True, kw_only=True, tag="breaker_transitio
 
 
 class ConcurrencyLimitChanged(Event, frozen=True, kw_only=True, tag="concurrency_limit"):
-    """A deployment's adaptive concurrency limit moved."""
+    """A deployment's adaptive concurrency limit moved (in whole slots: the limit itself
+    moves in fractions, reported when its whole number of slots changes)."""
 
     deployment: str
     old: int
