@@ -110,15 +110,16 @@ class LLMService:
             )
         check_service_config(config)
         _refuse_shared(config)
+        otel = None
+        if config.telemetry.otel:  # before the engine: ConfigError if it is not installed
+            from llmrelay.otel import OpenTelemetryListener
+
+            otel = OpenTelemetryListener(capture_content=config.telemetry.capture_content)
         self._engine = Engine(
             config, transport=transport, middleware=middleware, clock=clock, sleep=sleep
         )
-        if config.telemetry.otel:
-            from llmrelay.otel import OpenTelemetryListener
-
-            self._engine.events.add(
-                OpenTelemetryListener(capture_content=config.telemetry.capture_content)
-            )
+        if otel is not None:
+            self._engine.events.add(otel)
         if on_event is not None:
             self._engine.events.add(on_event)
         self._model: str | None = None
