@@ -42,7 +42,7 @@ from llmrelay._stages import (
 )
 from llmrelay._streaming import stream_call
 from llmrelay._sync import LoopThread
-from llmrelay._telemetry import CallTrace, Emitter
+from llmrelay._telemetry import INFO, CallTrace, Emitter, log_enabled
 from llmrelay._types import (
     ChatChunk,
     ChatRequest,
@@ -313,7 +313,7 @@ class Engine:
                 ns = cc.namespace if cc.namespace is not None else self.config.namespace
                 key = cache_key(req, name, ns, cands[0].deployment.credential_scope, cc.sample)
         tr = None
-        if self.events.live():
+        if self.events.listeners or log_enabled(INFO):  # Emitter.live(), inlined
             dedup = key is not None and self.dedup is not None and not stream
             tr = self.events.start("chat", name, prio, cands, req, stream=stream, dedup=dedup)
         return Prepared(req, name, prio, cands, key, cc, est_in, est_out, mode, tr)
@@ -417,13 +417,8 @@ class Engine:
         self, p: Prepared, timeout: float | None, *, memory_checked: bool
     ) -> ChatResponse:
         """Everything after validation: middleware around cache, dedup and orchestration."""
-        if p.trace is not None:
-            return await p.trace.wrap(self._chat_prepared(p, timeout, memory_checked))
-        return await self._chat_prepared(p, timeout, memory_checked)
-
-    async def _chat_prepared(
-        self, p: Prepared, timeout: float | None, memory_checked: bool
-    ) -> ChatResponse:
+        if p.trace is not None and not p.trace.wrapped:  # the call again, inside its trace
+            return await p.trace.wrap(self.chat_prepared(p, timeout, memory_checked=memory_checked))
         if not self.middleware:
             return await self._cached(p, timeout, memory_checked)
 

@@ -45,10 +45,12 @@ if TYPE_CHECKING:
     from llmrelay._selection import Candidate
     from llmrelay._types import ChatChunk, ChatRequest
 
-__all__ = ["CallTrace", "Emitter", "check_listener", "log_event"]
+__all__ = ["INFO", "CallTrace", "Emitter", "check_listener", "log_enabled", "log_event"]
 
 log = logging.getLogger("llmrelay")
-_INFO = logging.INFO
+_INFO = INFO = logging.INFO
+#: ``log_enabled(INFO)``: whether the log lines are on (the stdlib's cached level check)
+log_enabled = log.isEnabledFor
 _DEBUG = logging.DEBUG
 _T = TypeVar("_T")
 AttemptHook = Callable[["Candidate", BaseException | None, float, bool], None]
@@ -108,7 +110,7 @@ class Emitter:
 
     def live(self) -> bool:
         """Whether anyone listens (a listener, or the ``llmrelay`` logger at INFO)."""
-        return bool(self.listeners) or log.isEnabledFor(_INFO)
+        return bool(self.listeners) or log_enabled(_INFO)
 
     def emit(self, ev: Event) -> None:
         """Give ``ev`` to every listener (an error is counted and logged once), then log it."""
@@ -220,6 +222,7 @@ class CallTrace:
         "retries",
         "started",
         "stream",
+        "wrapped",
     )
 
     def __init__(
@@ -251,6 +254,7 @@ class CallTrace:
         self.deployment: Candidate | None = None
         self.response: Any = None
         self._ended = False
+        self.wrapped = False  # the call runs inside :meth:`wrap`
 
     # ---- event sites -----------------------------------------------------------------------
 
@@ -361,6 +365,7 @@ class CallTrace:
 
     async def wrap(self, aw: Awaitable[_T]) -> _T:
         """Await ``aw`` (the rest of the call); ``CallEnded`` whichever way it ends."""
+        self.wrapped = True
         try:
             result = await aw
         except BaseException as e:
