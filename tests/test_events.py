@@ -529,3 +529,63 @@ def test_echo_provider_events() -> None:
         svc.chat("hi")
     assert rec.kinds() == ["CallStarted", "Attempt", "CallEnded"]
     assert rec.one(CallEnded).provider == "echo"
+
+
+async def test_queued_for_a_slot_is_a_throttle(
+    make_config: ConfigFactory, fakes: dict[str, FakeProvider], rec: Recorder
+) -> None:
+    fakes["openai"].inject("slow", times=1, delay_s=0.2)
+    cfg = make_config(provider_kw={"openai": {"max_concurrency": 1}})
+    async with LLMService(cfg, on_event=rec) as svc:
+        await asyncio.gather(svc.achat("first"), svc.achat("second"))
+    (th,) = rec.of(Throttled)
+    assert th.reason == "queued" and th.wait_s == 0.0
+    second = rec.of(CallStarted)[1].call_id
+    assert th.call_id == second
+    ends = {e.call_id: e for e in rec.of(CallEnded)}
+    assert ends[second].queue_wait_s > 0 and ends[second].ok
+
+
+async def test_middleware_answers_and_changes(make_config: ConfigFactory, rec: Recorder) -> None:
+    from llmrelay import ChatRequest, ChatResponse, Message, Usage
+
+    canned = ChatResponse(
+        id="canned-1",
+        model="canned-model",
+        provider="mw",
+        text="from the middleware",
+        message=Message(role="assistant", content="from the middleware"),
+        tool_calls=[],
+        finish_reason="stop",
+        usage=Usage(prompt_tokens=2, completion_tokens=3, total_tokens=5),
+    )
+
+    async def answer(req: ChatRequest, call_next: Any) -> ChatResponse:
+        if req.messages[-1].content == "canned":
+            return canned
+        r: ChatResponse = await call_next(req)
+        return r
+
+    async with LLMService(make_config(), middleware=[answer], on_event=rec) as svc:
+        assert (await svc.achat("canned")) is canned
+        streamed = [c async for c in svc.astream("canned")]
+        _ = [c async for c in svc.astream("through to the provider")]
+    assert "".join(c.text or "" for c in streamed) == "from the middleware"
+    plain, stream_mw, stream_real = rec.of(CallEnded)
+    assert plain.ok and plain.attempts == 0 and plain.response is canned
+    assert (plain.response_model, plain.input_tokens, plain.output_tokens) == ("canned-model", 2, 3)
+    assert stream_mw.stream and stream_mw.ok and stream_mw.attempts == 0
+    assert (stream_mw.input_tokens, stream_mw.output_tokens) == (2, 3)
+    assert stream_mw.response_model == "canned-model"
+    assert stream_real.ok and stream_real.attempts == 1 and stream_real.response is not None
+    assert len(rec.of(Attempt)) == 1
+
+
+def test_sync_stream_and_a_listener_added_later(make_config: ConfigFactory, rec: Recorder) -> None:
+    with LLMService(make_config()) as svc:
+        _ = list(svc.stream("unseen"))
+        svc.add_listener(rec)
+        chunks = list(svc.stream("seen"))
+    assert rec.kinds() == ["CallStarted", "Attempt", "CallEnded"]
+    end = rec.one(CallEnded)
+    assert end.stream and end.ok and end.response.text == "".join(c.text or "" for c in chunks)

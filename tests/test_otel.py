@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -323,3 +324,25 @@ def test_without_opentelemetry_a_config_error_names_the_field() -> None:
         "    raise SystemExit('no error')\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+async def test_no_span_is_left_open(
+    make_config: ConfigFactory, fakes: dict[str, FakeProvider], otel: Otel
+) -> None:
+    fakes["openai"].inject("auth", times=1)
+    async with LLMService(make_config(), on_event=otel.listener) as svc:
+        with pytest.raises(AuthenticationError):
+            await svc.achat("fails")
+        await svc.achat("works", temperature=0)
+        await svc.achat("works", temperature=0)
+        agen = svc.astream("dropped " * 10)
+        await agen.__anext__()
+        await agen.aclose()
+        for _ in range(20):
+            if not otel.listener._calls:
+                break
+            await asyncio.sleep(0)
+    assert otel.listener._calls == {}
+    assert len(otel.call_spans()) == 4
+    dropped = otel.call_spans()[-1]
+    assert _attrs(dropped)["error.type"] == "cancelled"
