@@ -589,3 +589,20 @@ def test_sync_stream_and_a_listener_added_later(make_config: ConfigFactory, rec:
     assert rec.kinds() == ["CallStarted", "Attempt", "CallEnded"]
     end = rec.one(CallEnded)
     assert end.stream and end.ok and end.response.text == "".join(c.text or "" for c in chunks)
+
+
+def test_default_service_proxy_listeners() -> None:
+    from llmrelay import DefaultServiceProxy, LLMServiceConfig
+
+    proxy = DefaultServiceProxy()
+    proxy.configure(
+        LLMServiceConfig(providers=[ProviderConfig(name="e", kind="echo")], default_model="e/echo")
+    )
+    rec = Recorder()
+    try:
+        remove = proxy.add_listener(rec)
+        proxy.chat("via the proxy")
+        assert rec.kinds() == ["CallStarted", "Attempt", "CallEnded"]
+        assert remove() and not proxy.remove_listener(rec)
+    finally:
+        proxy.close()
