@@ -21,6 +21,7 @@ from llmrelay._config import (
     RateLimitConfig,
     RequestTimeouts,
     SharedStateConfig,
+    TelemetryConfig,
 )
 from llmrelay._priority import Priority
 from llmrelay.errors import LLMRelayError
@@ -126,6 +127,7 @@ __all__ = [
     "RunSummary",
     "ServiceMetrics",
     "SharedStateConfig",
+    "TelemetryConfig",
     "TokenLogprob",
     "ToolCall",
     "ToolCallDelta",

@@ -34,6 +34,7 @@ __all__ = [
     "RateLimitConfig",
     "RequestTimeouts",
     "SharedStateConfig",
+    "TelemetryConfig",
 ]
 
 _S = TypeVar("_S", bound="_Config")
@@ -489,6 +490,21 @@ class DedupConfig(_Config, frozen=True):
         _num("window_s", self.window_s, ge=0)
 
 
+class TelemetryConfig(_Config, frozen=True):
+    """Traces, metrics and logs of each call (see :mod:`llmrelay.events`).
+
+    ``otel``: a span per call and per attempt, and the GenAI client metrics, through
+    the OpenTelemetry API's global providers (needs ``pip install llmrelay[otel]``).
+    ``capture_content``: the prompt and the reply on the call's span
+    (``gen_ai.input.messages``, ``gen_ai.output.messages``); off by default.
+    ``log_content``: the prompt and the reply in the ``llmrelay`` log lines; off by default.
+    """
+
+    otel: bool = False
+    capture_content: bool = False
+    log_content: bool = False
+
+
 _CAPABILITIES = ("tools", "vision", "json_mode", "streaming")
 
 
@@ -641,6 +657,8 @@ class LLMServiceConfig(_Config, frozen=True):
     circuit_breaker: CircuitBreakerConfig = CircuitBreakerConfig()
     #: State shared across processes on Redis (None: every process on its own).
     shared: SharedStateConfig | None = None
+    #: OpenTelemetry and log content settings (nothing is traced by default)
+    telemetry: TelemetryConfig = TelemetryConfig()
     namespace: str = ""
     #: A deployment's HTTP client unused this long is closed (rebuilt on next use).
     client_idle_timeout_s: float = 300.0

@@ -26,7 +26,7 @@ from llmrelay._cachekey import CacheControl, cache_key, is_cacheable, is_complet
 from llmrelay._config import LLMServiceConfig, ProviderConfig
 from llmrelay._metrics import ServiceMetrics
 from llmrelay._middleware import Middleware, chain
-from llmrelay._orchestrator import CallContext, RequestOrchestrator
+from llmrelay._orchestrator import AttemptHook, CallContext, RequestOrchestrator
 from llmrelay._pool import ProviderPool
 from llmrelay._selection import Candidate, Selector, honouring
 from llmrelay._stages import (
@@ -44,6 +44,7 @@ from llmrelay._streaming import stream_call
 from llmrelay._structured import OutputSpec, output_spec
 from llmrelay._structured_call import structured_chat, with_parsed
 from llmrelay._sync import LoopThread
+from llmrelay._telemetry import INFO, CallTrace, Emitter, log_enabled
 from llmrelay._types import (
     ChatChunk,
     ChatRequest,
@@ -106,6 +107,8 @@ class Prepared:
     mode: str = "read_write"
     #: what a ``response_format`` model asks for (None: no structured output)
     structured: OutputSpec | None = None
+    #: the call's events (None: nobody listens)
+    trace: CallTrace | None = None
 
 
 class Engine:
@@ -186,6 +189,8 @@ class Engine:
         self._stopped_by_close: set[asyncio.Task[Any]] = set()
         self._open_streams: set[object] = set()  # streams not yet ended (aclose drains them)
         self._stop_streams = False  # set when the drain ran out: streams end at their next chunk
+        self.events = Emitter(self._listener_failed, log_content=config.telemetry.log_content)
+        self.events.watch(self.orchestrator.runtimes)
         _ENGINES.add(self)
 
     def after_fork_in_child(self) -> None:
@@ -222,6 +227,9 @@ class Engine:
         return reg.adapter_factory(
             deployment=p.name, base_url=base_url, api_key=api_key, headers=dict(p.headers)
         )
+
+    def _listener_failed(self) -> None:
+        self.metrics.core.incr("", "", "", "listener_errors")
 
     def _live_metrics(self) -> dict[str, Any]:
         breakers: dict[str, Any] = {}
@@ -313,7 +321,11 @@ class Engine:
             else:
                 ns = cc.namespace if cc.namespace is not None else self.config.namespace
                 key = cache_key(req, name, ns, cands[0].deployment.credential_scope, cc.sample)
-        return Prepared(req, name, prio, cands, key, cc, est_in, est_out, mode, spec)
+        tr = None
+        if self.events.listeners or log_enabled(INFO):  # Emitter.live(), inlined
+            dedup = key is not None and self.dedup is not None and not stream
+            tr = self.events.start("chat", name, prio, cands, req, stream=stream, dedup=dedup)
+        return Prepared(req, name, prio, cands, key, cc, est_in, est_out, mode, spec, tr)
 
     def _skipped(self, cand: Candidate, reason: str) -> None:
         """Count a request the cache did not look up, and say once why it happens."""
@@ -344,6 +356,8 @@ class Engine:
         resp: ChatResponse | None = self._decoded_hit(p, raw)
         if resp is not None:
             self.metrics.core.incr(*self._series(p), "cache_hits.memory")
+            if p.trace is not None:
+                p.trace.cache_hit("memory", resp)
         return resp
 
     def _disk_hit(self, p: Prepared) -> ChatResponse | None:
@@ -355,6 +369,8 @@ class Engine:
         resp: ChatResponse | None = self._decoded_hit(p, raw)
         if resp is not None:
             self.metrics.core.incr(*self._series(p), "cache_hits.disk")
+            if p.trace is not None:
+                p.trace.cache_hit("disk", resp)
         return resp
 
     def _decoded_hit(self, p: Prepared, raw: bytes) -> ChatResponse | None:
@@ -403,6 +419,8 @@ class Engine:
             resp, cached=True, latency_s=0.0, attempts=0, parsed=None
         )  # ``parsed`` is rebuilt from the text on a hit, into the caller's own model
         self.cache.set(p.key, self._encoder.encode(stored), p.cc.ttl_s)
+        if p.trace is not None:
+            p.trace.cache_stored(p.cc.ttl_s)
 
     # ---- chat ------------------------------------------------------------------------------
 
@@ -424,6 +442,8 @@ class Engine:
     ) -> ChatResponse:
         """Everything after validation: middleware around cache, dedup and orchestration;
         a structured call's reply validated (and repaired once) on top."""
+        if p.trace is not None and not p.trace.wrapped:  # the call again, inside its trace
+            return await p.trace.wrap(self.chat_prepared(p, timeout, memory_checked=memory_checked))
         if p.structured is not None:
             return await structured_chat(self, p, timeout, memory_checked)
         return await self.chat_once(p, timeout, memory_checked=memory_checked)
@@ -484,10 +504,14 @@ class Engine:
         role, ticket, value = self.dedup.join(hexkey)
         if role == _core.DEDUP_DONE:
             self.metrics.core.incr(*self._series(p), "dedup_window_hits")
+            if p.trace is not None:
+                p.trace.dedup("window")
             resp: ChatResponse = value
             return resp
         while role == _core.DEDUP_FOLLOWER:
             self.metrics.core.incr(*self._series(p), "dedup_joins")
+            if p.trace is not None:
+                p.trace.dedup("follower")
             fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
             self._dedup_waiters[ticket] = fut
             try:
@@ -575,11 +599,14 @@ class Engine:
         ctx = CallContext(p.priority, self._deadline(timeout), p.est_in, p.est_out)
         started = time.perf_counter()
         send = self._sender(p, ctx)
+        hook: AttemptHook = self._record_attempt
+        if p.trace is not None:
+            hook = p.trace.hooked(ctx, hook)
         resp, cand, _ = await self.orchestrator.run(
             self.selector.usable(p.cands) or p.cands,
             ctx,
             send,
-            self._record_attempt,
+            hook,
             usage_of=_chat_usage,
         )
         return self._process(p, ctx, cand, resp, started)
@@ -639,6 +666,8 @@ class Engine:
         )
         if p.structured is not None:
             out = with_parsed(p.structured, p.req, out)
+        if p.trace is not None:
+            p.trace.processed(out)
         self._store(p, out)
         return out
 
@@ -682,6 +711,9 @@ class Engine:
         cands = self.selector.candidates(name)
         est = sum(len(t) for t in texts) // 4 + 1
         ctx = CallContext(prio, self._deadline(timeout), est, 0)
+        tr = None
+        if self.events.live():
+            tr = self.events.start("embeddings", name, prio, cands, None)
 
         async def send(cand: Candidate) -> EmbeddingResponse:
             dep = cand.deployment
@@ -707,9 +739,9 @@ class Engine:
                 ) from None
             return r
 
-        resp, cand, _ = await self.orchestrator.run(
-            self.selector.usable(cands) or cands, ctx, send, self._record_attempt
-        )
+        hook = self._record_attempt if tr is None else tr.hooked(ctx, self._record_attempt)
+        run = self.orchestrator.run(self.selector.usable(cands) or cands, ctx, send, hook)
+        resp, cand, _ = await (run if tr is None else tr.wrap(run))
         dep = cand.deployment
         self.metrics.core.record(
             dep.kind,

@@ -20,7 +20,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from llmrelay import _core
 from llmrelay._config import LLMServiceConfig, RateLimitConfig
@@ -44,6 +44,9 @@ from llmrelay.errors import (
     QueueTimeoutError,
     RateLimitError,
 )
+
+if TYPE_CHECKING:
+    from llmrelay._telemetry import CallTrace
 
 __all__ = ["CallContext", "DeploymentRuntime", "Lease", "RequestOrchestrator", "outcome_of"]
 
@@ -128,20 +131,26 @@ class CallContext:
     queue_wait_s: float = 0.0
     sending: bool = False  # an attempt is on the wire (slot taken, breaker asked)
     sent: bool = False  # the current attempt got as far as the wire
+    trace: CallTrace | None = None  # the call's events (None: nobody listens)
 
 
 class Lease:
     """A gate permit held until ``finish`` -- for streams, until they end."""
 
-    __slots__ = ("_done", "_health", "_rt", "_started", "id")
+    __slots__ = ("_done", "_health", "_rt", "_started", "_trace", "id")
 
-    def __init__(self, rt: DeploymentRuntime, entry: int, health: Any) -> None:
+    def __init__(
+        self, rt: DeploymentRuntime, entry: int, health: Any, trace: CallTrace | None = None
+    ) -> None:
         self._rt = rt
         self.id = entry
         self._health = health
         self._started = time.perf_counter()
         self._done = False
+        self._trace = trace
         health.in_flight += 1
+        if trace is not None:
+            trace.gate(rt)  # a breaker that let a probe through is half-open now
 
     def held_s(self) -> float:
         """Seconds since the permit was granted."""
@@ -170,6 +179,8 @@ class Lease:
             gate.settle(self.id, outcome_of(err), latency)  # wakes whoever it lets run
         else:
             gate.settle(self.id, outcome_of(err), latency, usage[0], usage[1])
+        if self._trace is not None:
+            self._trace.gate(self._rt)
 
 
 class RequestOrchestrator:
@@ -390,10 +401,14 @@ class RequestOrchestrator:
             )
         except ClientThrottledError as e:
             e.model = cand.model
+            if ctx.trace is not None:
+                ctx.trace.throttled(cand, "refused", 0.0)
             raise
         if kind != _PERMIT:
+            if ctx.trace is not None:
+                ctx.trace.throttled(cand, "rate_limit" if delay > 0 else "queued", delay)
             entry = await self._wait(rt, cand, ctx, entry, delay, now + wait_s)
-        lease = Lease(rt, entry, cand.deployment.health)
+        lease = Lease(rt, entry, cand.deployment.health, ctx.trace)
         ctx.sending = ctx.sent = True
         try:
             if getattr(cand.deployment.adapter, "never_blocks", False):
@@ -487,6 +502,8 @@ class RequestOrchestrator:
             others_left = idx + 1 < len(cands)
             if idx > 0:
                 ctx.fallbacks += 1
+                if ctx.trace is not None:
+                    ctx.trace.fallback(cands[idx - 1], cand, last)
             tries = 0
             while True:
                 if loop.time() >= ctx.deadline:
@@ -530,6 +547,8 @@ class RequestOrchestrator:
                     if others_left and delay > (ctx.deadline - now) * share:
                         break  # waiting here would starve the candidates after it
                     ctx.retries += 1
+                    if ctx.trace is not None:
+                        ctx.trace.retry(cand, ctx.retries, delay, e)
                     await self._sleep(delay)
                     continue
                 if on_attempt_end is not None:

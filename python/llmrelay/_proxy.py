@@ -13,7 +13,7 @@ when nothing is configured.
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Unpack
 
 from llmrelay._config import LLMServiceConfig
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from llmrelay._metrics import ServiceMetrics
     from llmrelay._service import BatchItem, CacheIn, LLMService
     from llmrelay._types import ChatChunk, ChatResponse, EmbeddingResponse, MessagesIn
+    from llmrelay.events import Listener
 
 __all__ = ["DefaultServiceProxy", "configure"]
 
@@ -205,6 +206,15 @@ class DefaultServiceProxy:
     def metrics(self) -> ServiceMetrics:
         """The default service's metrics."""
         return self.service.metrics
+
+    def add_listener(self, listener: Listener) -> Callable[[], bool]:
+        """``LLMService.add_listener`` on the default service (built if need be). A
+        listener does not carry over to the service built after a ``close``."""
+        return self.service.add_listener(listener)
+
+    def remove_listener(self, listener: Listener) -> bool:
+        """``LLMService.remove_listener`` on the default service."""
+        return self.service.remove_listener(listener)
 
     def close(self) -> None:
         """Close the default service (a later call builds a new one)."""

@@ -23,8 +23,10 @@ from llmrelay._metrics import ServiceMetrics
 from llmrelay._params import ChatParams, EmbedParams, check_chat_params, check_embed, short
 from llmrelay._preflight import check_service_config
 from llmrelay._priority import Priority
+from llmrelay._telemetry import check_listener
 from llmrelay._types import ChatChunk, ChatResponse, EmbeddingResponse, MessagesIn
 from llmrelay.errors import InvalidRequestError, LLMRelayError
+from llmrelay.events import Listener
 
 if TYPE_CHECKING:
     import os
@@ -93,7 +95,10 @@ class LLMService:
         middleware: Sequence[Middleware] = (),
         clock: _core.ManualClock | None = None,
         sleep: Callable[[float], Awaitable[None]] | None = None,
+        on_event: Listener | None = None,
     ) -> None:
+        if on_event is not None:
+            check_listener(on_event, "on_event")
         if config is None:
             config = LLMServiceConfig.from_env()
         elif isinstance(config, Mapping):
@@ -105,9 +110,18 @@ class LLMService:
             )
         check_service_config(config)
         _refuse_shared(config)
+        otel = None
+        if config.telemetry.otel:  # before the engine: ConfigError if it is not installed
+            from llmrelay.otel import OpenTelemetryListener
+
+            otel = OpenTelemetryListener(capture_content=config.telemetry.capture_content)
         self._engine = Engine(
             config, transport=transport, middleware=middleware, clock=clock, sleep=sleep
         )
+        if otel is not None:
+            self._engine.events.add(otel)
+        if on_event is not None:
+            self._engine.events.add(on_event)
         self._model: str | None = None
         self._priority: int | None = None
         self._timeout: float | None = None
@@ -138,6 +152,22 @@ class LLMService:
         if view._priority is not None:
             self._engine.check_priority(view._priority)
         return view
+
+    # ---- events ----------------------------------------------------------------------------
+
+    def add_listener(self, listener: Listener) -> Callable[[], bool]:
+        """Call ``listener(event)`` for every :mod:`llmrelay.events` event of this service
+        (and of its views: they share one engine). Returns a function that removes it.
+
+        A listener is called synchronously where the event happens; one that raises never
+        breaks a call (counted as ``listener_errors``, logged once). With no listener (and
+        the ``llmrelay`` logger below INFO) no event is built at all.
+        """
+        return self._engine.events.add(listener)
+
+    def remove_listener(self, listener: Listener) -> bool:
+        """Unregister ``listener``; whether it was registered."""
+        return self._engine.events.remove(listener)
 
     @property
     def config(self) -> LLMServiceConfig:
@@ -199,6 +229,8 @@ class LLMService:
         prepared = eng.prepare(messages, m, p, c, kw, stream=False)
         hit = eng.memory_hit(prepared)
         if hit is not None:
+            if prepared.trace is not None:
+                prepared.trace.end(hit, None)
             return hit
         return eng.runner.run(eng.chat_prepared(prepared, t, memory_checked=True))
 

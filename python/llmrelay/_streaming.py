@@ -45,6 +45,8 @@ async def stream_call(
     inner = _with_middleware(eng, p, timeout) if eng.middleware else _pipeline(eng, p, timeout, [])
     if p.structured is not None:  # parsed on the final chunk (see llmrelay._structured_call)
         inner = structured_stream(inner, p.structured, p.req)
+    if p.trace is not None:
+        inner = p.trace.wrap_stream(inner)
     async for chunk in inner:
         yield chunk
 
@@ -130,6 +132,7 @@ async def _pipeline(
     ctx = CallContext(p.priority, eng._deadline(timeout), p.est_in, p.est_out)
     started = time.perf_counter()
     idle = eng.config.timeouts.stream_idle_s
+    hook = eng._record_attempt if p.trace is None else p.trace.hooked(ctx, eng._record_attempt)
 
     async def open_stream(cand: Candidate) -> tuple[list[ChatChunk], Any]:
         """Open the stream and read it up to its first content (within ``first_token_s``):
@@ -185,7 +188,7 @@ async def _pipeline(
             eng.selector.usable(p.cands) or p.cands,
             ctx,
             open_stream,
-            eng._record_attempt,
+            hook,
             hold=True,
         )
     )
