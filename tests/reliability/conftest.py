@@ -9,6 +9,7 @@ through their control channel; each test starts from a reset fake.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -32,6 +33,7 @@ def spawned_fakes() -> Iterator[dict[str, SpawnedFake]]:
 def fakes(spawned_fakes: dict[str, SpawnedFake]) -> Iterator[dict[str, SpawnedFake]]:
     """The session's three out-of-process fakes, reset for this test."""
     for h in spawned_fakes.values():
+        _settle(h)
         h.reset()
         if h.latency_s:
             h.latency_s = 0.0
@@ -40,3 +42,19 @@ def fakes(spawned_fakes: dict[str, SpawnedFake]) -> Iterator[dict[str, SpawnedFa
     yield spawned_fakes
     for h in spawned_fakes.values():
         assert h.process.poll() is None, f"the fake {h.protocol} process died"
+
+
+def _settle(fake: SpawnedFake, quiet_s: float = 0.25, limit_s: float = 3.0) -> None:
+    """Wait until the fake has received nothing new for ``quiet_s`` (at most ``limit_s``).
+
+    A request the previous test's service had written before it closed can reach a fake
+    lagging on a loaded machine after the reset, and would be counted for this test (seen
+    once at load 15: 8 requests counted for 4 sent).
+    """
+    deadline = time.monotonic() + limit_s
+    seen, since = fake.request_count, time.monotonic()
+    while time.monotonic() < deadline and time.monotonic() - since < quiet_s:
+        time.sleep(0.05)
+        now = fake.request_count
+        if now != seen:
+            seen, since = now, time.monotonic()
