@@ -388,9 +388,7 @@ impl<V: Clone> RequestDeduplicator<V> {
 }
 
 #[cfg(test)]
-#[path = "dedup_tests.rs"]
 mod tests;
 
 #[cfg(test)]
-#[path = "dedup_props.rs"]
 mod props;
