@@ -118,3 +118,46 @@ async def test_crossings_of_deduplicated_calls(
         print(f"core crossings of 1 leader + {calls - 1} followers: {dict(sorted(seen.items()))}")
         want = DEDUP_CROSSINGS_LEADER + DEDUP_CROSSINGS_FOLLOWER * (calls - 1)
         assert dedup_crossings(seen) == want, seen
+
+
+async def _until(cond: Any) -> None:
+    """Poll a condition on the fake server (bounded), not for time logic."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + 5.0
+    while not cond():
+        assert loop.time() < end, "condition not met in time"
+        await asyncio.sleep(0.005)
+
+
+#: A leader cancelled while its 3 oldest followers are cancelled too, in the same loop
+#: turn: the core passes the lead to the live 4th follower in the leader's one call,
+#: each cancelled follower's handler makes one, the new leader completes. Before, the
+#: leader's hand-over cost one `fail` per cancelled follower it skipped, and each of
+#: those then called `leave` as well: 8.
+DEDUP_CROSSINGS_PROMOTION_PAST_3_CANCELLED = 5
+
+
+async def test_crossings_of_a_promotion_past_cancelled_followers(
+    make_config: ConfigFactory, fakes: dict[str, FakeProvider]
+) -> None:
+    fake = fakes["openai"]
+    fake.inject("hang", times=1)
+    async with LLMService(make_config()) as svc:
+        dedup = svc._engine.dedup
+        assert dedup is not None
+        leader = asyncio.create_task(svc.achat("promote me", temperature=0))
+        await _until(lambda: fake.request_count == 1)
+        followers = [asyncio.create_task(svc.achat("promote me", temperature=0)) for _ in range(4)]
+        await _until(lambda: dedup.waiting() == 4)
+        with counting() as seen:
+            leader.cancel()
+            for t in followers[:3]:
+                t.cancel()
+            r = await asyncio.wait_for(followers[3], 5)
+        assert "promote me" in r.text and fake.request_count == 2
+        for t in [leader, *followers[:3]]:
+            with pytest.raises(asyncio.CancelledError):
+                await t
+        print(f"\ncore crossings of the promotion: {sorted(seen.items())}")
+        assert dedup_crossings(seen) == DEDUP_CROSSINGS_PROMOTION_PAST_3_CANCELLED, seen
+        assert (dedup.in_flight(), dedup.waiting(), dedup.parked(), len(dedup)) == (0, 0, 0, 0)
