@@ -43,64 +43,9 @@ use xxhash_rust::xxh3::xxh3_64_with_seed;
 use crate::clock::{self, SharedClock};
 use crate::error::{non_negative, Error, Result};
 
-/// Code of [`Join::Leader`] (run the request).
-pub const LEADER: u8 = 0;
-/// Code of [`Join::Follower`] (wait to be woken).
-pub const FOLLOWER: u8 = 1;
-/// Code of [`Join::Done`] (a completed value within the window).
-pub const DONE: u8 = 2;
-/// Set in the ticket of an untracked leader (the map was full of in-flight keys).
-pub const UNTRACKED_BIT: u64 = 1 << 62;
+mod answers;
 
-/// What a [`RequestDeduplicator::join`] decided.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Join<V> {
-    /// Run the request, then `complete` or `fail` with this ticket.
-    Leader(u64),
-    /// Wait; this ticket is returned by the leader's `complete` / `fail`
-    /// (or promoted to leader by a transient failure).
-    Follower(u64),
-    /// A result completed within the window.
-    Done(V),
-}
-
-impl<V> Join<V> {
-    /// [`LEADER`], [`FOLLOWER`] or [`DONE`].
-    pub fn code(&self) -> u8 {
-        match self {
-            Join::Leader(_) => LEADER,
-            Join::Follower(_) => FOLLOWER,
-            Join::Done(_) => DONE,
-        }
-    }
-}
-
-/// Counters of a deduplicator.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct DedupStats {
-    /// Joins that led (including untracked ones).
-    pub joins_leader: u64,
-    /// Joins that followed a leader in flight.
-    pub joins_follower: u64,
-    /// Joins answered from the window.
-    pub hits_window: u64,
-    /// Followers promoted to leader after a transient failure.
-    pub promotions: u64,
-    /// `fail` calls by a tracked leader (transient or not).
-    pub failures: u64,
-    /// `complete` calls by a tracked leader.
-    pub completions: u64,
-    /// Followers that left (`cancel` or `leave`).
-    pub leaves: u64,
-    /// Leaders (or promoted followers) that cancelled, handing the lead on.
-    pub cancels: u64,
-    /// Leaders that ran untracked because in-flight keys filled the map.
-    pub untracked: u64,
-    /// Completed entries evicted to make room.
-    pub evictions: u64,
-    /// Completed entries dropped at the end of their window.
-    pub expirations: u64,
-}
+pub use answers::{DedupStats, Join, Resolved, DONE, FOLLOWER, LEADER, UNTRACKED_BIT};
 
 /// xxh3 over the key's bytes; keys are hex digests or request encodings.
 #[derive(Default)]
@@ -134,47 +79,6 @@ enum Entry<V, W> {
         value: V,
         expires_ns: u64,
     },
-}
-
-/// The followers a [`complete`](RequestDeduplicator::complete),
-/// [`fail`](RequestDeduplicator::fail) or
-/// [`cancel`](RequestDeduplicator::cancel) resolved, each with its waiter
-/// (`None` for a follower that joined without one). Returned rather than
-/// woken under the map's lock: waking may run arbitrary code.
-#[derive(Debug)]
-pub struct Resolved<W> {
-    /// Followers to wake with the leader's value (`complete`) or error
-    /// (non-transient `fail`), oldest first.
-    pub followers: Vec<(u64, Option<W>)>,
-    /// The follower promoted to leader: it runs the request now and
-    /// `complete`s, `fail`s or `cancel`s with its own ticket.
-    pub promoted: Option<(u64, Option<W>)>,
-}
-
-impl<W> Default for Resolved<W> {
-    fn default() -> Self {
-        Self {
-            followers: Vec::new(),
-            promoted: None,
-        }
-    }
-}
-
-impl<W> Resolved<W> {
-    /// The tickets of the resolved followers, oldest first.
-    pub fn tickets(&self) -> Vec<u64> {
-        self.followers.iter().map(|(t, _)| *t).collect()
-    }
-
-    /// The promoted follower's ticket, if any.
-    pub fn promoted_ticket(&self) -> Option<u64> {
-        self.promoted.as_ref().map(|(t, _)| *t)
-    }
-
-    /// Whether nobody was resolved.
-    pub fn is_empty(&self) -> bool {
-        self.followers.is_empty() && self.promoted.is_none()
-    }
 }
 
 struct State<V, W> {
@@ -360,45 +264,41 @@ impl<V: Clone, W> RequestDeduplicator<V, W> {
     /// joined, hands the lead to the oldest follower, as a transient
     /// [`fail`](Self::fail) does: returned as `promoted`.
     pub fn cancel(&self, key: &str, ticket: u64) -> Resolved<W> {
-        let mut left = None;
         let mut guard = self.state.lock();
         let st = &mut *guard;
-        let Some(Entry::InFlight { leader, followers }) = st.map.get_mut(key) else {
-            return Resolved::default();
-        };
-        if *leader == ticket {
-            st.stats.cancels += 1;
-            return Self::promote(st, key);
+        match st.map.get(key) {
+            Some(Entry::InFlight { leader, .. }) if *leader == ticket => {
+                st.stats.cancels += 1;
+                Self::promote(st, key)
+            }
+            _ => {
+                let left = Self::forget(st, key, ticket);
+                drop(guard);
+                drop(left);
+                Resolved::default()
+            }
         }
-        if let Ok(i) = followers.binary_search_by_key(&ticket, |f| f.ticket) {
-            left = followers.remove(i).and_then(|f| f.waiter);
-            st.waiting -= 1;
-            st.stats.leaves += 1;
-        }
-        drop(guard);
-        drop(left);
-        Resolved::default()
     }
 
     /// Follower `ticket` of `key` gave up. Idempotent: unknown tickets and
     /// keys are ignored. The leader cannot leave (use [`cancel`](Self::cancel),
     /// which hands the work to a follower).
     pub fn leave(&self, key: &str, ticket: u64) -> Result<()> {
-        {
-            let st = self.state.lock();
-            if let Some(Entry::InFlight { leader, .. }) = st.map.get(key) {
-                if *leader == ticket {
-                    return Err(Error::InvalidArgument {
-                        what: "ticket",
-                        detail: format!(
-                            "ticket {ticket} leads key {key:?}; a leader calls fail or cancel, \
-                             not leave"
-                        ),
-                    });
-                }
+        let mut guard = self.state.lock();
+        let st = &mut *guard;
+        if let Some(Entry::InFlight { leader, .. }) = st.map.get(key) {
+            if *leader == ticket {
+                return Err(Error::InvalidArgument {
+                    what: "ticket",
+                    detail: format!(
+                        "ticket {ticket} leads key {key:?}; a leader calls fail or cancel, not leave"
+                    ),
+                });
             }
         }
-        self.cancel(key, ticket);
+        let left = Self::forget(st, key, ticket);
+        drop(guard);
+        drop(left);
         Ok(())
     }
 
@@ -472,6 +372,19 @@ impl<V: Clone, W> RequestDeduplicator<V, W> {
     /// A snapshot of the counters.
     pub fn stats(&self) -> DedupStats {
         self.state.lock().stats.clone()
+    }
+
+    /// Remove follower `ticket` of `key` if it waits; its waiter, to be
+    /// dropped after the lock.
+    fn forget(st: &mut State<V, W>, key: &str, ticket: u64) -> Option<W> {
+        let Some(Entry::InFlight { followers, .. }) = st.map.get_mut(key) else {
+            return None;
+        };
+        let i = followers.binary_search_by_key(&ticket, |f| f.ticket).ok()?;
+        let left = followers.remove(i).and_then(|f| f.waiter);
+        st.waiting -= 1;
+        st.stats.leaves += 1;
+        left
     }
 
     fn all(followers: VecDeque<Follower<W>>) -> Resolved<W> {
