@@ -7,6 +7,7 @@ properties are not calls and are not counted.
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import sys
 from collections.abc import Iterator
@@ -82,3 +83,81 @@ async def test_crossings_per_uncached_provider_call(
         total = sum(seen.values()) / calls
         print(f"\ncore crossings per uncached call ({limited=}): {total:g} {per_call}")
         assert gate_crossings(seen) / calls == GATE_CROSSINGS_PER_CALL, per_call
+
+
+#: Dedup's crossings with the followers' futures held in the core: a leader joins and
+#: completes; a follower joins (its future is parked by that join and woken by the
+#: leader's complete). Before (Python kept a ticket->future map) the same counts held,
+#: plus Python set each follower's future itself.
+DEDUP_CROSSINGS_LEADER = 2
+DEDUP_CROSSINGS_FOLLOWER = 1
+
+
+def dedup_crossings(seen: collections.Counter[str]) -> int:
+    """The crossings into the deduplicator."""
+    return sum(n for k, n in seen.items() if k.startswith("RequestDeduplicator."))
+
+
+async def test_crossings_of_deduplicated_calls(
+    make_config: ConfigFactory, fakes: dict[str, FakeProvider]
+) -> None:
+    fake = fakes["openai"]
+    async with LLMService(make_config()) as svc:
+        await svc.achat("warm", temperature=0)
+        calls = 5
+        with counting() as seen:
+            for i in range(calls):
+                await svc.achat(f"lead {i}", temperature=0)
+        total = sum(seen.values()) / calls
+        print(f"\ncore crossings per deduplicated leader call: {total:g} {sorted(seen.items())}")
+        assert dedup_crossings(seen) == DEDUP_CROSSINGS_LEADER * calls, seen
+        fake.latency_s = 0.05
+        with counting() as seen:
+            await asyncio.gather(*(svc.achat("joined", temperature=0) for _ in range(calls)))
+        assert fake.request_count == 1 + calls + 1
+        print(f"core crossings of 1 leader + {calls - 1} followers: {dict(sorted(seen.items()))}")
+        want = DEDUP_CROSSINGS_LEADER + DEDUP_CROSSINGS_FOLLOWER * (calls - 1)
+        assert dedup_crossings(seen) == want, seen
+
+
+async def _until(cond: Any) -> None:
+    """Poll a condition on the fake server (bounded), not for time logic."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + 5.0
+    while not cond():
+        assert loop.time() < end, "condition not met in time"
+        await asyncio.sleep(0.005)
+
+
+#: A leader cancelled while its 3 oldest followers are cancelled too, in the same loop
+#: turn: the core passes the lead to the live 4th follower in the leader's one call,
+#: each cancelled follower's handler makes one, the new leader completes. Before, the
+#: leader's hand-over cost one `fail` per cancelled follower it skipped, and each of
+#: those then called `leave` as well: 8.
+DEDUP_CROSSINGS_PROMOTION_PAST_3_CANCELLED = 5
+
+
+async def test_crossings_of_a_promotion_past_cancelled_followers(
+    make_config: ConfigFactory, fakes: dict[str, FakeProvider]
+) -> None:
+    fake = fakes["openai"]
+    fake.inject("hang", times=1)
+    async with LLMService(make_config()) as svc:
+        dedup = svc._engine.dedup
+        assert dedup is not None
+        leader = asyncio.create_task(svc.achat("promote me", temperature=0))
+        await _until(lambda: fake.request_count == 1)
+        followers = [asyncio.create_task(svc.achat("promote me", temperature=0)) for _ in range(4)]
+        await _until(lambda: dedup.waiting() == 4)
+        with counting() as seen:
+            leader.cancel()
+            for t in followers[:3]:
+                t.cancel()
+            r = await asyncio.wait_for(followers[3], 5)
+        assert "promote me" in r.text and fake.request_count == 2
+        for t in [leader, *followers[:3]]:
+            with pytest.raises(asyncio.CancelledError):
+                await t
+        print(f"\ncore crossings of the promotion: {sorted(seen.items())}")
+        assert dedup_crossings(seen) == DEDUP_CROSSINGS_PROMOTION_PAST_3_CANCELLED, seen
+        assert (dedup.in_flight(), dedup.waiting(), dedup.parked(), len(dedup)) == (0, 0, 0, 0)

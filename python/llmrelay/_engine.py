@@ -16,7 +16,7 @@ import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import httpx
 import msgspec
@@ -32,7 +32,6 @@ from llmrelay._selection import Candidate, Selector, honouring
 from llmrelay._stages import (
     cache_control,
     cancel_task,
-    deliver,
     estimate_input_tokens,
     model_facts,
     needs_of,
@@ -45,6 +44,7 @@ from llmrelay._structured import OutputSpec, output_spec
 from llmrelay._structured_call import structured_chat, with_parsed
 from llmrelay._sync import LoopThread
 from llmrelay._telemetry import INFO, CallTrace, Emitter, log_enabled
+from llmrelay._transport import _completions
 from llmrelay._types import (
     ChatChunk,
     ChatRequest,
@@ -68,7 +68,6 @@ __all__ = ["Engine", "Middleware"]
 log = logging.getLogger("llmrelay")
 
 
-_PROMOTED = object()
 #: Every live engine, so a forked child can make each one usable (os.register_at_fork).
 _ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()
 
@@ -179,10 +178,9 @@ class Engine:
                     cc.disk_path,
                     self.cache.disk_error,
                 )
-        self.dedup: Any = None
+        self.dedup: _core.RequestDeduplicator | None = None
         if config.dedup.enabled:
             self.dedup = _core.RequestDeduplicator(window_s=config.dedup.window_s, clock=clock)
-        self._dedup_waiters: dict[int, asyncio.Future[Any]] = {}
         self._decoder = msgspec.msgpack.Decoder(ChatResponse)
         self._encoder = msgspec.msgpack.Encoder()
         self._in_flight: set[asyncio.Task[Any]] = set()
@@ -204,7 +202,6 @@ class Engine:
         self._in_flight = set()
         self._stopped_by_close = set()
         self._open_streams = set()
-        self._dedup_waiters = {}
         if self.dedup is not None:
             self.dedup = _core.RequestDeduplicator(
                 window_s=self.config.dedup.window_s, clock=self._clock
@@ -476,7 +473,7 @@ class Engine:
         if p.mode == "replay":
             raise self.replay_miss(p)
         if p.key is not None and self.dedup is not None:
-            return await self._guarded(self._deduped(p, timeout))
+            return await self._guarded(self._deduped(self.dedup, p, timeout))
         return await self._guarded(self._orchestrated(p, timeout))
 
     async def _guarded(self, aw: Awaitable[_T]) -> _T:
@@ -498,68 +495,51 @@ class Engine:
                 self._in_flight.discard(task)
                 self._stopped_by_close.discard(task)
 
-    async def _deduped(self, p: Prepared, timeout: float | None) -> ChatResponse:
+    async def _deduped(
+        self, dedup: _core.RequestDeduplicator, p: Prepared, timeout: float | None
+    ) -> ChatResponse:
+        """The dedup stage. A follower's future is parked in the core by its ``join``; the
+        leader's ``complete`` / ``fail`` / ``cancel`` settles it on this loop: with
+        ``(DEDUP_DONE, response)``, the leader's error, or ``(DEDUP_LEADER, None)`` when
+        the core promoted it to run the request itself."""
         assert p.key is not None
         hexkey = p.key.hex()
-        role, ticket, value = self.dedup.join(hexkey)
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[tuple[int, object]] = loop.create_future()
+        role, ticket, value = dedup.join(hexkey, fut, _completions(loop))
         if role == _core.DEDUP_DONE:
             self.metrics.core.incr(*self._series(p), "dedup_window_hits")
             if p.trace is not None:
                 p.trace.dedup("window")
-            resp: ChatResponse = value
-            return resp
-        while role == _core.DEDUP_FOLLOWER:
+            return cast(ChatResponse, value)  # the core hands back what complete stored
+        if role == _core.DEDUP_FOLLOWER:
             self.metrics.core.incr(*self._series(p), "dedup_joins")
             if p.trace is not None:
                 p.trace.dedup("follower")
-            fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-            self._dedup_waiters[ticket] = fut
             try:
-                got = await fut
+                role, value = await fut
             except asyncio.CancelledError:
-                self._dedup_waiters.pop(ticket, None)
-                try:
-                    self.dedup.leave(hexkey, ticket)
-                except InvalidRequestError:
-                    # promoted to leader just as we gave up: pass leadership on
-                    self._hand_over(hexkey, ticket, None)
+                # gone before the leader's outcome, or just after a promotion: the core
+                # forgets it, or passes the lead on
+                dedup.cancel(hexkey, ticket)
                 raise
-            if got is not _PROMOTED:
-                joined: ChatResponse = msgspec.structs.replace(got, attempts=0)
-                return joined
-            role = _core.DEDUP_LEADER  # the leader gave up; this call leads now
+            if role == _core.DEDUP_DONE:
+                return msgspec.structs.replace(cast(ChatResponse, value), attempts=0)
+            # promoted: the leader gave up; this call leads now
         try:
             resp = await self._orchestrated(p, timeout)
-        except BaseException as e:
-            transient = isinstance(e, asyncio.CancelledError) or (
-                isinstance(e, LLMRelayError) and e.retryable
-            )
-            self._hand_over(hexkey, ticket, None if transient else e)
+        except asyncio.CancelledError:
+            dedup.cancel(hexkey, ticket)
             raise
-        for t in self.dedup.complete(hexkey, ticket, resp):
-            f = self._dedup_waiters.pop(t, None)
-            if f is not None:
-                deliver(f, resp)
+        except BaseException as e:
+            if isinstance(e, LLMRelayError) and e.retryable:
+                dedup.fail(hexkey, ticket, True)
+            else:
+                exc = e if isinstance(e, Exception) else LLMRelayError("request abandoned")
+                dedup.fail(hexkey, ticket, False, exc)
+            raise
+        dedup.complete(hexkey, ticket, resp)
         return resp
-
-    def _hand_over(self, hexkey: str, ticket: int, error: BaseException | None) -> None:
-        """A leader is gone. Transient (``error`` None): promote a waiting follower, if any.
-        Otherwise every follower fails with the leader's error. Nobody is left waiting."""
-        transient = error is None
-        new_leader, failed = self.dedup.fail(hexkey, ticket, transient)
-        while new_leader is not None:
-            fut = self._dedup_waiters.pop(new_leader, None)
-            if fut is not None and not fut.done():
-                deliver(fut, _PROMOTED)
-                break
-            # that follower already gave up: promote the next one
-            new_leader, more = self.dedup.fail(hexkey, new_leader, True)
-            failed = [*failed, *more]
-        exc = error if isinstance(error, Exception) else LLMRelayError("request abandoned")
-        for t in failed:
-            f = self._dedup_waiters.pop(t, None)
-            if f is not None:
-                deliver(f, None, exc)
 
     def _deadline(self, timeout: float | None) -> float:
         total = self.config.timeouts.total_s if timeout is None else timeout

@@ -82,7 +82,7 @@ def check_nothing_left(
         assert rt.deployment.health.in_flight == 0, name
         left[name] = s.stats()
     assert eng.dedup.in_flight() == 0 and eng.dedup.waiting() == 0 and len(eng.dedup) == 0
-    assert not eng._dedup_waiters
+    assert eng.dedup.parked() == 0, "a follower's future is still parked in the core"
     # every attempt that reached a provider is in the metrics (cancelled ones included)
     snap = svc.metrics.snapshot()
     for s in snap.series:
