@@ -236,7 +236,9 @@ async def _pipeline(
 
 def _has_content(chunk: ChatChunk) -> bool:
     """Whether a chunk carries something of the answer (not just a role or a header)."""
-    return bool(chunk.text or chunk.tool_calls or chunk.finish_reason or chunk.usage)
+    return bool(
+        chunk.text or chunk.tool_calls or chunk.finish_reason or chunk.usage or chunk.reasoning
+    )
 
 
 def _finish_stream(
