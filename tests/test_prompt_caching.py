@@ -225,3 +225,15 @@ async def test_ollama_reports_no_cache_counts(
         u = (await svc.achat("q", model="local/llama3.2")).usage
         s = accumulate_chunks([c async for c in svc.astream("q", model="local/llama3.2")]).usage
     assert u == s and u.cached_tokens is None and u.reasoning_tokens is None and u.prompt_tokens
+
+
+def test_breakpoints_do_not_split_the_cache_key() -> None:
+    from llmrelay._cachekey import cache_key
+
+    plain = build_request("q", None, {"temperature": 0})
+    auto = build_request("q", None, {"temperature": 0, "cache_breakpoints": "auto"})
+    thinking = build_request(
+        "q", None, {"temperature": 0, "thinking": {"type": "enabled", "budget_tokens": 1024}}
+    )
+    assert cache_key(plain, "m", "", "s") == cache_key(auto, "m", "", "s")
+    assert cache_key(plain, "m", "", "s") != cache_key(thinking, "m", "", "s")
