@@ -439,3 +439,21 @@ def test_chunk_reasoning_fields_are_plain() -> None:
     assert d["reasoning"] == "r" and d["reasoning_blocks"] == [
         {"type": "redacted_thinking", "data": "d"}
     ]
+
+
+async def test_ollama_fake_thinking_validates(fake_ollama: FakeProvider) -> None:
+    import ollama
+
+    fake_ollama.script("blue", reasoning="light scatters")
+    fake_ollama.script("blue", reasoning="light scatters")
+    body = {"model": "llama3.2", "messages": [{"role": "user", "content": "sky"}], "think": True}
+    async with httpx.AsyncClient() as client:
+        url = f"{fake_ollama.url}/api/chat"
+        plain = ollama.ChatResponse.model_validate(
+            (await client.post(url, json={**body, "stream": False})).json()
+        )
+        r = await client.post(url, json=body)
+    assert plain.message.thinking == "light scatters"
+    lines = [ollama.ChatResponse.model_validate_json(x) for x in r.text.splitlines()]
+    assert "".join(x.message.thinking or "" for x in lines) == "light scatters"
+    assert "".join(x.message.content or "" for x in lines) == "blue"
