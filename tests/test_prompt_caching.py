@@ -237,3 +237,24 @@ def test_breakpoints_do_not_split_the_cache_key() -> None:
     )
     assert cache_key(plain, "m", "", "s") == cache_key(auto, "m", "", "s")
     assert cache_key(plain, "m", "", "s") != cache_key(thinking, "m", "", "s")
+
+
+def test_system_blocks_take_text_only_and_keep_the_old_join() -> None:
+    img = {"type": "image_url", "image_url": "https://example.com/a.png"}
+    marked = {"type": "text", "text": "rules", "cache_control": EPHEMERAL}
+    req = build_request(
+        [{"role": "system", "content": [marked, img]}, {"role": "user", "content": "u"}], None, {}
+    )
+    body = _adapter().chat_body(req, "m", stream=False)
+    assert body["system"] == [{"type": "text", "text": "rules", "cache_control": EPHEMERAL}]
+    parts = [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]
+    req = build_request(
+        [
+            {"role": "system", "content": parts},
+            {"role": "system", "content": "c"},
+            {"role": "user", "content": "u"},
+        ],
+        None,
+        {},
+    )
+    assert _adapter().chat_body(req, "m", stream=False)["system"] == "ab\n\nc"

@@ -209,13 +209,19 @@ def to_anthropic_messages(
     messages carries ``cache_control``.
     """
     system: list[dict[str, Any]] = []
+    texts: list[str] = []
     out: list[dict[str, Any]] = []
     for i, msg in enumerate(messages):
         field = f"messages[{i}]"
         if msg.role == "system":
-            blocks = _blocks(msg, field) if isinstance(msg.content, list) else []
-            if not blocks:
-                blocks = [{"type": "text", "text": msg.text}]
+            texts.append(msg.text)
+            parts = msg.content if isinstance(msg.content, list) else ()
+            blocks = [
+                {"type": "text", "text": p.text or ""}
+                | ({"cache_control": p.cache_control} if p.cache_control is not None else {})
+                for p in parts
+                if p.type == "text"  # a system prompt takes text only
+            ] or [{"type": "text", "text": msg.text}]
             if msg.cache_control is not None:
                 blocks = _mark(blocks, msg.cache_control)
             system.extend(blocks)
@@ -256,7 +262,7 @@ def to_anthropic_messages(
         return out, None
     if any("cache_control" in b for b in system):
         return out, system
-    return out, "\n\n".join(b.get("text", "") for b in system)
+    return out, "\n\n".join(texts)
 
 
 #: Anthropic takes at most this many cache_control breakpoints in one request.
