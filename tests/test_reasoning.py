@@ -457,3 +457,30 @@ async def test_ollama_fake_thinking_validates(fake_ollama: FakeProvider) -> None
     lines = [ollama.ChatResponse.model_validate_json(x) for x in r.text.splitlines()]
     assert "".join(x.message.thinking or "" for x in lines) == "light scatters"
     assert "".join(x.message.content or "" for x in lines) == "blue"
+
+
+def test_openai_compatible_reasoning_key_plain_and_streamed() -> None:
+    """Newer vLLM names it ``reasoning``; the decoders take both names."""
+    import msgspec
+
+    from llmrelay.providers.openai import OpenAIAdapter
+
+    oa = OpenAIAdapter(deployment="v", base_url="http://127.0.0.1:1/v1")
+    reply = {
+        "choices": [
+            {"message": {"role": "assistant", "content": "a", "reasoning": "r1"}, "index": 0}
+        ]
+    }
+    headers = [(b"content-type", b"application/json")]
+    r = oa.decode_chat(200, headers, msgspec.json.encode(reply), "m")
+    assert r.reasoning == "r1" and r.message.reasoning == "r1"
+    dec = oa.stream_decoder("m")
+    events = [
+        {"choices": [{"index": 0, "delta": {"reasoning": "x"}}]},
+        {"choices": [{"index": 0, "delta": {"reasoning_content": "y"}}]},
+        {"choices": [{"index": 0, "delta": {"content": "a"}, "finish_reason": "stop"}]},
+    ]
+    raw = b"".join(b"data: " + msgspec.json.encode(e) + b"\n\n" for e in events)
+    chunks = dec.feed(raw + b"data: [DONE]\n\n")
+    assert [c.reasoning for c in chunks] == ["x", "y", None] and dec.done
+    assert accumulate_chunks(chunks).reasoning == "xy"
