@@ -114,8 +114,9 @@ async def test_plain_call_span_and_attempt_span(make_config: ConfigFactory, otel
         "llmrelay.fallback.count": 0,
         "llmrelay.queue.wait_s": a["llmrelay.queue.wait_s"],
         "llmrelay.dedup.role": "leader",
+        "llmrelay.cost_usd": r.cost.total_usd if r.cost else None,
     }
-    assert a["llmrelay.queue.wait_s"] >= 0
+    assert a["llmrelay.queue.wait_s"] >= 0 and a["llmrelay.cost_usd"] > 0
     assert "gen_ai.input.messages" not in a and "gen_ai.output.messages" not in a
     assert _attrs(att) == {
         "gen_ai.operation.name": "chat",

@@ -410,7 +410,9 @@ def test_to_dict_is_json_ready_and_keeps_openai_shapes() -> None:
         "prompt_tokens": 3,
         "completion_tokens": 4,
         "total_tokens": 7,
-        "cached_tokens": 0,
+        "cached_tokens": None,
+        "cache_write_tokens": None,
+        "reasoning_tokens": None,
     }
     assert [c["text"] for c in d["choices"]] == ["", "B"] and "alternatives" not in d
     assert d["choices"][0]["message"] == d["message"]

@@ -11,10 +11,12 @@ from typing import TYPE_CHECKING, Any
 
 from llmrelay import errors
 from llmrelay._config import (
+    BudgetConfig,
     CacheConfig,
     CircuitBreakerConfig,
     DedupConfig,
     LLMServiceConfig,
+    ModelPrice,
     ModelSelectionStrategy,
     OrchestratorConfig,
     ProviderConfig,
@@ -39,6 +41,7 @@ if TYPE_CHECKING:
         ChatRequest,
         ChatResponse,
         Choice,
+        Cost,
         EmbeddingResponse,
         Message,
         TokenLogprob,
@@ -64,6 +67,7 @@ _LAZY = {
     "ChunkAccumulator": "llmrelay.providers",
     "Choice": "llmrelay._types",
     "Conversation": "llmrelay._conversation",
+    "Cost": "llmrelay._types",
     "DefaultServiceProxy": "llmrelay._proxy",
     "EmbedParams": "llmrelay._params",
     "EmbeddingResponse": "llmrelay._types",
@@ -98,6 +102,7 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "BudgetConfig",
     "CacheConfig",
     "CacheControl",
     "ChatChunk",
@@ -108,6 +113,7 @@ __all__ = [
     "ChunkAccumulator",
     "CircuitBreakerConfig",
     "Conversation",
+    "Cost",
     "DedupConfig",
     "DefaultServiceProxy",
     "EmbedParams",
@@ -117,6 +123,7 @@ __all__ = [
     "LLMServiceConfig",
     "Message",
     "MetricsSnapshot",
+    "ModelPrice",
     "ModelSelectionStrategy",
     "OrchestratorConfig",
     "Priority",

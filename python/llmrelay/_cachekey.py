@@ -120,9 +120,10 @@ def cache_key(
         or req.model is not None
         or req.max_completion_tokens is not None
         or req.service_tier is not None
+        or req.cache_breakpoints is not None
     ):
-        # max_completion_tokens: max_tokens holds the same limit; service_tier changes
-        # the price and the latency, not the answer
+        # max_completion_tokens: max_tokens holds the same limit; service_tier and
+        # cache_breakpoints change the price and the latency, not the answer
         req = msgspec.structs.replace(
             req,
             stream=False,
@@ -131,6 +132,7 @@ def cache_key(
             model=None,
             max_completion_tokens=None,
             service_tier=None,
+            cache_breakpoints=None,
         )
     parts = (model, namespace, req) if sample is None else (model, namespace, req, sample)
     return bytes(_core.cache_key(_encoder.encode(parts), scope))

@@ -224,9 +224,19 @@ def _tried(svc: LLMService, err: LLMRelayError) -> list[str]:
     return out
 
 
+def _usd(value: float | None) -> str:
+    return "-" if value is None else f"{value:g}"
+
+
 def _providers() -> int:
+    from llmrelay._pricing import PRICES_AS_OF, PriceBook
     from llmrelay.providers import get_provider, list_providers
 
+    book = PriceBook()
+    print(
+        f"prices: USD per million tokens (input / cached input / cache write / output),"
+        f" as of {PRICES_AS_OF}; override them with LLMServiceConfig.pricing"
+    )
     for kind in list_providers():
         reg = get_provider(kind)
         print(f"{reg.kind}  (default {reg.default_base_url}; key {reg.api_key_env or '-'})")
@@ -237,7 +247,17 @@ def _providers() -> int:
                 if getattr(info, cap, None)
             ]
             window = info.context_window or "?"
-            print(f"    {name:<28} ctx {window!s:>8}  {' '.join(caps)}")
+            price = book.price(kind, kind, name)
+            cost = (
+                "price ?"
+                if price is None
+                else "$ "
+                + " / ".join(
+                    _usd(v)
+                    for v in (price.input, price.cached_input, price.cache_write, price.output)
+                )
+            )
+            print(f"    {name:<28} ctx {window!s:>8}  {' '.join(caps):<32} {cost}")
     return 0
 
 

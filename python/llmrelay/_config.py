@@ -24,10 +24,12 @@ import msgspec
 from llmrelay.errors import ConfigError
 
 __all__ = [
+    "BudgetConfig",
     "CacheConfig",
     "CircuitBreakerConfig",
     "DedupConfig",
     "LLMServiceConfig",
+    "ModelPrice",
     "ModelSelectionStrategy",
     "OrchestratorConfig",
     "ProviderConfig",
@@ -275,6 +277,39 @@ class RateLimitConfig(_Config, frozen=True):
         _num("burst", self.burst, ge=1)
 
 
+class BudgetConfig(_Config, frozen=True):
+    """A USD budget: at most ``limit_usd`` spent per ``period_s`` seconds (fixed windows
+    from the first call; None: over the budget's whole life).
+
+    Each call reserves the most it can cost (its prompt estimate and output limit at
+    the model's price) before it is sent, and the reservation is settled to the real
+    cost when it ends; a call that does not fit raises ``BudgetExceededError``.
+    """
+
+    limit_usd: float
+    period_s: float | None = None
+
+    def _validate(self) -> None:
+        _num("limit_usd", self.limit_usd, ge=0)
+        _num("period_s", self.period_s, gt=0)
+
+
+class ModelPrice(_Config, frozen=True):
+    """A model's price in USD per million tokens: ``input`` (uncached prompt),
+    ``cached_input`` (read from the provider's prompt cache), ``cache_write``
+    (written to it), ``output`` (completion, reasoning included). An unknown cached
+    rate is None: a call that used the cache then has no cost rather than a guess."""
+
+    input: float
+    output: float
+    cached_input: float | None = None
+    cache_write: float | None = None
+
+    def _validate(self) -> None:
+        for name in ("input", "output", "cached_input", "cache_write"):
+            _num(name, getattr(self, name), ge=0)
+
+
 class CircuitBreakerConfig(_Config, frozen=True):
     """A deployment's breaker (resilience4j semantics; see ``_core.CircuitBreaker``)."""
 
@@ -349,6 +384,8 @@ class ProviderConfig(_Config, frozen=True):
     timeouts: RequestTimeouts | None = None
     circuit_breaker: CircuitBreakerConfig | None = None
     default_model: str | None = None
+    #: the deployment's USD budget (None: no limit)
+    budget: BudgetConfig | None = None
 
     def _validate(self) -> None:
         if not self.name or "/" in self.name:
@@ -665,6 +702,9 @@ class LLMServiceConfig(_Config, frozen=True):
     #: Short names for models (``{"fast": "groq/llama-3.1-8b-instant"}``), usable
     #: wherever a model is named: calls, ``default_model``, fallbacks.
     aliases: dict[str, str] = {}
+    #: Prices over the bundled table: ``"<deployment or kind>/<model>"``, ``"<model>"``
+    #: or ``"<deployment or kind>/*"`` -> ModelPrice (see ``llmrelay._pricing``).
+    pricing: dict[str, ModelPrice] = {}
 
     def _validate(self) -> None:
         _num("client_idle_timeout_s", self.client_idle_timeout_s, gt=0)

@@ -43,6 +43,10 @@ def _tokens(m: Message) -> int:
     n = len(c) if isinstance(c, str) else len(msgspec.json.encode(c)) if c else 0
     if m.tool_calls:
         n += len(msgspec.json.encode(m.tool_calls))
+    if m.reasoning_blocks:  # sent back with their turn, so they take room in the window
+        n += len(msgspec.json.encode(m.reasoning_blocks))
+    elif m.reasoning:
+        n += len(m.reasoning)
     return n // 4 + 4
 
 

@@ -22,12 +22,14 @@ import httpx
 import msgspec
 
 from llmrelay import _core
+from llmrelay._budget import Budget, Reservation
 from llmrelay._cachekey import CacheControl, cache_key, is_cacheable, is_complete
 from llmrelay._config import LLMServiceConfig, ProviderConfig
-from llmrelay._metrics import ServiceMetrics
+from llmrelay._metrics import COST_COUNTER, ServiceMetrics
 from llmrelay._middleware import Middleware, chain
 from llmrelay._orchestrator import AttemptHook, CallContext, RequestOrchestrator
 from llmrelay._pool import ProviderPool
+from llmrelay._pricing import PriceBook, zero_cost
 from llmrelay._selection import Candidate, Selector, honouring
 from llmrelay._stages import (
     cache_control,
@@ -54,9 +56,11 @@ from llmrelay._types import (
     build_request,
 )
 from llmrelay.errors import (
+    BudgetExceededError,
     CacheMissError,
     CircuitOpenError,
     ClientThrottledError,
+    ConfigError,
     DeadlineExceededError,
     InvalidRequestError,
     LLMRelayError,
@@ -108,6 +112,8 @@ class Prepared:
     structured: OutputSpec | None = None
     #: the call's events (None: nobody listens)
     trace: CallTrace | None = None
+    #: the USD budgets of the views the call was made through (innermost last)
+    budgets: tuple[Budget, ...] = ()
 
 
 class Engine:
@@ -136,6 +142,14 @@ class Engine:
             idle_timeout_s=config.client_idle_timeout_s,
         )
         self.metrics = ServiceMetrics(self._live_metrics)
+        self.prices = PriceBook(config.pricing)
+        now = clock.now if clock is not None else time.monotonic
+        self.budget_clock: Callable[[], float] = now
+        self.budgets = {
+            p.name: Budget(f"deployment:{p.name}", p.budget, now)
+            for p in config.providers
+            if p.budget is not None
+        }
         self.orchestrator = RequestOrchestrator(
             config,
             list(self.pool),
@@ -287,6 +301,7 @@ class Engine:
         params: dict[str, Any],
         *,
         stream: bool,
+        budgets: tuple[Budget, ...] = (),
     ) -> Prepared:
         """The validate and select stages, and the cache key."""
         self.check_open()
@@ -322,7 +337,7 @@ class Engine:
         if self.events.listeners or log_enabled(INFO):  # Emitter.live(), inlined
             dedup = key is not None and self.dedup is not None and not stream
             tr = self.events.start("chat", name, prio, cands, req, stream=stream, dedup=dedup)
-        return Prepared(req, name, prio, cands, key, cc, est_in, est_out, mode, spec, tr)
+        return Prepared(req, name, prio, cands, key, cc, est_in, est_out, mode, spec, tr, budgets)
 
     def _skipped(self, cand: Candidate, reason: str) -> None:
         """Count a request the cache did not look up, and say once why it happens."""
@@ -413,7 +428,12 @@ class Engine:
                 self.metrics.core.incr(*self._series(p), "cache_skipped.incomplete")
                 return
         stored = msgspec.structs.replace(
-            resp, cached=True, latency_s=0.0, attempts=0, parsed=None
+            resp,
+            cached=True,
+            latency_s=0.0,
+            attempts=0,
+            parsed=None,
+            cost=zero_cost(resp.cost),
         )  # ``parsed`` is rebuilt from the text on a hit, into the caller's own model
         self.cache.set(p.key, self._encoder.encode(stored), p.cc.ttl_s)
         if p.trace is not None:
@@ -429,9 +449,11 @@ class Engine:
         timeout: float | None,
         cache: Any,
         params: dict[str, Any],
+        *,
+        budgets: tuple[Budget, ...] = (),
     ) -> ChatResponse:
         """The whole pipeline for one non-streamed call."""
-        p = self.prepare(messages, model, priority, cache, params, stream=False)
+        p = self.prepare(messages, model, priority, cache, params, stream=False, budgets=budgets)
         return await self.chat_prepared(p, timeout, memory_checked=False)
 
     async def chat_prepared(
@@ -553,6 +575,10 @@ class Engine:
         dep = cand.deployment
         if err is None:
             return  # successes are recorded with their usage in _process
+        if isinstance(err, BudgetExceededError):
+            # refused by a USD budget before sending: not the deployment's failure
+            self.metrics.core.incr(dep.kind, cand.model, dep.name, "budget_refused")
+            return
         if not sent and not isinstance(err, CircuitOpenError):
             # refused before anything went out: its own outcome, no latency, no request
             name = "throttled" if isinstance(err, ClientThrottledError) else "queue_timeouts"
@@ -600,23 +626,62 @@ class Engine:
                 client, transport = None, None
             else:
                 client, transport = self.pool.route(dep)
-            resp = await send_chat(
-                client,
-                transport,
-                dep,
-                cand.model,
-                p.req,
-                remaining,
-                self.orchestrator.observe_reply_headers,
-            )
+            hold = self.reserve_budgets(p, cand)
+            try:
+                resp = await send_chat(
+                    client,
+                    transport,
+                    dep,
+                    cand.model,
+                    p.req,
+                    remaining,
+                    self.orchestrator.observe_reply_headers,
+                )
+            except BaseException:
+                if hold is not None:
+                    hold.refund()
+                raise
+            resp = self.priced(cand, resp)
+            if hold is not None:
+                hold.settle(resp.cost.total_usd if resp.cost is not None else None)
             return resp, time.perf_counter() - t0
 
         return send
+
+    def reserve_budgets(self, p: Prepared, cand: Candidate) -> Reservation | None:
+        """Reserve the most the call can cost in the deployment's and the views' budgets;
+        BudgetExceededError when one has no room (nothing is sent)."""
+        dep = cand.deployment
+        own = self.budgets.get(dep.name)
+        budgets = [own, *p.budgets] if own is not None else list(p.budgets)
+        if not budgets:
+            return None
+        est = self.prices.estimate_usd(dep.kind, dep.name, cand.model, p.est_in, p.est_out)
+        if est is None:
+            raise ConfigError(
+                f"invalid pricing: a USD budget applies to {dep.name}/{cand.model} but its price"
+                " is unknown; add it to LLMServiceConfig.pricing",
+                field="pricing",
+            )
+        return Budget.reserve_all(budgets, est, cand.model)
+
+    def priced(self, cand: Candidate, resp: ChatResponse) -> ChatResponse:
+        """``resp`` with its cost (None when a price it needs is unknown)."""
+        if resp.cost is not None:
+            return resp
+        dep = cand.deployment
+        cost = self.prices.cost(dep.kind, dep.name, cand.model or resp.model, resp.usage)
+        if cost is None and resp.model and resp.model != cand.model:
+            cost = self.prices.cost(dep.kind, dep.name, resp.model, resp.usage)
+        if cost is None:
+            return resp
+        return msgspec.structs.replace(resp, cost=cost)
 
     def _process(
         self, p: Prepared, ctx: CallContext, cand: Candidate, result: Any, started: float
     ) -> ChatResponse:
         resp, attempt_latency = result
+        resp = self.priced(cand, resp)
         dep = cand.deployment
         u: Usage = resp.usage
         counters = [
@@ -625,6 +690,16 @@ class Engine:
             ("tokens_in", u.prompt_tokens),
             ("tokens_out", u.completion_tokens),
         ]
+        if u.cached_tokens:
+            counters.append(("tokens_cached", u.cached_tokens))
+        if u.cache_write_tokens:
+            counters.append(("tokens_cache_write", u.cache_write_tokens))
+        if u.reasoning_tokens:
+            counters.append(("tokens_reasoning", u.reasoning_tokens))
+        if resp.cost is not None:
+            counters.append((COST_COUNTER, round(resp.cost.total_usd * 1e9)))
+        else:
+            counters.append(("cost_unknown", 1))
         if ctx.retries:
             counters.append(("retries", ctx.retries))
         if ctx.fallbacks:
@@ -661,9 +736,11 @@ class Engine:
         timeout: float | None,
         cache: Any,
         params: dict[str, Any],
+        *,
+        budgets: tuple[Budget, ...] = (),
     ) -> AsyncIterator[ChatChunk]:
         """The pipeline for a streamed call (see :mod:`llmrelay._streaming`)."""
-        return stream_call(self, messages, model, priority, timeout, cache, params)
+        return stream_call(self, messages, model, priority, timeout, cache, params, budgets)
 
     # ---- embeddings ------------------------------------------------------------------------
 

@@ -15,7 +15,11 @@ import msgspec
 
 from llmrelay import _core
 
-__all__ = ["MetricsSnapshot", "SeriesSnapshot", "ServiceMetrics"]
+__all__ = ["COST_COUNTER", "MetricsSnapshot", "SeriesSnapshot", "ServiceMetrics"]
+
+#: The counter of what calls cost, in nano-USD (the core's counters are integers);
+#: read it as ``SeriesSnapshot.cost_usd``, exported as ``llmrelay_cost_usd_total``.
+COST_COUNTER = "cost_nanousd"
 
 #: Histogram bucket bounds (seconds) for the Prometheus export.
 BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
@@ -34,6 +38,12 @@ class SeriesSnapshot(msgspec.Struct, frozen=True, kw_only=True):
     def counter(self, name: str) -> int:
         """A counter's value (0 if never incremented)."""
         return self.counters.get(name, 0)
+
+    @property
+    def cost_usd(self) -> float:
+        """What this series' calls cost in USD (calls of unknown price count
+        ``cost_unknown``, not here)."""
+        return self.counters.get(COST_COUNTER, 0) / 1e9
 
 
 class MetricsSnapshot(msgspec.Struct, frozen=True, kw_only=True):
@@ -55,6 +65,10 @@ class MetricsSnapshot(msgspec.Struct, frozen=True, kw_only=True):
     def total(self, name: str) -> int:
         """A counter summed over every series."""
         return sum(s.counters.get(name, 0) for s in self.series)
+
+    def cost_usd(self, deployment: str | None = None) -> float:
+        """What the calls cost in USD, of every series or of one deployment."""
+        return sum(s.cost_usd for s in self.series if deployment in (None, s.deployment))
 
     def for_deployment(self, deployment: str) -> list[SeriesSnapshot]:
         """The series of one deployment."""
@@ -149,9 +163,22 @@ class ServiceMetrics:
                     )
                     out.append(f"{tok}_sum{lab} {s.counters[name]}")
                     out.append(f"{tok}_count{lab} {s.counters.get('successes', 0)}")
+        cost = "llmrelay_cost_usd_total"
+        rows = [
+            f"{cost}{_labels(provider=s.provider, model=s.model, deployment=s.deployment)}"
+            f" {s.cost_usd!r}"
+            for s in snap.series
+            if COST_COUNTER in s.counters
+        ]
+        if rows:
+            out.append(f"# HELP {cost} What the calls cost in USD, from the price table.")
+            out.append(f"# TYPE {cost} counter")
+            out.extend(rows)
         counters: dict[str, list[str]] = {}
         for s in snap.series:
             for name, value in sorted(s.counters.items()):
+                if name == COST_COUNTER:
+                    continue
                 metric, _, sub = name.partition(".")
                 extra: dict[str, str] = {}
                 if metric == "failures" and sub:

@@ -31,6 +31,7 @@ from llmrelay.errors import (
     AllProvidersFailedError,
     Attempt,
     AuthenticationError,
+    BudgetExceededError,
     CircuitOpenError,
     ClientThrottledError,
     ContextLengthError,
@@ -531,6 +532,8 @@ class RequestOrchestrator:
                         raise self._final_error(ctx, e) from None
                     if isinstance(e, ContextLengthError) and others_left:
                         break  # a later candidate may have a larger window
+                    if isinstance(e, BudgetExceededError) and others_left and e.budget != "view":
+                        break  # this deployment's budget is spent: the next may have room
                     if not e.retryable:
                         raise
                     if isinstance(e, CircuitOpenError | QueueTimeoutError):

@@ -74,6 +74,8 @@ class ChatParams(TypedDict, total=False):
     n: int | None
     logit_bias: Mapping[str, int] | Mapping[int, int] | None
     service_tier: ServiceTier | None
+    thinking: Mapping[str, Any] | None
+    cache_breakpoints: Literal["auto", "none"] | None
 
 
 class EmbedParams(TypedDict, total=False):
@@ -228,6 +230,31 @@ def _tier(field: str, v: Any) -> str | None:
     return None if v == "auto" else str(v)
 
 
+def _thinking(field: str, v: Any) -> dict[str, Any] | None:
+    """Anthropic's extended thinking: ``{"type": "enabled", "budget_tokens": N}`` (N >= 1024),
+    ``{"type": "adaptive"}`` or ``{"type": "disabled"}`` (unset)."""
+    if not isinstance(v, dict) or v.get("type") not in ("enabled", "disabled", "adaptive"):
+        raise bad(field, v, "{'type': 'enabled', 'budget_tokens': N}, adaptive or disabled")
+    for key in v:
+        if key not in ("type", "budget_tokens", "display"):
+            raise bad(f"{field}.{key}", v[key], "no such thinking field")
+    if v["type"] == "disabled":
+        return None
+    if v["type"] == "enabled":
+        budget = v.get("budget_tokens")
+        if isinstance(budget, bool) or not isinstance(budget, int) or budget < 1024:
+            raise bad(f"{field}.budget_tokens", budget, "an int >= 1024")
+    elif "budget_tokens" in v:
+        raise bad(f"{field}.budget_tokens", v["budget_tokens"], "budget_tokens only with enabled")
+    return dict(v)
+
+
+def _breakpoints(field: str, v: Any) -> str | None:
+    if v not in ("auto", "none"):
+        raise bad(field, v, "'auto' or 'none'")
+    return None if v == "none" else "auto"
+
+
 def _logit_bias(field: str, v: Any) -> dict[str, int] | None:
     if not isinstance(v, dict):
         raise bad(field, v, "a dict of token ids to biases in [-100, 100]")
@@ -276,6 +303,8 @@ _CHECKS: dict[str, Any] = {
     "n": _n,
     "logit_bias": _logit_bias,
     "service_tier": _tier,
+    "thinking": _thinking,
+    "cache_breakpoints": _breakpoints,
 }
 
 
@@ -307,6 +336,11 @@ def check_chat_params(params: Mapping[str, Any]) -> dict[str, Any]:
                 field="params.max_completion_tokens",
             )
         checked["max_tokens"] = limit
+    thinking = checked.get("thinking")
+    budget = thinking.get("budget_tokens") if thinking is not None else None
+    cap = checked.get("max_tokens")
+    if budget is not None and cap is not None and budget >= cap:
+        raise bad("params.thinking.budget_tokens", budget, f"less than max_tokens={cap}")
     return checked
 
 

@@ -62,6 +62,7 @@ def _mapped(req: ChatRequest) -> bool:
         and req.parallel_tool_calls is None
         and req.logit_bias is None
         and req.service_tier is None
+        and req.thinking is None
     )
 
 

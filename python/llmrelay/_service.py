@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any, Unpack
 import httpx
 
 from llmrelay import _core
+from llmrelay._budget import Budget
 from llmrelay._cachekey import CacheControl
-from llmrelay._config import LLMServiceConfig
+from llmrelay._config import BudgetConfig, LLMServiceConfig
 from llmrelay._engine import Engine, Middleware
 from llmrelay._metrics import ServiceMetrics
 from llmrelay._params import ChatParams, EmbedParams, check_chat_params, check_embed, short
@@ -25,7 +26,7 @@ from llmrelay._preflight import check_service_config
 from llmrelay._priority import Priority
 from llmrelay._telemetry import check_listener
 from llmrelay._types import ChatChunk, ChatResponse, EmbeddingResponse, MessagesIn
-from llmrelay.errors import InvalidRequestError, LLMRelayError
+from llmrelay.errors import ConfigError, InvalidRequestError, LLMRelayError
 from llmrelay.events import Listener
 
 if TYPE_CHECKING:
@@ -53,6 +54,22 @@ def _merged(defaults: Mapping[str, Any], params: Mapping[str, Any]) -> dict[str,
         if name in params and other not in params:
             out.pop(other, None)
     return out
+
+
+def _budget_of(budget: Any, clock: Callable[[], float]) -> Budget | None:
+    """A view's ``budget=`` as a Budget (None: none); ConfigError naming ``budget``."""
+    if budget is None:
+        return None
+    if isinstance(budget, Mapping):
+        budget = BudgetConfig.from_dict(budget)
+    elif isinstance(budget, int | float) and not isinstance(budget, bool):
+        budget = BudgetConfig(limit_usd=float(budget))
+    if not isinstance(budget, BudgetConfig):
+        raise ConfigError(
+            f"invalid budget={short(budget)}: give a limit in USD or a BudgetConfig",
+            field="budget",
+        )
+    return Budget("view", budget, clock)
 
 
 def _batch_requests(requests: Any, concurrency: Any) -> list[Any]:
@@ -127,6 +144,7 @@ class LLMService:
         self._timeout: float | None = None
         self._cache: CacheIn = None
         self._params: dict[str, Any] = {}
+        self._budgets: tuple[Budget, ...] = ()
         self._is_view = False
 
     # ---- views -----------------------------------------------------------------------------
@@ -137,10 +155,19 @@ class LLMService:
         priority: int | None = None,
         timeout: float | None = None,
         cache: CacheIn = None,
+        *,
+        budget: float | BudgetConfig | Mapping[str, Any] | None = None,
         **params: Unpack[ChatParams],
     ) -> LLMService:
-        """A view with other defaults sharing this service's engine; closing it closes nothing."""
+        """A view with other defaults sharing this service's engine; closing it closes nothing.
+
+        ``budget`` gives the view a USD budget of its own (a limit in USD, or a
+        :class:`BudgetConfig` with a period), on top of any budget of the view it is
+        made from and of the deployments: each agent role or tenant can have one.
+        """
+        own = _budget_of(budget, self._engine.budget_clock)
         view = object.__new__(LLMService)
+        view._budgets = self._budgets if own is None else (*self._budgets, own)
         view._engine = self._engine
         view._model = model if model is not None else self._model
         view._priority = priority if priority is not None else self._priority
@@ -211,7 +238,7 @@ class LLMService:
     ) -> ChatResponse:
         """Send a chat request; returns the response or raises one typed error."""
         m, p, t, c, kw = self._args(model, priority, timeout, cache, params)
-        return await self._engine.chat(messages, m, p, t, c, kw)
+        return await self._engine.chat(messages, m, p, t, c, kw, budgets=self._budgets)
 
     def chat(
         self,
@@ -226,7 +253,7 @@ class LLMService:
         """The sync twin of :meth:`achat` (safe from many threads at once)."""
         m, p, t, c, kw = self._args(model, priority, timeout, cache, params)
         eng = self._engine
-        prepared = eng.prepare(messages, m, p, c, kw, stream=False)
+        prepared = eng.prepare(messages, m, p, c, kw, stream=False, budgets=self._budgets)
         hit = eng.memory_hit(prepared)
         if hit is not None:
             if prepared.trace is not None:
@@ -246,7 +273,7 @@ class LLMService:
     ) -> AsyncIterator[ChatChunk]:
         """Stream a chat response as :class:`ChatChunk` deltas (usage on the last one)."""
         m, p, t, c, kw = self._args(model, priority, timeout, cache, params)
-        return self._engine.stream(messages, m, p, t, c, kw)
+        return self._engine.stream(messages, m, p, t, c, kw, budgets=self._budgets)
 
     def stream(
         self,

@@ -103,10 +103,21 @@ def cancel_task(task: asyncio.Task[Any]) -> None:
 
 
 def replay(resp: ChatResponse) -> list[ChatChunk]:
-    """A cached response as a stream: its text, whole tool calls, then finish and usage."""
+    """A cached response as a stream: its reasoning (and blocks), text, whole tool calls,
+    then finish and usage."""
     from llmrelay._types import ToolCallDelta
 
     out = []
+    blocks = resp.message.reasoning_blocks
+    if resp.reasoning or blocks:
+        out.append(
+            ChatChunk(
+                reasoning=resp.reasoning,
+                reasoning_blocks=blocks,
+                model=resp.model,
+                provider=resp.provider,
+            )
+        )
     if resp.text:
         out.append(ChatChunk(text=resp.text, model=resp.model, provider=resp.provider))
     if resp.tool_calls:

@@ -23,6 +23,7 @@ from llmrelay.errors import DeadlineExceededError, LLMRelayError, ProviderTimeou
 from llmrelay.providers import accumulate_chunks
 
 if TYPE_CHECKING:
+    from llmrelay._budget import Budget, Reservation
     from llmrelay._engine import Engine, Prepared
 
 __all__ = ["stream_call"]
@@ -39,9 +40,10 @@ async def stream_call(
     timeout: float | None,
     cache: Any,
     params: dict[str, Any],
+    budgets: tuple[Budget, ...] = (),
 ) -> AsyncIterator[ChatChunk]:
     """The pipeline for a streamed call (cache replay, no in-flight joining)."""
-    p = eng.prepare(messages, model, priority, cache, params, stream=True)
+    p = eng.prepare(messages, model, priority, cache, params, stream=True, budgets=budgets)
     inner = _with_middleware(eng, p, timeout) if eng.middleware else _pipeline(eng, p, timeout, [])
     if p.structured is not None:  # parsed on the final chunk (see llmrelay._structured_call)
         inner = structured_stream(inner, p.structured, p.req)
@@ -133,8 +135,22 @@ async def _pipeline(
     started = time.perf_counter()
     idle = eng.config.timeouts.stream_idle_s
     hook = eng._record_attempt if p.trace is None else p.trace.hooked(ctx, eng._record_attempt)
+    # the budget reservation of the attempt being opened, held until the stream ends
+    holds: list[Reservation] = []
 
     async def open_stream(cand: Candidate) -> tuple[list[ChatChunk], Any]:
+        hold = eng.reserve_budgets(p, cand)
+        try:
+            opened = await _open(cand)
+        except BaseException:
+            if hold is not None:
+                hold.refund()
+            raise
+        if hold is not None:
+            holds.append(hold)
+        return opened
+
+    async def _open(cand: Candidate) -> tuple[list[ChatChunk], Any]:
         """Open the stream and read it up to its first content (within ``first_token_s``):
         until then nothing has reached the caller, so a failure or a stall here is an
         attempt that is retried or falls back like a plain call's."""
@@ -235,14 +251,24 @@ async def _pipeline(
         await agen.aclose()
         lease.finish(err, provider_s)
         if err is None:
-            final.append(_finish_stream(eng, p, ctx, cand, chunks, started, ttft))
+            done = _finish_stream(eng, p, ctx, cand, chunks, started, ttft)
+            for hold in holds:
+                hold.settle(done.cost.total_usd if done.cost is not None else None)
+            final.append(done)
         else:
+            for hold in holds:  # cut short: what was generated was paid for, at most this
+                if chunks:
+                    hold.settle(None)
+                else:
+                    hold.refund()
             eng._record_attempt(cand, err, time.perf_counter() - started, True)
 
 
 def _has_content(chunk: ChatChunk) -> bool:
     """Whether a chunk carries something of the answer (not just a role or a header)."""
-    return bool(chunk.text or chunk.tool_calls or chunk.finish_reason or chunk.usage)
+    return bool(
+        chunk.text or chunk.tool_calls or chunk.finish_reason or chunk.usage or chunk.reasoning
+    )
 
 
 def _finish_stream(

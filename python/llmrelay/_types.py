@@ -27,6 +27,7 @@ __all__ = [
     "ChatResponse",
     "Choice",
     "ContentPart",
+    "Cost",
     "EmbeddingResponse",
     "Message",
     "MessagesIn",
@@ -43,10 +44,21 @@ __all__ = [
 Role = Literal["system", "user", "assistant", "tool"]
 _ROLES = frozenset(("system", "user", "assistant", "tool"))
 # Keys of OpenAI response messages that carry nothing we keep; accepted and dropped.
-_IGNORED_MESSAGE_KEYS = frozenset(
-    ("refusal", "annotations", "audio", "function_call", "reasoning_content")
+_IGNORED_MESSAGE_KEYS = frozenset(("refusal", "annotations", "audio", "function_call"))
+_MESSAGE_KEYS = frozenset(
+    (
+        "role",
+        "content",
+        "name",
+        "tool_calls",
+        "tool_call_id",
+        "reasoning_content",
+        "thinking_blocks",
+        "cache_control",
+    )
 )
-_MESSAGE_KEYS = frozenset(("role", "content", "name", "tool_calls", "tool_call_id"))
+#: The reasoning blocks a Message keeps (Anthropic's shape) and the string keys each needs.
+_BLOCK_KEYS = {"thinking": ("thinking", "signature"), "redacted_thinking": ("data",)}
 _json_encode = msgspec.json.encode
 _json_decode = msgspec.json.decode
 
@@ -84,15 +96,22 @@ class ContentPart(msgspec.Struct, kw_only=True, omit_defaults=True):
     text: str | None = None
     image_url: str | None = None
     detail: str | None = None
+    #: Anthropic's prompt-caching breakpoint on this part (``{"type": "ephemeral"}``);
+    #: sent to Anthropic only, left out for other providers
+    cache_control: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """The OpenAI-style part dict."""
+        """The OpenAI-style part dict (with ``cache_control`` when set)."""
         if self.type == "text":
-            return {"type": "text", "text": self.text or ""}
-        image: dict[str, Any] = {"url": self.image_url}
-        if self.detail is not None:
-            image["detail"] = self.detail
-        return {"type": "image_url", "image_url": image}
+            d: dict[str, Any] = {"type": "text", "text": self.text or ""}
+        else:
+            image: dict[str, Any] = {"url": self.image_url}
+            if self.detail is not None:
+                image["detail"] = self.detail
+            d = {"type": "image_url", "image_url": image}
+        if self.cache_control is not None:
+            d["cache_control"] = self.cache_control
+        return d
 
     @classmethod
     def from_dict(cls, d: Any, field: str = "part") -> ContentPart:
@@ -102,11 +121,14 @@ class ContentPart(msgspec.Struct, kw_only=True, omit_defaults=True):
         if not isinstance(d, dict):
             raise _bad(field, d, "a content part dict")
         kind = d.get("type")
+        cc = d.get("cache_control")
+        if cc is not None:
+            cc = check_cache_control(cc, f"{field}.cache_control")
         if kind == "text":
             text = d.get("text")
             if not isinstance(text, str):
                 raise _bad(f"{field}.text", text, "a string")
-            return cls(type="text", text=text)
+            return cls(type="text", text=text, cache_control=cc)
         if kind == "image_url":
             image = d.get("image_url")
             detail = None
@@ -117,8 +139,38 @@ class ContentPart(msgspec.Struct, kw_only=True, omit_defaults=True):
                     raise _bad(f"{field}.image_url.detail", detail, "a string")
             if not isinstance(image, str) or not image:
                 raise _bad(f"{field}.image_url", image, "a URL string or {'url': ...}")
-            return cls(type="image_url", image_url=image, detail=detail)
+            return cls(type="image_url", image_url=image, detail=detail, cache_control=cc)
         raise _bad(f"{field}.type", kind, "'text' or 'image_url'")
+
+
+def check_cache_control(cc: Any, field: str) -> dict[str, Any]:
+    """A ``cache_control`` value (``{"type": "ephemeral"}``, optionally ``"ttl"``: ``"5m"``
+    or ``"1h"``), or InvalidRequestError at ``field``."""
+    if not isinstance(cc, dict) or cc.get("type") != "ephemeral":
+        raise _bad(field, cc, "{'type': 'ephemeral'} (optionally with 'ttl': '5m' or '1h')")
+    for key in cc:
+        if key not in ("type", "ttl"):
+            raise _bad(f"{field}.{key}", cc[key], "no such cache_control field")
+    ttl = cc.get("ttl")
+    if ttl is not None and ttl not in ("5m", "1h"):
+        raise _bad(f"{field}.ttl", ttl, "'5m' or '1h'")
+    return cc
+
+
+def check_reasoning_blocks(blocks: Any, field: str) -> list[dict[str, Any]]:
+    """Reasoning blocks as a provider sent them (``thinking`` with its ``signature``,
+    ``redacted_thinking`` with its ``data``), or InvalidRequestError at ``field``."""
+    if not isinstance(blocks, list):
+        raise _bad(field, blocks, "a list of thinking / redacted_thinking blocks")
+    for j, block in enumerate(blocks):
+        f = f"{field}[{j}]"
+        keys = _BLOCK_KEYS.get(str(block.get("type"))) if isinstance(block, dict) else None
+        if keys is None:
+            raise _bad(f, block, "a {'type': 'thinking' | 'redacted_thinking', ...} block")
+        for key in keys:
+            if not isinstance(block.get(key), str):
+                raise _bad(f"{f}.{key}", block.get(key), "a string")
+    return blocks
 
 
 class ToolCall(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -200,16 +252,28 @@ class ToolCallDelta(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 
 class Message(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """One chat message, convertible to and from the OpenAI-style dict."""
+    """One chat message, convertible to and from the OpenAI-style dict.
+
+    An assistant message keeps the model's reasoning: ``reasoning`` (its text, the
+    OpenAI-compatible ``reasoning_content``) and ``reasoning_blocks`` (the provider's
+    own blocks, signatures intact: Anthropic's ``thinking`` / ``redacted_thinking``),
+    so that the message put back into the history sends them back unchanged. In the
+    dict they are ``reasoning_content`` and ``thinking_blocks``.
+    """
 
     role: Role
     content: str | list[ContentPart] | None
     name: str | None = None
     tool_calls: list[ToolCall] | None = None
     tool_call_id: str | None = None
+    reasoning: str | None = None
+    reasoning_blocks: list[dict[str, Any]] | None = None
+    #: Anthropic's prompt-caching breakpoint on the message's last block
+    cache_control: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """The OpenAI-style message dict."""
+        """The OpenAI-style message dict (with ``reasoning_content``, ``thinking_blocks``
+        and ``cache_control`` when set)."""
         content = self.content
         d: dict[str, Any] = {
             "role": self.role,
@@ -221,6 +285,12 @@ class Message(msgspec.Struct, kw_only=True, omit_defaults=True):
             d["tool_calls"] = [c.to_dict() for c in self.tool_calls]
         if self.tool_call_id is not None:
             d["tool_call_id"] = self.tool_call_id
+        if self.reasoning is not None:
+            d["reasoning_content"] = self.reasoning
+        if self.reasoning_blocks:
+            d["thinking_blocks"] = [dict(b) for b in self.reasoning_blocks]
+        if self.cache_control is not None:
+            d["cache_control"] = self.cache_control
         return d
 
     @classmethod
@@ -308,7 +378,20 @@ def _message(d: Any, field: str) -> Message:
             raise _bad(f"{field}.tool_call_id", tool_call_id, "the id of the answered tool call")
     elif tool_call_id is not None:
         raise _bad(f"{field}.tool_call_id", tool_call_id, "tool_call_id only on tool messages")
-    if content is None and not (role == "assistant" and tool_calls):
+    reasoning = d.get("reasoning_content")
+    blocks = d.get("thinking_blocks")
+    if reasoning is not None or blocks is not None:
+        if role != "assistant":
+            key = "reasoning_content" if reasoning is not None else "thinking_blocks"
+            raise _bad(f"{field}.{key}", d[key], "reasoning only on assistant messages")
+        if reasoning is not None and not isinstance(reasoning, str):
+            raise _bad(f"{field}.reasoning_content", reasoning, "a string")
+        if blocks is not None:
+            blocks = check_reasoning_blocks(blocks, f"{field}.thinking_blocks") or None
+    cc = d.get("cache_control")
+    if cc is not None:
+        cc = check_cache_control(cc, f"{field}.cache_control")
+    if content is None and not (role == "assistant" and (tool_calls or blocks)):
         raise _bad(f"{field}.content", content, "content (None only with assistant tool_calls)")
     return Message(
         role=cast(Role, role),
@@ -316,6 +399,9 @@ def _message(d: Any, field: str) -> Message:
         name=name,
         tool_calls=tool_calls,
         tool_call_id=tool_call_id,
+        reasoning=reasoning,
+        reasoning_blocks=blocks,
+        cache_control=cc,
     )
 
 
@@ -350,12 +436,21 @@ def to_messages(messages: MessagesIn) -> list[Message]:
 
 
 class Usage(msgspec.Struct, kw_only=True, frozen=True):
-    """Token counts of one call; ``cached_tokens`` is the part of the prompt read from cache."""
+    """Token counts of one call.
+
+    ``prompt_tokens`` counts the whole prompt, cached parts included.
+    ``cached_tokens`` is the part of it read from the provider's prompt cache,
+    ``cache_write_tokens`` the part written to it, ``reasoning_tokens`` the part of
+    ``completion_tokens`` spent reasoning. Each of those three is None when the
+    provider did not report it, which is not the same as 0.
+    """
 
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
-    cached_tokens: int = 0
+    cached_tokens: int | None = None
+    cache_write_tokens: int | None = None
+    reasoning_tokens: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain builtins (JSON-ready)."""
@@ -372,6 +467,25 @@ class TokenLogprob(msgspec.Struct, kw_only=True, omit_defaults=True):
 
     def to_dict(self) -> dict[str, Any]:
         """The OpenAI-style dict (``token``, ``logprob``, ``bytes``, ``top_logprobs``)."""
+        return _struct_dict(self)
+
+
+class Cost(msgspec.Struct, kw_only=True, frozen=True):
+    """What a call cost in USD, by part, from the price table (``llmrelay._pricing``).
+
+    ``input_usd`` is the uncached prompt, ``cache_read_usd`` the prompt read from the
+    provider's cache, ``cache_write_usd`` the prompt written to it, ``output_usd``
+    the completion (reasoning included).
+    """
+
+    input_usd: float
+    output_usd: float
+    cache_read_usd: float = 0.0
+    cache_write_usd: float = 0.0
+    total_usd: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain builtins (JSON-ready)."""
         return _struct_dict(self)
 
 
@@ -411,6 +525,8 @@ class ChatRequest(msgspec.Struct, kw_only=True, omit_defaults=True):
     n: int | None = None
     logit_bias: dict[str, int] | None = None
     service_tier: str | None = None
+    thinking: dict[str, Any] | None = None
+    cache_breakpoints: str | None = None
 
 
 class Choice(msgspec.Struct, kw_only=True):
@@ -455,6 +571,10 @@ class ChatResponse(msgspec.Struct, kw_only=True):
     alternatives: list[Choice] = []
     #: the reply validated into the call's ``response_format`` model (None without one)
     parsed: Any = None
+    #: the model's reasoning (thinking) text, None when there is none
+    reasoning: str | None = None
+    #: what the call cost, None when a price is unknown (or the answer came from cache)
+    cost: Cost | None = None
 
     @property
     def choices(self) -> list[Choice]:
@@ -479,7 +599,12 @@ class ChatResponse(msgspec.Struct, kw_only=True):
 
 class ChatChunk(msgspec.Struct, kw_only=True, omit_defaults=True):
     """One piece of a streamed answer: a text delta, tool call deltas, and at the end the
-    finish reason and usage."""
+    finish reason and usage.
+
+    ``reasoning`` is a delta of the model's reasoning text; ``reasoning_blocks`` the
+    provider's reasoning blocks finished in this chunk (a thinking block and its
+    signature), which the streamed answer's message keeps.
+    """
 
     text: str = ""
     tool_calls: list[ToolCallDelta] = []
@@ -491,6 +616,8 @@ class ChatChunk(msgspec.Struct, kw_only=True, omit_defaults=True):
     logprobs: list[TokenLogprob] | None = None
     #: on the final chunk of a call with a ``response_format`` model: the answer, validated
     parsed: Any = None
+    reasoning: str | None = None
+    reasoning_blocks: list[dict[str, Any]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain builtins (JSON-ready), every field present."""

@@ -23,6 +23,7 @@ working::
     ├── QueueTimeoutError (TimeoutError)     waited too long for a deployment's slot
     ├── CacheMissError                       replay mode found no cached answer; not sent
     ├── StructuredOutputError (ValueError)   the reply did not validate, repair included
+    ├── BudgetExceededError                  a USD budget has no room for the call; not sent
     └── AllProvidersFailedError              every candidate failed; see ``attempts``
 
 No exception carries an API key: messages are built from provider names,
@@ -35,6 +36,7 @@ __all__ = [
     "AllProvidersFailedError",
     "Attempt",
     "AuthenticationError",
+    "BudgetExceededError",
     "CacheMissError",
     "CircuitOpenError",
     "ClientThrottledError",
@@ -245,6 +247,36 @@ class StructuredOutputError(LLMRelayError, ValueError):
         self.raw = raw
         self.validation_error = validation_error
         self.response = response
+        self.model = model
+
+
+class BudgetExceededError(LLMRelayError):
+    """A USD budget (a deployment's, or a ``with_options`` view's) has no room for the call,
+    so nothing was sent. Not retried, and not a failure of the deployment.
+
+    ``budget`` names it (``"deployment:<name>"`` or ``"view"``); ``limit_usd`` is its
+    limit, ``spent_usd`` what its period has spent, ``needed_usd`` the call's reservation
+    (the most it can cost); ``retry_after`` the seconds until its period restarts, or
+    None when it never does.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        budget: str,
+        limit_usd: float,
+        spent_usd: float,
+        needed_usd: float,
+        retry_after: float | None = None,
+        model: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.budget = budget
+        self.limit_usd = limit_usd
+        self.spent_usd = spent_usd
+        self.needed_usd = needed_usd
+        self.retry_after = retry_after
         self.model = model
 
 

@@ -1,9 +1,10 @@
-"""Reassemble a streamed answer (text, tool calls, finish reason, usage, log probabilities)
-into a ChatResponse."""
+"""Reassemble a streamed answer (text, reasoning and its blocks, tool calls, finish reason,
+usage, log probabilities) into a ChatResponse."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 from llmrelay._types import (
     ChatChunk,
@@ -22,8 +23,10 @@ class ChunkAccumulator:
     """Collects chunks one by one (``add``) and gives the whole answer (``response``)."""
 
     __slots__ = (
+        "_blocks",
         "_calls",
         "_logprobs",
+        "_reasoning",
         "_text",
         "finish_reason",
         "id",
@@ -34,6 +37,8 @@ class ChunkAccumulator:
 
     def __init__(self, *, id: str = "", model: str = "", provider: str = "") -> None:
         self._text: list[str] = []
+        self._reasoning: list[str] = []
+        self._blocks: list[dict[str, Any]] = []
         # index -> [id, name, argument pieces]
         self._calls: dict[int, tuple[list[str | None], list[str]]] = {}
         self._logprobs: list[TokenLogprob] | None = None
@@ -47,6 +52,10 @@ class ChunkAccumulator:
         """Take one chunk into account."""
         if chunk.text:
             self._text.append(chunk.text)
+        if chunk.reasoning:
+            self._reasoning.append(chunk.reasoning)
+        if chunk.reasoning_blocks:
+            self._blocks.extend(chunk.reasoning_blocks)
         for delta in chunk.tool_calls:
             entry = self._calls.get(delta.index)
             if entry is None:
@@ -88,10 +97,14 @@ class ChunkAccumulator:
                     raw_arguments=None if args is not None else raw,
                 )
             )
+        reasoning = "".join(self._reasoning) if self._reasoning else None
+        blocks = self._blocks or None
         message = Message(
             role="assistant",
-            content=text if text or not calls else None,
+            content=text if text or not (calls or blocks) else None,
             tool_calls=calls or None,
+            reasoning=reasoning,
+            reasoning_blocks=blocks,
         )
         return ChatResponse(
             id=self.id,
@@ -103,6 +116,7 @@ class ChunkAccumulator:
             finish_reason=self.finish_reason,
             usage=self.usage or Usage(),
             logprobs=self._logprobs,
+            reasoning=reasoning,
         )
 
 

@@ -11,6 +11,16 @@ OpenAI parameters: ``max_completion_tokens`` is ``max_tokens``,
 instruction in the system prompt when the call has tools of its own; JSON mode,
 which Anthropic lacks, always is one); the penalties, ``logprobs``, ``logit_bias``
 and ``n`` > 1 have no equivalent and are refused before sending.
+
+Extended thinking: ``thinking`` is sent as is; ``thinking`` and
+``redacted_thinking`` blocks (plain, and streamed as ``thinking_delta`` /
+``signature_delta``) become ``ChatResponse.reasoning`` and the message's
+``reasoning_blocks``, which go back first in that assistant turn, signatures
+intact. Reasoning without blocks (from another provider) is left out: Anthropic
+takes only its own signed blocks. Prompt caching: ``cache_control`` on system
+and message parts, on messages and on tools passes through;
+``cache_breakpoints="auto"`` places them on the last system block, the last tool
+and the last block of the turn before the newest (at most 4 in all).
 """
 
 from __future__ import annotations
@@ -61,13 +71,17 @@ _TIERS = {"default": "standard_only"}
 
 
 class _Block(msgspec.Struct):
-    """A content block: text, tool_use, or a kind the answer does not use (thinking...)."""
+    """A content block: text, tool_use, thinking / redacted_thinking, or a kind the answer
+    does not use."""
 
     type: str = ""
     text: str | None = None
     id: str | None = None
     name: str | None = None
     input: dict[str, Any] | None = None
+    thinking: str | None = None
+    signature: str | None = None
+    data: str | None = None
 
 
 class _Usage(msgspec.Struct, gc=False):
@@ -90,17 +104,27 @@ _HEADERS = {"anthropic-version": ANTHROPIC_VERSION}
 _SSE_HEADERS = {**_HEADERS, "accept": "text/event-stream"}
 
 
-def _wire_usage(u: _Usage | None) -> Usage:
-    if u is None:
-        return Usage()
-    cached = u.cache_read_input_tokens or 0
-    prompt = (u.input_tokens or 0) + cached + (u.cache_creation_input_tokens or 0)
-    completion = u.output_tokens or 0
+def _counted(
+    input_tokens: int | None, read: int | None, write: int | None, output: int | None
+) -> Usage:
+    """Anthropic's counts as a Usage: ``input_tokens`` excludes the cache's reads and
+    writes, our ``prompt_tokens`` counts them all; an unreported cache count is None."""
+    prompt = (input_tokens or 0) + (read or 0) + (write or 0)
+    completion = output or 0
     return Usage(
         prompt_tokens=prompt,
         completion_tokens=completion,
         total_tokens=prompt + completion,
-        cached_tokens=cached,
+        cached_tokens=read,
+        cache_write_tokens=write,
+    )
+
+
+def _wire_usage(u: _Usage | None) -> Usage:
+    if u is None:
+        return Usage()
+    return _counted(
+        u.input_tokens, u.cache_read_input_tokens, u.cache_creation_input_tokens, u.output_tokens
     )
 
 
@@ -111,18 +135,30 @@ def map_stop_reason(reason: str | None) -> str | None:
     return _STOP_REASONS.get(reason, reason)
 
 
+def _int_or_none(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 def _usage(u: Any, output: int | None = None) -> Usage:
     if not isinstance(u, dict):
         return Usage()
-    cached = u.get("cache_read_input_tokens") or 0
-    prompt = (u.get("input_tokens") or 0) + cached + (u.get("cache_creation_input_tokens") or 0)
-    completion = output if output is not None else u.get("output_tokens") or 0
-    return Usage(
-        prompt_tokens=prompt,
-        completion_tokens=completion,
-        total_tokens=prompt + completion,
-        cached_tokens=cached,
+    return _counted(
+        _int_or_none(u.get("input_tokens")),
+        _int_or_none(u.get("cache_read_input_tokens")),
+        _int_or_none(u.get("cache_creation_input_tokens")),
+        output if output is not None else _int_or_none(u.get("output_tokens")),
     )
+
+
+def _own_blocks(msg: Message) -> list[dict[str, Any]]:
+    """The message's reasoning blocks Anthropic takes back, each with only its own keys."""
+    out: list[dict[str, Any]] = []
+    for b in msg.reasoning_blocks or ():
+        if b.get("type") == "thinking":
+            out.append({"type": "thinking", "thinking": b["thinking"], "signature": b["signature"]})
+        elif b.get("type") == "redacted_thinking":
+            out.append({"type": "redacted_thinking", "data": b["data"]})
+    return out
 
 
 def _image_block(url: str, field: str) -> dict[str, Any]:
@@ -149,28 +185,57 @@ def _blocks(msg: Message, field: str) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     for j, part in enumerate(content):
         if part.type == "text":
-            out.append({"type": "text", "text": part.text or ""})
+            block: dict[str, Any] = {"type": "text", "text": part.text or ""}
         else:
-            out.append(_image_block(part.image_url or "", f"{field}.content[{j}].image_url"))
+            block = _image_block(part.image_url or "", f"{field}.content[{j}].image_url")
+        if part.cache_control is not None:
+            block["cache_control"] = part.cache_control
+        out.append(block)
     return out
+
+
+def _mark(content: Any, cc: dict[str, Any]) -> Any:
+    """``content`` (a string or a block list) with ``cc`` on its last block."""
+    if isinstance(content, str):
+        return [{"type": "text", "text": content, "cache_control": cc}] if content else content
+    if content:
+        content[-1] = {**content[-1], "cache_control": cc}
+    return content
 
 
 def to_anthropic_messages(
     messages: list[Message],
-) -> tuple[list[dict[str, Any]], str | None]:
-    """(messages, system) in Anthropic's shape from OpenAI-style messages."""
-    system: list[str] = []
+) -> tuple[list[dict[str, Any]], str | list[dict[str, Any]] | None]:
+    """(messages, system) in Anthropic's shape from OpenAI-style messages.
+
+    ``system`` is one string, or a list of text blocks when one of the system
+    messages carries ``cache_control``.
+    """
+    system: list[dict[str, Any]] = []
+    texts: list[str] = []
     out: list[dict[str, Any]] = []
     for i, msg in enumerate(messages):
         field = f"messages[{i}]"
         if msg.role == "system":
-            system.append(msg.text)
+            texts.append(msg.text)
+            parts = msg.content if isinstance(msg.content, list) else ()
+            blocks = [
+                {"type": "text", "text": p.text or ""}
+                | ({"cache_control": p.cache_control} if p.cache_control is not None else {})
+                for p in parts
+                if p.type == "text"  # a system prompt takes text only
+            ] or [{"type": "text", "text": msg.text}]
+            if msg.cache_control is not None:
+                blocks = _mark(blocks, msg.cache_control)
+            system.extend(blocks)
         elif msg.role == "tool":
             block: dict[str, Any] = {"type": "tool_result", "tool_use_id": msg.tool_call_id}
             if isinstance(msg.content, str):
                 block["content"] = msg.content
             elif msg.content:
                 block["content"] = _blocks(msg, field)
+            if msg.cache_control is not None:
+                block["cache_control"] = msg.cache_control
             prev = out[-1] if out else None
             if (
                 prev is not None
@@ -183,17 +248,77 @@ def to_anthropic_messages(
             else:
                 out.append({"role": "user", "content": [block]})
         elif msg.role == "assistant":
-            blocks = _blocks(msg, field)
+            blocks = _own_blocks(msg) + _blocks(msg, field)
             for call in msg.tool_calls or ():
                 blocks.append(
                     {"type": "tool_use", "id": call.id, "name": call.name, "input": call.arguments}
                 )
+            if msg.cache_control is not None:
+                blocks = _mark(blocks, msg.cache_control)
             out.append({"role": "assistant", "content": blocks})
-        elif isinstance(msg.content, str):
-            out.append({"role": "user", "content": msg.content})
         else:
-            out.append({"role": "user", "content": _blocks(msg, field)})
-    return out, ("\n\n".join(system) if system else None)
+            user: Any = msg.content if isinstance(msg.content, str) else _blocks(msg, field)
+            if msg.cache_control is not None:
+                user = _mark(user, msg.cache_control)
+            out.append({"role": "user", "content": user})
+    if not system:
+        return out, None
+    if any("cache_control" in b for b in system):
+        return out, system
+    return out, "\n\n".join(texts)
+
+
+#: Anthropic takes at most this many cache_control breakpoints in one request.
+MAX_BREAKPOINTS = 4
+
+
+def _count_breakpoints(body: dict[str, Any]) -> int:
+    n = sum("cache_control" in t for t in body.get("tools") or ())
+    system = body.get("system")
+    if isinstance(system, list):
+        n += sum("cache_control" in b for b in system)
+    for m in body["messages"]:
+        if isinstance(m["content"], list):
+            n += sum("cache_control" in b for b in m["content"])
+    return n
+
+
+def place_breakpoints(body: dict[str, Any]) -> None:
+    """Add cache_control breakpoints (``cache_breakpoints="auto"``): the last tool, the
+    last system block and the last block of the turn before the newest, where none is
+    yet, up to Anthropic's 4 in all."""
+    mark = {"type": "ephemeral"}
+    room = MAX_BREAKPOINTS - _count_breakpoints(body)
+    tools = body.get("tools")
+    if tools and room > 0 and "cache_control" not in tools[-1]:
+        tools[-1] = {**tools[-1], "cache_control": mark}
+        room -= 1
+    system = body.get("system")
+    if system and room > 0:
+        blocks = [{"type": "text", "text": system}] if isinstance(system, str) else system
+        if "cache_control" not in blocks[-1]:
+            body["system"] = _mark(blocks, mark)
+            room -= 1
+    messages = body["messages"]
+    if len(messages) >= 2 and room > 0:
+        prev = messages[-2]
+        content = prev["content"]
+        if content and (isinstance(content, str) or "cache_control" not in content[-1]):
+            prev["content"] = _mark(list(content) if isinstance(content, list) else content, mark)
+
+
+def _tool(t: dict[str, Any]) -> dict[str, Any]:
+    """An OpenAI-style tool as an Anthropic one (its ``cache_control`` kept)."""
+    fn = t["function"]
+    tool = {
+        "name": fn["name"],
+        "description": fn.get("description", ""),
+        "input_schema": fn.get("parameters") or {"type": "object", "properties": {}},
+    }
+    cc = t.get("cache_control")
+    if cc is not None:
+        tool["cache_control"] = cc
+    return tool
 
 
 def _tool_choice(choice: str | dict[str, Any]) -> dict[str, Any] | None:
@@ -260,6 +385,15 @@ class AnthropicAdapter(ProviderAdapter):
                 effort,
                 " (output_config.effort takes low, medium, high, xhigh, max)",
             )
+        if req.thinking is not None:
+            if req.temperature is not None and req.temperature != 1.0:
+                raise self.unsupported(
+                    "temperature", req.temperature, " with thinking (extended thinking takes 1)"
+                )
+            if req.tool_choice in ("required",) or isinstance(req.tool_choice, dict):
+                raise self.unsupported(
+                    "tool_choice", req.tool_choice, " with thinking (only auto or none)"
+                )
         tier = req.service_tier
         if tier is not None and tier not in _TIERS:
             raise self.unsupported(
@@ -271,13 +405,18 @@ class AnthropicAdapter(ProviderAdapter):
         self.check_request(req, stream=stream)
         messages, system = to_anthropic_messages(req.messages)
         max_tokens = req.max_tokens
+        budget = (req.thinking or {}).get("budget_tokens")
         if max_tokens is None:
             max_tokens = capabilities(self.kind, model).max_output_tokens or DEFAULT_MAX_TOKENS
+            if budget is not None and max_tokens <= budget:
+                max_tokens = budget + DEFAULT_MAX_TOKENS  # room for the answer after thinking
         body: dict[str, Any] = {"model": model, "max_tokens": max_tokens, "messages": messages}
         forced = _forced_tool(req)
         if req.response_format is not None and forced is None:
             hint = _json_instruction(req.response_format)
-            if hint is not None:
+            if isinstance(system, list) and hint is not None:
+                system = [*system, {"type": "text", "text": hint}]
+            elif hint is not None:
                 system = f"{system}\n\n{hint}" if system else hint
         if system is not None:
             body["system"] = system
@@ -288,15 +427,7 @@ class AnthropicAdapter(ProviderAdapter):
         if req.stop:
             body["stop_sequences"] = req.stop
         if req.tools and req.tool_choice != "none":
-            body["tools"] = [
-                {
-                    "name": t["function"]["name"],
-                    "description": t["function"].get("description", ""),
-                    "input_schema": t["function"].get("parameters")
-                    or {"type": "object", "properties": {}},
-                }
-                for t in req.tools
-            ]
+            body["tools"] = [_tool(t) for t in req.tools]
             choice = _tool_choice(req.tool_choice) if req.tool_choice is not None else None
             if req.parallel_tool_calls is False:
                 choice = {**(choice or {"type": "auto"}), "disable_parallel_tool_use": True}
@@ -311,10 +442,14 @@ class AnthropicAdapter(ProviderAdapter):
             body["output_config"] = {"effort": req.reasoning_effort}
         if req.service_tier is not None:
             body["service_tier"] = _TIERS[req.service_tier]
+        if req.thinking is not None:
+            body["thinking"] = req.thinking
         if stream:
             body["stream"] = True
         if req.extra:
             body.update(req.extra)
+        if req.cache_breakpoints == "auto":
+            place_breakpoints(body)
         return body
 
     def _auth(self) -> dict[str, str]:
@@ -336,8 +471,31 @@ class AnthropicAdapter(ProviderAdapter):
         data = self._decode_reply(status, headers, body, model, _MESSAGE, "a message")
         texts: list[str] = []
         calls: list[ToolCall] = []
+        thoughts: list[str] = []
+        kept: list[dict[str, Any]] = []
         for block in data.content:
-            if block.type == "text":
+            if block.type == "thinking":
+                if block.thinking is None or block.signature is None:
+                    raise self.bad_reply(
+                        "reply is not a message (thinking block without thinking or signature)",
+                        status,
+                        headers,
+                        model,
+                    )
+                thoughts.append(block.thinking)
+                kept.append(
+                    {"type": "thinking", "thinking": block.thinking, "signature": block.signature}
+                )
+            elif block.type == "redacted_thinking":
+                if block.data is None:
+                    raise self.bad_reply(
+                        "reply is not a message (redacted_thinking without data)",
+                        status,
+                        headers,
+                        model,
+                    )
+                kept.append({"type": "redacted_thinking", "data": block.data})
+            elif block.type == "text":
                 if block.text is None:
                     raise self.bad_reply(
                         "reply is not a message (text block without text)", status, headers, model
@@ -353,6 +511,7 @@ class AnthropicAdapter(ProviderAdapter):
                     )
                 calls.append(ToolCall(id=block.id, name=block.name, arguments=block.input or {}))
         text = "".join(texts)
+        reasoning = "".join(thoughts) if thoughts else None
         return ChatResponse(
             id=data.id or "",
             model=data.model or model,
@@ -360,12 +519,15 @@ class AnthropicAdapter(ProviderAdapter):
             text=text,
             message=Message(
                 role="assistant",
-                content=text if text or not calls else None,
+                content=text if text or not (calls or kept) else None,
                 tool_calls=calls or None,
+                reasoning=reasoning,
+                reasoning_blocks=kept or None,
             ),
             tool_calls=calls,
             finish_reason=map_stop_reason(data.stop_reason),
             usage=_wire_usage(data.usage),
+            reasoning=reasoning,
         )
 
     def stream_decoder(self, model: str) -> _AnthropicStream:
@@ -400,6 +562,7 @@ class _AnthropicStream:
         "_model",
         "_resp_model",
         "_sse",
+        "_thinking",
         "_tools",
         "done",
     )
@@ -409,6 +572,8 @@ class _AnthropicStream:
         self._model = model
         self._sse = SSEDecoder()
         self._tools: dict[int, int] = {}  # content block index -> tool call index
+        # content block index -> the thinking block being streamed (text, signature)
+        self._thinking: dict[int, dict[str, Any]] = {}
         self._input_usage: dict[str, Any] = {}
         self._id: str | None = None
         self._resp_model: str | None = None
@@ -464,7 +629,18 @@ class _AnthropicStream:
                 index = self._tools[data["index"]]
                 part = delta.get("partial_json") or ""
                 return self._chunk(tool_calls=[ToolCallDelta(index=index, arguments_delta=part)])
-            return None  # thinking, signature, citations: not part of the answer text
+            if dtype == "thinking_delta":
+                piece = delta["thinking"]
+                self._thinking[data["index"]]["thinking"] += piece
+                return self._chunk(reasoning=piece) if piece else None
+            if dtype == "signature_delta":
+                self._thinking[data["index"]]["signature"] += delta["signature"]
+            return None  # citations: not part of the answer text
+        if kind == "content_block_stop":
+            done = self._thinking.pop(data.get("index", -1), None)
+            if done is None:
+                return None
+            return self._chunk(reasoning_blocks=[done])
         if kind == "content_block_start":
             block = data["content_block"]
             if block.get("type") == "tool_use":
@@ -480,6 +656,17 @@ class _AnthropicStream:
                 )
             if block.get("type") == "text" and block.get("text"):
                 return self._chunk(text=block["text"])
+            if block.get("type") == "thinking":
+                first = block.get("thinking") or ""
+                self._thinking[data["index"]] = {
+                    "type": "thinking",
+                    "thinking": first,
+                    "signature": block.get("signature") or "",
+                }
+                return self._chunk(reasoning=first) if first else None
+            if block.get("type") == "redacted_thinking":
+                redacted = {"type": "redacted_thinking", "data": str(block["data"])}
+                return self._chunk(reasoning_blocks=[redacted])
             return None
         if kind == "message_start":
             message = data["message"]
@@ -488,7 +675,8 @@ class _AnthropicStream:
             self._input_usage = message.get("usage") or {}
             return None
         if kind == "message_delta":
-            usage = {**self._input_usage, **(data.get("usage") or {})}
+            later = {k: v for k, v in (data.get("usage") or {}).items() if v is not None}
+            usage = {**self._input_usage, **later}
             reason = (data.get("delta") or {}).get("stop_reason")
             return self._chunk(finish_reason=map_stop_reason(reason), usage=_usage(usage))
         if kind == "message_stop":
@@ -499,4 +687,4 @@ class _AnthropicStream:
             raise error_from_payload(
                 None, data, provider=adapter.deployment, model=self._model, secret=adapter._api_key
             )
-        return None  # content_block_stop and event types added later
+        return None  # event types added later

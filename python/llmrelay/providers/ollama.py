@@ -5,8 +5,10 @@
 ``keep_alive``, ``think`` and ``format`` go top level, all others into ``options``
 (``num_ctx``...). OpenAI parameters: the penalties go into ``options``,
 ``logprobs``/``top_logprobs`` top level (answered as ``ChatResponse.logprobs``),
-``reasoning_effort`` is ``think`` (``none`` is ``false``), ``max_completion_tokens``
-is ``num_predict``; ``logit_bias``, ``service_tier``, ``parallel_tool_calls`` and
+``reasoning_effort`` is ``think`` (``none`` is ``false``), ``thinking`` enabled is
+``think=true``, ``max_completion_tokens`` is ``num_predict``; the reply's
+``message.thinking`` is ``ChatResponse.reasoning``, sent back as ``thinking`` on
+that assistant turn; ``logit_bias``, ``service_tier``, ``parallel_tool_calls`` and
 ``n`` > 1 have no equivalent and are refused before sending.
 """
 
@@ -58,6 +60,7 @@ class _Call(msgspec.Struct):
 class _Message(msgspec.Struct):
     content: str | None = None
     tool_calls: list[_Call] | None = None
+    thinking: str | None = None
 
 
 class _Chat(msgspec.Struct):
@@ -181,6 +184,8 @@ def to_ollama_messages(messages: list[Message]) -> list[dict[str, Any]]:
             ]
         if msg.role == "tool" and msg.name:
             d["tool_name"] = msg.name
+        if msg.reasoning and not msg.reasoning_blocks:
+            d["thinking"] = msg.reasoning  # Anthropic's signed blocks are not Ollama's
         out.append(d)
     return out
 
@@ -232,6 +237,8 @@ class OllamaAdapter(ProviderAdapter):
             body["top_logprobs"] = req.top_logprobs
         if req.reasoning_effort is not None:
             body["think"] = _THINK[req.reasoning_effort]
+        elif req.thinking is not None:
+            body["think"] = True
         if req.top_p is not None:
             options["top_p"] = req.top_p
         if req.max_tokens is not None:
@@ -287,15 +294,18 @@ class OllamaAdapter(ProviderAdapter):
                 f"reply is not a chat message ({type(exc).__name__}: {exc})", status, headers, model
             ) from None
         text = msg.content or ""
+        thinking = msg.thinking or None
         return ChatResponse(
             id=f"ollama-{secrets.token_hex(8)}",
             model=data.model or model,
             provider=self.deployment,
             text=text,
+            reasoning=thinking,
             message=Message(
                 role="assistant",
                 content=text if text or not calls else None,
                 tool_calls=calls or None,
+                reasoning=thinking,
             ),
             tool_calls=calls,
             finish_reason=_finish_reason(data.done_reason, bool(calls)),
@@ -407,6 +417,7 @@ class _OllamaStream:
             try:
                 msg = data.get("message") or {}
                 text = msg.get("content") or ""
+                thinking = msg.get("thinking") or None
                 deltas = []
                 for call in _tool_calls(msg.get("tool_calls")):
                     deltas.append(
@@ -435,7 +446,7 @@ class _OllamaStream:
                 ) from None
             if done:
                 self.done = True
-            if not text and not deltas and not done and not logprobs:
+            if not text and not deltas and not done and not logprobs and thinking is None:
                 continue
             out.append(
                 ChatChunk(
@@ -446,6 +457,7 @@ class _OllamaStream:
                     model=data.get("model"),
                     provider=adapter.deployment,
                     logprobs=logprobs,
+                    reasoning=thinking,
                 )
             )
         return out

@@ -6,6 +6,15 @@ mode or an instruction where the model lacks it: ``structured_mode``) and the ot
 OpenAI parameters passed through (``n`` gives ``ChatResponse.alternatives``, ``logprobs`` the
 token log probabilities), ``/embeddings`` (``encoding_format="base64"`` decoded
 to floats) and ``/models``.
+
+Reasoning: an OpenAI-compatible server's ``reasoning_content`` (DeepSeek, vLLM,
+llama.cpp; ``reasoning`` on newer vLLM), plain and streamed, is
+``ChatResponse.reasoning`` and the message's ``reasoning``, sent back as
+``reasoning_content`` on that assistant turn (never to ``api.openai.com``, which
+has no such field); Anthropic's signed thinking blocks are never sent.
+``cache_control`` (Anthropic's) is left out. Usage: ``prompt_tokens_details.
+cached_tokens`` and ``completion_tokens_details.reasoning_tokens``, None when
+the server does not report them.
 """
 
 from __future__ import annotations
@@ -63,6 +72,8 @@ class _Call(msgspec.Struct):
 class _Message(msgspec.Struct):
     content: str | None = None
     tool_calls: list[_Call] | None = None
+    reasoning_content: str | None = None
+    reasoning: str | None = None
 
 
 class _Logprobs(msgspec.Struct):
@@ -80,11 +91,16 @@ class _PromptDetails(msgspec.Struct, gc=False):
     cached_tokens: int | None = None
 
 
+class _CompletionDetails(msgspec.Struct, gc=False):
+    reasoning_tokens: int | None = None
+
+
 class _Usage(msgspec.Struct, gc=False):
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     total_tokens: int | None = None
     prompt_tokens_details: _PromptDetails | None = None
+    completion_tokens_details: _CompletionDetails | None = None
 
 
 class _Completion(msgspec.Struct):
@@ -122,11 +138,13 @@ def _wire_usage(u: _Usage | None) -> Usage:
     prompt = u.prompt_tokens or 0
     completion = u.completion_tokens or 0
     details = u.prompt_tokens_details
+    out = u.completion_tokens_details
     return Usage(
         prompt_tokens=prompt,
         completion_tokens=completion,
         total_tokens=u.total_tokens or prompt + completion,
-        cached_tokens=(details.cached_tokens or 0) if details is not None else 0,
+        cached_tokens=details.cached_tokens if details is not None else None,
+        reasoning_tokens=out.reasoning_tokens if out is not None else None,
     )
 
 
@@ -149,11 +167,15 @@ def _wire_choice(raw: _Choice, position: int) -> Choice:
     text = msg.content or ""
     calls = [_wire_call(c) for c in msg.tool_calls] if msg.tool_calls else []
     lp = raw.logprobs
+    reasoning = msg.reasoning_content if msg.reasoning_content is not None else msg.reasoning
     return Choice(
         index=raw.index if raw.index is not None else position,
         text=text,
         message=Message(
-            role="assistant", content=text if text or not calls else None, tool_calls=calls or None
+            role="assistant",
+            content=text if text or not calls else None,
+            tool_calls=calls or None,
+            reasoning=reasoning or None,
         ),
         finish_reason=raw.finish_reason,
         logprobs=lp.content if lp is not None else None,
@@ -166,13 +188,44 @@ def _usage(u: Any) -> Usage:
     prompt = u.get("prompt_tokens") or 0
     completion = u.get("completion_tokens") or 0
     details = u.get("prompt_tokens_details")
-    cached = details.get("cached_tokens") or 0 if isinstance(details, dict) else 0
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    out = u.get("completion_tokens_details")
+    thought = out.get("reasoning_tokens") if isinstance(out, dict) else None
     return Usage(
         prompt_tokens=prompt,
         completion_tokens=completion,
         total_tokens=u.get("total_tokens") or prompt + completion,
-        cached_tokens=cached,
+        cached_tokens=cached if isinstance(cached, int) else None,
+        reasoning_tokens=thought if isinstance(thought, int) else None,
     )
+
+
+def openai_message(msg: Message, reasoning: bool) -> dict[str, Any]:
+    """A message as the Chat Completions API takes it: no ``thinking_blocks`` or
+    ``cache_control`` (Anthropic's), ``reasoning_content`` only when ``reasoning``
+    and the reasoning is not one of Anthropic's signed blocks."""
+    d = msg.to_dict()
+    d.pop("thinking_blocks", None)
+    d.pop("cache_control", None)
+    if not reasoning or msg.reasoning_blocks:
+        d.pop("reasoning_content", None)
+    content = d.get("content")
+    if isinstance(content, list) and msg.content is not None:
+        d["content"] = [{k: v for k, v in p.items() if k != "cache_control"} for p in content]
+    return d
+
+
+def _openai_tool(tool: dict[str, Any]) -> dict[str, Any]:
+    if "cache_control" not in tool:
+        return tool
+    return {k: v for k, v in tool.items() if k != "cache_control"}
+
+
+def _plain_message(m: Message) -> bool:
+    """Whether ``m.to_dict()`` is already what the Chat Completions API takes."""
+    if m.reasoning is not None or m.reasoning_blocks or m.cache_control is not None:
+        return False
+    return not isinstance(m.content, list) or all(p.cache_control is None for p in m.content)
 
 
 def _logprobs(raw: Any) -> list[TokenLogprob] | None:
@@ -207,10 +260,23 @@ class OpenAIAdapter(ProviderAdapter):
     def _auth(self) -> dict[str, str]:
         return {"authorization": f"Bearer {self._api_key}"} if self._api_key else {}
 
+    def check_request(self, req: ChatRequest, *, stream: bool) -> None:
+        """Refuse Anthropic's ``thinking``: Chat Completions takes ``reasoning_effort``."""
+        super().check_request(req, stream=stream)
+        if req.thinking is not None:
+            raise self.unsupported("thinking", req.thinking, "; use reasoning_effort")
+
     def chat_body(self, req: ChatRequest, model: str, *, stream: bool) -> dict[str, Any]:
         """The JSON body of a chat call."""
         self.check_request(req, stream=stream)
-        body: dict[str, Any] = {"model": model, "messages": [m.to_dict() for m in req.messages]}
+        reasoning = "api.openai.com" not in self.base_url  # OpenAI has no reasoning_content
+        body: dict[str, Any] = {
+            "model": model,
+            "messages": [
+                m.to_dict() if _plain_message(m) else openai_message(m, reasoning)
+                for m in req.messages
+            ],
+        }
         if req.temperature is not None:
             body["temperature"] = req.temperature
         if req.max_completion_tokens is not None:
@@ -225,7 +291,7 @@ class OpenAIAdapter(ProviderAdapter):
         if req.seed is not None:
             body["seed"] = req.seed
         if req.tools:
-            body["tools"] = req.tools
+            body["tools"] = [_openai_tool(t) for t in req.tools]
         if req.tool_choice is not None:
             body["tool_choice"] = req.tool_choice
         if req.response_format is not None:
@@ -316,6 +382,7 @@ class OpenAIAdapter(ProviderAdapter):
             usage=_wire_usage(data.usage),
             logprobs=first.logprobs,
             alternatives=rest,
+            reasoning=first.message.reasoning,
         )
 
     def stream_decoder(self, model: str) -> _OpenAIStream:
@@ -409,6 +476,7 @@ class _OpenAIStream:
             usage = _usage(data["usage"]) if data.get("usage") else None
             choices = data.get("choices") or ()
             text_delta = ""
+            reasoning = None
             finish = None
             deltas: list[ToolCallDelta] = []
             logprobs = None
@@ -416,6 +484,7 @@ class _OpenAIStream:
                 choice = choices[0]
                 delta = choice.get("delta") or {}
                 text_delta = delta.get("content") or ""
+                reasoning = delta.get("reasoning_content") or delta.get("reasoning") or None
                 finish = choice.get("finish_reason")
                 logprobs = _logprobs(choice.get("logprobs"))
                 for tc in delta.get("tool_calls") or ():
@@ -434,7 +503,14 @@ class _OpenAIStream:
                 adapter.deployment,
                 self._model,
             ) from None
-        if not text_delta and not deltas and finish is None and usage is None and not logprobs:
+        if (
+            not text_delta
+            and not deltas
+            and finish is None
+            and usage is None
+            and not logprobs
+            and reasoning is None
+        ):
             return None
         return ChatChunk(
             text=text_delta,
@@ -445,4 +521,5 @@ class _OpenAIStream:
             provider=adapter.deployment,
             id=data.get("id"),
             logprobs=logprobs,
+            reasoning=reasoning,
         )

@@ -6,10 +6,23 @@ Like the real API, ``POST /v1/messages`` requires an ``x-api-key`` (401
 / ``content_block_delta`` (``text_delta`` or ``input_json_delta``) / ``content_block_stop``,
 a ``ping``, ``message_delta`` with the stop reason and usage, then ``message_stop``. Errors
 are ``{"type": "error", "error": {"type", "message"}, "request_id"}``; overload is 529.
+
+Extended thinking: with ``thinking`` enabled the answer starts with a ``thinking``
+block (the scripted ``reasoning``, else ``"Thinking about: <last user text>"``)
+signed by the fake, or a ``redacted_thinking`` block; streamed as
+``thinking_delta`` and ``signature_delta``. As the real API does, a request with
+thinking enabled whose last assistant turn uses tools but lost its thinking
+block, or carries a block whose signature was altered, is refused with a 400.
+Prompt caching is emulated: the prefix up to the last ``cache_control``
+breakpoint is written to the cache the first time (``cache_creation_input_tokens``)
+and read from it afterwards (``cache_read_input_tokens``).
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import time
 from typing import Any, ClassVar
 
@@ -44,14 +57,51 @@ _PING = sse(b'{"type": "ping"}', "ping")
 _STOP_EVENT = sse(b'{"type":"message_stop"}', "message_stop")
 
 
-def _usage(input_tokens: int, output_tokens: int) -> dict[str, Any]:
+def _usage(input_tokens: int, output_tokens: int, read: int = 0, write: int = 0) -> dict[str, Any]:
     return {
         "input_tokens": input_tokens,
         "output_tokens": output_tokens,
-        "cache_creation_input_tokens": 0,
-        "cache_read_input_tokens": 0,
+        "cache_creation_input_tokens": write,
+        "cache_read_input_tokens": read,
         "service_tier": "standard",
     }
+
+
+def _sign(key: bytes, text: str) -> str:
+    return base64.b64encode(hmac.new(key, text.encode(), hashlib.sha256).digest()).decode()
+
+
+def _thinking_on(body: dict[str, Any]) -> bool:
+    thinking = body.get("thinking")
+    return isinstance(thinking, dict) and thinking.get("type") in ("enabled", "adaptive")
+
+
+def _blocks_of(content: Any) -> list[Any]:
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}]
+    return content if isinstance(content, list) else []
+
+
+def _cache_prefix(body: dict[str, Any]) -> tuple[str, int] | None:
+    """(hash, tokens) of the prompt up to its last ``cache_control`` breakpoint, if any."""
+    parts: list[Any] = []
+    tokens = 0
+    last: tuple[str, int] | None = None
+    system = body.get("system")
+    seq: list[Any] = list(body.get("tools") or ())
+    seq += _blocks_of(system) if system is not None else []
+    for m in body.get("messages") or ():
+        if isinstance(m, dict):
+            seq += _blocks_of(m.get("content"))
+    for block in seq:
+        if not isinstance(block, dict):
+            continue
+        plain = {k: v for k, v in block.items() if k != "cache_control"}
+        parts.append(plain)
+        tokens += estimate_tokens(content_text([block]) or encode(plain).decode())
+        if "cache_control" in block:
+            last = (hashlib.sha256(encode(parts)).hexdigest(), tokens)
+    return last
 
 
 def _rfc3339(seconds_from_now: float) -> str:
@@ -112,6 +162,61 @@ class AnthropicDialect(Dialect):
             return "invalid_request", "anthropic-version: header is required"
         return None
 
+    def _check_thinking(self, ex: Exchange) -> str | None:
+        """The real API's 400s for thinking blocks lost or altered in the history."""
+        body = ex.body
+        key = ex.fake._signing_key
+        messages = body["messages"]
+        last_assistant = None
+        for i, m in enumerate(messages):
+            if m.get("role") != "assistant":
+                continue
+            last_assistant = i
+            for j, b in enumerate(_blocks_of(m.get("content"))):
+                kind = b.get("type") if isinstance(b, dict) else None
+                if kind == "thinking":
+                    sig = b.get("signature")
+                    text = b.get("thinking")
+                    if (
+                        not isinstance(sig, str)
+                        or not isinstance(text, str)
+                        or not hmac.compare_digest(sig, _sign(key, text))
+                    ):
+                        return f"messages.{i}.content.{j}: Invalid `signature` in `thinking` block"
+                elif kind == "redacted_thinking":
+                    data = b.get("data")
+                    if not isinstance(data, str) or not _redacted_ok(key, data):
+                        return (
+                            f"messages.{i}.content.{j}: Invalid `data` in `redacted_thinking` block"
+                        )
+        if last_assistant is None or not _thinking_on(body):
+            return None
+        blocks = _blocks_of(messages[last_assistant].get("content"))
+        uses_tools = any(isinstance(b, dict) and b.get("type") == "tool_use" for b in blocks)
+        first = blocks[0].get("type") if blocks and isinstance(blocks[0], dict) else None
+        if uses_tools and first not in ("thinking", "redacted_thinking"):
+            return (
+                f"messages.{last_assistant}.content.0.type: Expected `thinking` or "
+                f"`redacted_thinking`, but found `{first}`. When `thinking` is enabled, a final "
+                "`assistant` message must start with a thinking block (preceeding the lastmost "
+                "set of `tool_use` and `tool_result` blocks). We recommend you include thinking "
+                "blocks from previous turns."
+            )
+        return None
+
+    def _cache(self, ex: Exchange, prompt_tokens: int) -> tuple[int, int]:
+        """(read, written) prompt tokens of the emulated prompt cache."""
+        prefix = _cache_prefix(ex.body)
+        if prefix is None:
+            return 0, 0
+        digest, tokens = prefix
+        tokens = min(tokens, prompt_tokens)
+        with ex.fake._lock:
+            if digest in ex.fake._prompt_cache:
+                return tokens, 0
+            ex.fake._prompt_cache.add(digest)
+        return 0, tokens
+
     def _prompt(self, body: dict[str, Any]) -> tuple[int, str] | str:
         """(input tokens, last user text), or the name of the missing/invalid field."""
         messages = body.get("messages")
@@ -141,13 +246,26 @@ class AnthropicDialect(Dialect):
         prompt = self._prompt(body)
         if isinstance(prompt, str):
             return await self.send_error(ex, "invalid_request", f"{prompt}: Input is invalid")
+        problem = self._check_thinking(ex)
+        if problem is not None:
+            return await self.send_error(ex, "invalid_request", problem)
         plan = ex.plan(prompt[0], prompt[1], max_tokens)
+        read, write = self._cache(ex, plan.prompt_tokens)
+        if plan.cached_tokens is not None:
+            read = plan.cached_tokens
+        if plan.cache_write_tokens is not None:
+            write = plan.cache_write_tokens
+        usage = _usage(
+            max(0, plan.prompt_tokens - read - write), plan.completion_tokens, read, write
+        )
+        thought = self._thought(ex, plan, prompt[1])
         ident = f"msg_011C{ex.fake._next_id():020x}"
         model = ex.model(body.get("model"))
         tool_ids = [c.id or f"toolu_011C{ex.fake._next_id():020x}" for c in plan.tool_calls]
         if body.get("stream") is True:
-            return await self.send_stream(ex, self._events(plan, ident, model, tool_ids))
-        content: list[dict[str, Any]] = []
+            events = self._events(plan, ident, model, tool_ids, usage, thought)
+            return await self.send_stream(ex, events)
+        content: list[dict[str, Any]] = [thought] if thought is not None else []
         if plan.text or not plan.tool_calls:
             content.append({"type": "text", "text": plan.text})
         for call, call_id in zip(plan.tool_calls, tool_ids, strict=True):
@@ -164,11 +282,31 @@ class AnthropicDialect(Dialect):
                 "content": content,
                 "stop_reason": _STOP[plan.finish],
                 "stop_sequence": None,
-                "usage": _usage(plan.prompt_tokens, plan.completion_tokens),
+                "usage": usage,
             },
         )
 
-    def _events(self, plan: ChatPlan, ident: str, model: str, tool_ids: list[str]) -> list[bytes]:
+    def _thought(self, ex: Exchange, plan: ChatPlan, last_user: str) -> dict[str, Any] | None:
+        """The thinking (or redacted_thinking) block of the answer, when thinking is on."""
+        if not _thinking_on(ex.body):
+            return None
+        key = ex.fake._signing_key
+        if plan.redacted:
+            raw = secrets_bytes(plan.reasoning or last_user)
+            data = base64.b64encode(raw + hmac.new(key, raw, hashlib.sha256).digest()).decode()
+            return {"type": "redacted_thinking", "data": data}
+        text = plan.reasoning if plan.reasoning is not None else f"Thinking about: {last_user}"
+        return {"type": "thinking", "thinking": text, "signature": _sign(key, text)}
+
+    def _events(
+        self,
+        plan: ChatPlan,
+        ident: str,
+        model: str,
+        tool_ids: list[str],
+        usage: dict[str, Any],
+        thought: dict[str, Any] | None,
+    ) -> list[bytes]:
         start = {
             "type": "message_start",
             "message": {
@@ -179,11 +317,26 @@ class AnthropicDialect(Dialect):
                 "content": [],
                 "stop_reason": None,
                 "stop_sequence": None,
-                "usage": _usage(plan.prompt_tokens, 1),
+                "usage": {**usage, "output_tokens": 1},
             },
         }
         events = [sse(encode(start), "message_start")]
         index = 0
+        if thought is not None and thought["type"] == "redacted_thinking":
+            events.append(_block_start(index, thought))
+            events.append(_block_stop(index))
+            index += 1
+        elif thought is not None:
+            events.append(
+                _block_start(index, {"type": "thinking", "thinking": "", "signature": ""})
+            )
+            for piece in text_pieces(thought["thinking"]):
+                events.append(_delta(index, {"type": "thinking_delta", "thinking": piece}))
+            events.append(
+                _delta(index, {"type": "signature_delta", "signature": thought["signature"]})
+            )
+            events.append(_block_stop(index))
+            index += 1
         if plan.text or not plan.tool_calls:
             events.append(_block_start(index, {"type": "text", "text": ""}))
             events.append(_PING)
@@ -203,7 +356,12 @@ class AnthropicDialect(Dialect):
         delta = {
             "type": "message_delta",
             "delta": {"stop_reason": _STOP[plan.finish], "stop_sequence": None},
-            "usage": {"output_tokens": plan.completion_tokens},
+            "usage": {
+                "output_tokens": plan.completion_tokens,
+                "input_tokens": usage["input_tokens"],
+                "cache_creation_input_tokens": usage["cache_creation_input_tokens"],
+                "cache_read_input_tokens": usage["cache_read_input_tokens"],
+            },
         }
         events.append(sse(encode(delta), "message_delta"))
         events.append(_STOP_EVENT)
@@ -240,6 +398,20 @@ class AnthropicDialect(Dialect):
                 "last_id": data[-1]["id"] if data else None,
             },
         )
+
+
+def secrets_bytes(seed: str) -> bytes:
+    """The opaque payload of a redacted thinking block (derived from ``seed``)."""
+    return hashlib.sha256(b"redacted:" + seed.encode()).digest()
+
+
+def _redacted_ok(key: bytes, data: str) -> bool:
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except ValueError:
+        return False
+    body, mac = raw[:-32], raw[-32:]
+    return len(raw) > 32 and hmac.compare_digest(mac, hmac.new(key, body, hashlib.sha256).digest())
 
 
 def _block_start(index: int, block: dict[str, Any]) -> bytes:

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import itertools
 import math
+import secrets
 import threading
 import time
 from collections import deque
@@ -140,6 +141,10 @@ class FakeProvider:
         self._static_limits: RateLimitInfo | None = None
         self._window: WindowLimit | None = None
         self._ids = itertools.count(1)
+        # Anthropic's emulated prompt cache: the hashes of the prefixes written to it
+        self._prompt_cache: set[str] = set()
+        # signs the thinking blocks a fake hands out, to check they come back intact
+        self._signing_key = secrets.token_bytes(16)
 
     # lifecycle -------------------------------------------------------------------------------
 
@@ -263,8 +268,19 @@ class FakeProvider:
         embeddings: Sequence[Sequence[float]] | None = None,
         times: int = 1,
         match: BodyPredicate | Mapping[str, Any] | None = None,
+        reasoning: str | None = None,
+        redacted: bool = False,
+        cached_tokens: int | None = None,
+        cache_write_tokens: int | None = None,
     ) -> None:
         """Queue the next reply (``times`` copies); unscripted requests get the default echo.
+
+        ``reasoning`` is the model's reasoning: Anthropic's signed ``thinking`` block
+        (sent when the request enables ``thinking``; ``redacted=True``: a
+        ``redacted_thinking`` block), OpenAI-compatible ``reasoning_content``, Ollama's
+        ``message.thinking``; its tokens count as ``reasoning_tokens``.
+        ``cached_tokens`` / ``cache_write_tokens`` report prompt-cache reads / writes
+        instead of the emulated ones.
 
         Chat replies (``reply`` and/or ``tool_calls``, optional ``finish_reason`` and token
         counts) and embedding replies (``embedding_dims`` or fixed ``embeddings``) are queued
@@ -289,6 +305,8 @@ class FakeProvider:
         for name, value in (
             ("prompt_tokens", prompt_tokens),
             ("completion_tokens", completion_tokens),
+            ("cached_tokens", cached_tokens),
+            ("cache_write_tokens", cache_write_tokens),
         ):
             if value is not None and (not isinstance(value, int) or value < 0):
                 raise ConfigError(f"{name}={value!r}: must be an int >= 0")
@@ -298,6 +316,8 @@ class FakeProvider:
             )
         if reply is not None and not isinstance(reply, str):
             raise ConfigError(f"reply={reply!r}: must be a str")
+        if reasoning is not None and not isinstance(reasoning, str):
+            raise ConfigError(f"reasoning={reasoning!r}: must be a str")
         matcher = ScriptMatch.parse(match)
         if chat_given:
             chat = ScriptedChat(
@@ -307,6 +327,10 @@ class FakeProvider:
                 prompt_tokens,
                 completion_tokens,
                 matcher,
+                reasoning,
+                bool(redacted),
+                cached_tokens,
+                cache_write_tokens,
             )
             with self._lock:
                 self._chat_scripts.extend([chat] * times)
@@ -437,6 +461,7 @@ class FakeProvider:
             self._matching_scripts = 0
             self._static_limits = None
             self._window = None
+            self._prompt_cache.clear()
         self._faults.clear()
 
     # used by the dialects --------------------------------------------------------------------

@@ -99,6 +99,8 @@ class OllamaDialect(Dialect):
         if body.get("stream", True) is not False:
             return await self.send_stream(ex, self._lines(plan, name))
         message: dict[str, Any] = {"role": "assistant", "content": plan.text}
+        if plan.reasoning is not None:
+            message["thinking"] = plan.reasoning
         if plan.tool_calls:
             message["tool_calls"] = self._tool_calls(plan)
         await self.send_json(
@@ -130,6 +132,12 @@ class OllamaDialect(Dialect):
         created = _created_at().encode()
         head = b'{"model":%s,"created_at":"%s","message":' % (encode(model), created)
         lines = [
+            head
+            + encode({"role": "assistant", "content": "", "thinking": piece})
+            + b',"done":false}\n'
+            for piece in text_pieces(plan.reasoning or "")
+        ]
+        lines += [
             head + encode({"role": "assistant", "content": piece}) + b',"done":false}\n'
             for piece in text_pieces(plan.text)
         ]

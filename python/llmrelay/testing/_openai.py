@@ -78,11 +78,18 @@ _USAGE_DETAILS = {
 
 
 def _usage(plan: ChatPlan) -> dict[str, Any]:
+    """The usage object: cached prompt tokens (a script's, else 0, as OpenAI reports when
+    nothing was cached) and the reasoning tokens of the completion."""
+    prompt = dict(_USAGE_DETAILS["prompt_tokens_details"])
+    prompt["cached_tokens"] = plan.cached_tokens or 0
+    completion = dict(_USAGE_DETAILS["completion_tokens_details"])
+    completion["reasoning_tokens"] = plan.reasoning_tokens
     return {
         "prompt_tokens": plan.prompt_tokens,
         "completion_tokens": plan.completion_tokens,
         "total_tokens": plan.prompt_tokens + plan.completion_tokens,
-        **_USAGE_DETAILS,
+        "prompt_tokens_details": prompt,
+        "completion_tokens_details": completion,
     }
 
 
@@ -189,6 +196,8 @@ class OpenAIDialect(Dialect):
             "refusal": None,
             "annotations": [],
         }
+        if plan.reasoning is not None:  # OpenAI-compatible servers (DeepSeek, vLLM, llama.cpp)
+            message["reasoning_content"] = plan.reasoning
         if plan.tool_calls:
             message["tool_calls"] = [
                 {
@@ -241,6 +250,8 @@ class OpenAIDialect(Dialect):
         call_ids = [c.id or f"call_{ex.fake._next_id():024x}" for c in plan.tool_calls]
         for index in range(n):
             events.append(chunk({"role": "assistant", "content": "", "refusal": None}, None, index))
+            for piece in text_pieces(plan.reasoning or ""):
+                events.append(chunk({"reasoning_content": piece}, None, index))
             for piece in text_pieces(plan.text):
                 events.append(chunk({"content": piece}, None, index))
             for i, call in enumerate(plan.tool_calls):

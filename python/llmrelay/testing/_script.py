@@ -124,9 +124,18 @@ class ScriptedChat:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     match: ScriptMatch | None = None
+    #: the reasoning the model shows (thinking / reasoning_content), and whether it is
+    #: redacted (Anthropic's ``redacted_thinking``)
+    reasoning: str | None = None
+    redacted: bool = False
+    #: prompt-cache counts to report instead of the emulated ones
+    cached_tokens: int | None = None
+    cache_write_tokens: int | None = None
 
     def describe(self) -> str:
         parts = [repr(self.text)] if self.text is not None else []
+        if self.reasoning is not None:
+            parts.append(f"reasoning {self.reasoning!r}")
         parts += [f"tool call {c.name}({c.arguments_json})" for c in self.tool_calls]
         if self.match is not None:
             parts.append(repr(self.match))
@@ -175,6 +184,12 @@ class ChatPlan:
     finish: Finish = "stop"
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    reasoning: str | None = None
+    redacted: bool = False
+    #: the part of ``completion_tokens`` spent reasoning
+    reasoning_tokens: int = 0
+    cached_tokens: int | None = None
+    cache_write_tokens: int | None = None
 
 
 def plan_chat(
@@ -198,9 +213,18 @@ def plan_chat(
     )
     if script is not None and script.prompt_tokens is not None:
         prompt_tokens = script.prompt_tokens
+    reasoning = script.reasoning if script is not None else None
+    thought = estimate_tokens(reasoning) if reasoning else 0
+    completion += thought
     if script is not None and script.completion_tokens is not None:
         completion = script.completion_tokens
-    return ChatPlan(text, calls, finish, prompt_tokens, completion)
+    plan = ChatPlan(text, calls, finish, prompt_tokens, completion, reasoning)
+    plan.reasoning_tokens = min(thought, completion)
+    if script is not None:
+        plan.redacted = script.redacted
+        plan.cached_tokens = script.cached_tokens
+        plan.cache_write_tokens = script.cache_write_tokens
+    return plan
 
 
 def text_pieces(text: str) -> list[str]:
