@@ -20,10 +20,10 @@ use pyo3::pybacked::PyBackedBytes;
 use pyo3::types::{PyBytes, PyList, PyTuple};
 
 use crate::error::positive;
+use crate::http::body::BodyStream;
 use crate::http::{
     build_request, version_str, HttpClient, HttpConfig, HttpError, Job, Reply, ReplyBody,
 };
-use crate::http_body::BodyStream;
 
 pyo3::create_exception!(
     llmrelay._core,

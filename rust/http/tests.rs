@@ -6,8 +6,8 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use super::body::Chunk;
 use super::*;
-use crate::http_body::Chunk;
 
 /// Read one request head (and a Content-Length body); `None` at EOF.
 async fn read_request(sock: &mut TcpStream) -> Option<(String, Vec<u8>)> {

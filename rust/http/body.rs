@@ -21,7 +21,7 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 
-use crate::http::{classify_body_error, HttpError, HttpErrorKind};
+use super::{classify_body_error, HttpError, HttpErrorKind};
 
 /// Buffered bytes above which the pump stops reading until the reader drains.
 pub const HIGH_WATER: usize = 256 * 1024;

@@ -27,8 +27,12 @@ use parking_lot::Mutex;
 use tokio::task::AbortHandle;
 
 use crate::error::{positive, Result};
-use crate::http_body::BodyStream;
 use crate::runtime;
+
+pub mod body;
+pub mod sse;
+
+use body::BodyStream;
 
 /// Bodies with a declared length up to this many bytes are read whole.
 pub const FULL_BODY_LIMIT: u64 = 1 << 20;
@@ -481,5 +485,4 @@ pub(crate) fn classify_body_error(e: &hyper::Error) -> HttpError {
 }
 
 #[cfg(test)]
-#[path = "http_tests.rs"]
 mod tests;
