@@ -324,3 +324,45 @@ def test_stream_framer_and_bytes_decoders() -> None:
     with pytest.raises(Exception, match="framing") as info:
         _core.StreamFramer("xml")
     assert type(info.value).__name__ == "ConfigError"
+
+
+async def test_a_plug_in_decoder_of_bytes_is_fed_bytes_through_its_client() -> None:
+    """A plug-in's ``StreamDecoder`` that is no ``FramedDecoder`` keeps working: it is
+    fed the body's bytes, read through the httpx client it is given."""
+    from llmrelay._types import build_request
+    from llmrelay.providers import OpenAIAdapter
+
+    fed: list[bytes] = []
+
+    class BytesDecoder:
+        def __init__(self, inner: Any) -> None:
+            self._inner = inner
+
+        @property
+        def done(self) -> bool:
+            return bool(self._inner.done)
+
+        def feed(self, data: bytes) -> list[Any]:
+            fed.append(data)
+            return list(self._inner.feed(data))
+
+        def close(self) -> list[Any]:
+            return list(self._inner.close())
+
+    class PlugIn(OpenAIAdapter):
+        def stream_decoder(self, model: str) -> Any:
+            return BytesDecoder(super().stream_decoder(model))
+
+    body = _sse_body()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(
+            200, headers={"content-type": "text/event-stream"}, stream=_Pieces(body, 11)
+        )
+
+    adapter = PlugIn(deployment="p", base_url="http://mock.invalid/v1", api_key="k")
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as client:
+        req = build_request("hi", None, {})
+        chunks = [c async for c in adapter.stream(client, req, "gpt-4o-mini")]
+    assert "".join(c.text for c in chunks) == "Hello world"
+    assert b"".join(fed) == body and len(fed) > 1
