@@ -463,4 +463,28 @@ mod tests {
         assert_eq!(st.ready(10).unwrap().unwrap_err().kind, HttpErrorKind::Read);
         assert!(State::default().ready(10).is_none());
     }
+
+    #[test]
+    fn ready_events_caps_the_batch_and_counts_bytes() {
+        let mut st = State::default();
+        for data in [&b"one"[..], b"two", b"three"] {
+            let ev = Event {
+                event: Bytes::from_static(b"message"),
+                data: Bytes::copy_from_slice(data),
+            };
+            st.buffered += ev.size();
+            st.events.push_back(ev);
+        }
+        let first = st.ready_events(2).unwrap().unwrap();
+        assert_eq!(first.len(), 2);
+        assert_eq!(st.buffered, 7 + 5);
+        assert!(st.ready_events(0).unwrap().unwrap().len() == 1); // at least one
+        assert_eq!(st.buffered, 0);
+        assert!(st.ready_events(2).is_none());
+        st.end = Some(Err(HttpError::new(HttpErrorKind::Read, "reset")));
+        assert_eq!(
+            st.ready_events(2).unwrap().unwrap_err().kind,
+            HttpErrorKind::Read
+        );
+    }
 }
