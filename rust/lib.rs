@@ -17,7 +17,7 @@
 //! | [`dedup`] | in-flight request joining with a short result window |
 //! | [`cache`] | memory, disk and hybrid response caches |
 //! | [`runtime`] | the one lazily started tokio runtime |
-//! | [`http`], [`http_body`] | the pooled HTTP client behind the default transport |
+//! | [`http`] | the pooled HTTP client behind the default transport, SSE/NDJSON framing |
 //! | [`shared`] | limits shared by every process, on Redis |
 
 pub mod breaker;
@@ -27,7 +27,6 @@ pub mod dedup;
 pub mod error;
 pub mod gate;
 pub mod http;
-pub mod http_body;
 pub mod limiter;
 pub mod metrics;
 pub mod runtime;

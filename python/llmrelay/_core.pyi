@@ -33,6 +33,7 @@ __all__ = [
     "RateLimiter",
     "RequestDeduplicator",
     "SharedLimiter",
+    "StreamFramer",
     "__version__",
     "cache_key",
 ]
@@ -430,6 +431,7 @@ class HttpClient:
         completions: Completions,
         future: Future[object],
         body_idle_s: float | None = None,
+        framing: str | None = None,
     ) -> HttpRequest: ...
     def close(self) -> None: ...
 
@@ -447,9 +449,26 @@ class HttpBody:
     def next_chunk(
         self, completions: Completions, future: Future[object], max_bytes: int = 65536
     ) -> bytes | None: ...
+    def next_events(
+        self, completions: Completions, future: Future[object], max_events: int = 1024
+    ) -> list[tuple[str, bytes]] | None:
+        """Whole ``(event, data)`` pairs buffered now (``[]`` at the end), or ``None``:
+        ``future`` then gets the next ones. Only for a body requested with ``framing``."""
+    @property
+    def framing(self) -> str | None: ...
     @property
     def buffered(self) -> int: ...
     def close(self) -> None: ...
+
+@final
+class StreamFramer:
+    """The core's SSE (``"sse"``) / NDJSON (``"ndjson"``) framer over bytes read elsewhere."""
+
+    def __new__(cls, framing: str) -> StreamFramer: ...
+    def feed(self, data: bytes) -> list[tuple[str, bytes]]: ...
+    def finish(self) -> list[tuple[str, bytes]]: ...
+    @property
+    def framing(self) -> str: ...
 
 @final
 class SharedLimiter:

@@ -20,7 +20,7 @@ from llmrelay._stages import replay
 from llmrelay._structured_call import structured_stream
 from llmrelay._types import ChatChunk, ChatRequest, ChatResponse
 from llmrelay.errors import DeadlineExceededError, LLMRelayError, ProviderTimeoutError
-from llmrelay.providers import accumulate_chunks
+from llmrelay.providers import ProviderAdapter, accumulate_chunks
 
 if TYPE_CHECKING:
     from llmrelay._budget import Budget, Reservation
@@ -159,16 +159,32 @@ async def _pipeline(
         loop = asyncio.get_running_loop()
         remaining = ctx.deadline - loop.time()
         first_token_s = getattr(dep.timeouts, "first_token_s", None) or remaining
-        agen = dep.adapter.stream(
-            None if in_proc else eng.pool.client(dep),
-            p.req,
-            cand.model,
-            timeout=dep.httpx_timeout(remaining),
-            stream_idle_s=getattr(dep.timeouts, "stream_idle_s", idle),
-            on_response=lambda r: eng.orchestrator.observe_reply_headers(
-                dep, dep.adapter, r.headers
-            ),
-        )
+        adapter = dep.adapter
+        stream_idle_s = getattr(dep.timeouts, "stream_idle_s", idle)
+        if in_proc:
+            agen = adapter.stream(None, p.req, cand.model)
+        elif type(adapter).stream is ProviderAdapter.stream:  # bytes to the transport
+            client, transport = eng.pool.route(dep)
+            agen = adapter.stream(
+                client,
+                p.req,
+                cand.model,
+                timeout=dep.httpx_timeout(remaining),
+                stream_idle_s=stream_idle_s,
+                transport=transport,
+                on_headers=lambda h: eng.orchestrator.observe_reply_headers(dep, adapter, h),
+            )
+        else:  # a plug-in's own stream over an httpx client
+            agen = adapter.stream(
+                eng.pool.client(dep),
+                p.req,
+                cand.model,
+                timeout=dep.httpx_timeout(remaining),
+                stream_idle_s=stream_idle_s,
+                on_response=lambda r: eng.orchestrator.observe_reply_headers(
+                    dep, adapter, r.headers
+                ),
+            )
         head: list[ChatChunk] = []
         try:
             async with asyncio.timeout(first_token_s):

@@ -27,11 +27,20 @@ back the future its reply arrives on. Every other transport gets the same
 bytes through one shim: :func:`httpx_request` turns them into an
 ``httpx.Request``, :func:`httpx_reply` a reply back into (status, headers,
 body), and :func:`httpx_exchange` does both around one exchange.
+
+Streams likewise: :func:`open_stream` sends an adapter's bytes and gives back a
+:class:`StreamReply` (status, header pairs, then batches of whole ``(event,
+data)`` pairs). On the default transport the core frames the SSE / NDJSON body
+as it arrives and hands over every whole event buffered at once: no httpx
+object, one crossing per burst of events. Any other transport streams through
+httpx and the same core framer (``_core.StreamFramer``), so the two paths frame
+alike.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import weakref
 from collections.abc import AsyncIterator
 from typing import Final, TypeAlias, cast
@@ -39,16 +48,21 @@ from typing import Final, TypeAlias, cast
 import httpx
 
 from llmrelay import _core
-from llmrelay._wire import WireReply, WireRequest
+from llmrelay._wire import HeaderPairs, WireReply, WireRequest
 
 __all__ = [
     "BODY_IDLE_EXT",
+    "Events",
     "RustTransport",
+    "StreamReply",
     "error_class",
     "httpx_exchange",
     "httpx_reply",
     "httpx_request",
+    "next_within",
+    "open_stream",
     "read_body",
+    "transport_error",
 ]
 
 #: httpx exception class for each kind of ``_core.HttpTransportError``.
@@ -104,6 +118,12 @@ def error_class(error: _core.HttpTransportError) -> type[httpx.TransportError]:
 def _to_httpx(error: _core.HttpTransportError, request: httpx.Request) -> httpx.TransportError:
     message = error.args[1] if len(error.args) > 1 else ""
     return error_class(error)(str(message), request=request)
+
+
+def transport_error(error: _core.HttpTransportError) -> httpx.TransportError:
+    """A core transport error as the httpx exception of its kind (no request attached)."""
+    message = error.args[1] if len(error.args) > 1 else ""
+    return error_class(error)(str(message))
 
 
 async def read_body(body: _core.HttpBody) -> bytes:
@@ -234,15 +254,22 @@ class RustTransport(httpx.AsyncBaseTransport):
         self._queue: _core.Completions | None = None
 
     def submit(
-        self, wire: WireRequest, timeout_s: float | None
+        self,
+        wire: WireRequest,
+        timeout_s: float | None,
+        *,
+        body_idle_s: float | None = None,
+        framing: str | None = None,
     ) -> tuple[_core.HttpRequest, asyncio.Future[object]]:
         """Hand request bytes to the core client: (the request in flight, the future its
         reply arrives on as ``(status, headers, body, version, streamed body or None)``).
 
         One crossing; no httpx object is built. ``timeout_s`` bounds the wait for the
-        response head and for each later piece of the body. Raises (and the future
-        fails with) ``_core.HttpTransportError``; abort the request if the awaiting
-        task is cancelled.
+        response head and for each later piece of the body (``body_idle_s``, when
+        given, for each piece of a streamed body instead). With ``framing`` (``"sse"``
+        or ``"ndjson"``) a 2xx body always streams, framed into whole events by the
+        core. Raises (and the future fails with) ``_core.HttpTransportError``; abort
+        the request if the awaiting task is cancelled.
         """
         loop = asyncio.get_running_loop()
         queue = self._queue
@@ -251,9 +278,37 @@ class RustTransport(httpx.AsyncBaseTransport):
             self._loop = loop
         fut: asyncio.Future[object] = loop.create_future()
         pending = self._client.request(
-            wire.method, wire.url, wire.headers, wire.body, timeout_s, queue, fut
+            wire.method,
+            wire.url,
+            wire.headers,
+            wire.body,
+            timeout_s,
+            queue,
+            fut,
+            body_idle_s,
+            framing,
         )
         return pending, fut
+
+    async def open_stream(
+        self, wire: WireRequest, timeout_s: float | None, body_idle_s: float | None, framing: str
+    ) -> StreamReply:
+        """Send request bytes for a streamed reply (see :func:`open_stream`)."""
+        try:
+            pending, fut = self.submit(wire, timeout_s, body_idle_s=body_idle_s, framing=framing)
+        except _core.HttpTransportError as e:
+            raise transport_error(e) from None
+        try:
+            reply = cast(_Reply, await fut)
+        except asyncio.CancelledError:
+            pending.abort()
+            raise
+        except _core.HttpTransportError as e:
+            raise transport_error(e) from None
+        status, headers, content, _version, rest = reply
+        queue = self._queue
+        assert queue is not None
+        return _CoreStream(status, headers, content, rest, queue)
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         timeout = request.extensions.get("timeout")
@@ -302,3 +357,188 @@ class RustTransport(httpx.AsyncBaseTransport):
 
     async def aclose(self) -> None:
         self._client.close()
+
+
+#: Whole events of a stream: ``(event name, data)`` (the name is ``""`` for NDJSON).
+Events: TypeAlias = list[tuple[str, bytes]]
+
+#: Most events handed over per read of a framed body.
+_EVENTS: Final = 1024
+
+
+class StreamReply:
+    """A streamed reply: its status and header pairs, then batches of whole events.
+
+    ``next_events`` returns the events that arrived (at least one), ``[]`` at the end;
+    it raises httpx's exception of a transport failure, ``TimeoutError`` (or
+    ``httpx.ReadTimeout``) after the idle bound with no data. ``read`` gives the whole
+    body of a reply that is not a stream (an error reply); ``aclose`` drops the
+    connection if the body was not read to the end.
+    """
+
+    __slots__ = ("headers", "status")
+
+    status: int
+    headers: HeaderPairs
+
+    async def next_events(self) -> Events:
+        raise NotImplementedError  # pragma: no cover - both kinds implement it
+
+    async def read(self) -> bytes:
+        raise NotImplementedError  # pragma: no cover - both kinds implement it
+
+    async def aclose(self) -> None:
+        raise NotImplementedError  # pragma: no cover - both kinds implement it
+
+
+class _CoreStream(StreamReply):
+    """A reply of the core's client: the body framed on the runtime."""
+
+    __slots__ = ("_content", "_queue", "_rest")
+
+    def __init__(
+        self,
+        status: int,
+        headers: HeaderPairs,
+        content: bytes,
+        rest: _core.HttpBody | None,
+        queue: _core.Completions,
+    ) -> None:
+        self.status = status
+        self.headers = headers
+        self._content = content
+        self._rest = rest
+        self._queue = queue
+
+    async def next_events(self) -> Events:
+        rest = self._rest
+        if rest is None or rest.framing is None:
+            # not framed (an error reply, read with ``read``): no events
+            return []
+        fut: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+        try:
+            ready = rest.next_events(self._queue, fut, _EVENTS)
+            return ready if ready is not None else cast(Events, await fut)
+        except asyncio.CancelledError:
+            rest.close()
+            raise
+        except _core.HttpTransportError as e:
+            raise transport_error(e) from None
+
+    async def read(self) -> bytes:
+        rest = self._rest
+        if rest is None or rest.framing is not None:
+            return self._content
+        try:
+            return self._content + await read_body(rest)
+        except _core.HttpTransportError as e:
+            raise transport_error(e) from None
+
+    async def aclose(self) -> None:
+        if self._rest is not None:
+            self._rest.close()
+
+
+class _HttpxStream(StreamReply):
+    """A reply read through httpx (any other transport), framed by the core's framer."""
+
+    __slots__ = ("_ended", "_framer", "_idle", "_iter", "_resp")
+
+    def __init__(self, resp: httpx.Response, framing: str, idle_s: float | None) -> None:
+        self.status = resp.status_code
+        self.headers = [(k.lower(), v) for k, v in resp.headers.raw]
+        self._resp = resp
+        self._framer = _core.StreamFramer(framing)
+        # the transport times the idle gap itself when it says so (the core's, shimmed)
+        self._idle = None if BODY_IDLE_EXT in resp.extensions else idle_s
+        self._iter: AsyncIterator[bytes] | None = None
+        self._ended = False
+
+    async def next_events(self) -> Events:
+        if self._iter is None:
+            self._iter = self._resp.aiter_bytes()
+        while not self._ended:
+            try:
+                if self._idle is None:
+                    data = await anext(self._iter)
+                else:
+                    data = await next_within(self._iter, self._idle)
+            except StopAsyncIteration:
+                self._ended = True
+                return self._frame(None)
+            events = self._frame(data)
+            if events:
+                return events
+        return []
+
+    def _frame(self, data: bytes | None) -> Events:
+        try:
+            return self._framer.finish() if data is None else self._framer.feed(data)
+        except _core.HttpTransportError as e:
+            raise transport_error(e) from None
+
+    async def read(self) -> bytes:
+        return await self._resp.aread()
+
+    async def aclose(self) -> None:
+        if self._iter is not None:
+            with contextlib.suppress(Exception):
+                await self._iter.aclose()  # type: ignore[attr-defined]  # httpx gives a generator
+        await self._resp.aclose()
+
+
+async def open_stream(
+    client: httpx.AsyncClient | None,
+    transport: httpx.AsyncBaseTransport | None,
+    wire: WireRequest,
+    timeout: httpx.Timeout,
+    body_idle_s: float | None,
+    framing: str,
+) -> StreamReply:
+    """Send an adapter's request bytes for a streamed reply framed as ``framing``
+    (``"sse"`` or ``"ndjson"``): straight to the core's client on the default
+    transport, else through httpx (``transport`` directly when given, else
+    ``client.send``). ``timeout.read`` bounds the wait for the head; ``body_idle_s``
+    each wait for data of the body. Raises httpx's exceptions."""
+    if type(transport) is RustTransport:  # a subclass may override handle_async_request
+        return await transport.open_stream(wire, timeout.read, body_idle_s, framing)
+    request = httpx_request(wire)
+    request.extensions["timeout"] = timeout.as_dict()
+    if body_idle_s is not None:
+        request.extensions[BODY_IDLE_EXT] = body_idle_s
+    if transport is not None:
+        resp = await transport.handle_async_request(request)
+        resp.request = request
+    else:
+        assert client is not None
+        resp = await client.send(request, stream=True)
+    return _HttpxStream(resp, framing, body_idle_s)
+
+
+#: Turns of the loop a fired idle timer waits for data that already arrived.
+_STALL_GRACE_TURNS: Final = 3
+
+
+async def next_within(it: AsyncIterator[bytes], idle_s: float) -> bytes:
+    """The next piece of ``it``, or TimeoutError after ``idle_s`` with nothing.
+
+    For a transport that does not time the idle gap itself. The read runs as its own
+    task, so a timer that fired late (a stalled loop: asyncio runs expired timers
+    before the callbacks of data received meanwhile) lets already-arrived data
+    through first instead of cancelling the read.
+    """
+    step: asyncio.Future[bytes] = asyncio.ensure_future(anext(it))
+    try:
+        done, _ = await asyncio.wait((step,), timeout=idle_s)
+        for _ in range(_STALL_GRACE_TURNS):
+            if done or step.done():
+                return step.result()
+            await asyncio.sleep(0)
+        if step.done():
+            return step.result()
+    except BaseException:
+        step.cancel()
+        raise
+    step.cancel()
+    await asyncio.wait((step,))  # let the read finish cancelling before the body is closed
+    raise TimeoutError

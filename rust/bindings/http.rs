@@ -1,5 +1,5 @@
-//! `HttpClient`, `HttpRequest`, `HttpBody`, `Completions`: the core's HTTP
-//! client, bridged to asyncio. A request runs on the tokio runtime; its
+//! `HttpClient`, `HttpRequest`, `HttpBody`, `Completions`, `StreamFramer`: the
+//! core's HTTP client, bridged to asyncio. A request runs on the tokio runtime; its
 //! result is queued on a `Completions` (one per event loop) that wakes the
 //! loop through a socket, and the loop settles the request's future. The
 //! runtime's threads never wait for the GIL.
@@ -17,13 +17,14 @@ use pyo3::exceptions::PyBaseException;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
-use pyo3::types::{PyBytes, PyList, PyTuple};
+use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
 
-use crate::error::positive;
+use crate::error::{positive, Error};
+use crate::http::body::{Batch, BodyStream};
+use crate::http::sse::{Event, Framer, Framing, TooLong, MAX_EVENT};
 use crate::http::{
     build_request, version_str, HttpClient, HttpConfig, HttpError, Job, Reply, ReplyBody,
 };
-use crate::http_body::BodyStream;
 
 pyo3::create_exception!(
     llmrelay._core,
@@ -40,6 +41,7 @@ fn py_error(e: HttpError) -> PyErr {
 pub(super) enum Outcome {
     Reply(Result<Reply, HttpError>),
     Chunk(Result<Bytes, HttpError>),
+    Events(Batch),
     /// Any other result, built on the loop's thread (a value or an exception).
     Value(Box<dyn FnOnce(Python<'_>) -> PyResult<PyObject> + Send>),
     /// A parked waiter's turn (`Waker`): the future's result is `None`.
@@ -51,8 +53,9 @@ impl Outcome {
         match self {
             Outcome::Reply(Ok(reply)) => reply_to_py(py, reply),
             Outcome::Chunk(Ok(b)) => Ok(PyBytes::new(py, &b).into_any().unbind()),
+            Outcome::Events(Ok(events)) => Ok(events_to_py(py, &events)?.into_any().unbind()),
             Outcome::Wake => Ok(py.None()),
-            Outcome::Reply(Err(e)) | Outcome::Chunk(Err(e)) => {
+            Outcome::Reply(Err(e)) | Outcome::Chunk(Err(e)) | Outcome::Events(Err(e)) => {
                 Ok(py_error(e).into_value(py).into_any())
             }
             Outcome::Value(build) => build(py).or_else(|e| Ok(e.into_value(py).into_any())),
@@ -245,6 +248,34 @@ impl PyCompletions {
     }
 }
 
+/// Events as a list of `(event, data)`: `str` names, `bytes` data.
+fn events_to_py<'py>(py: Python<'py>, events: &[Event]) -> PyResult<Bound<'py, PyList>> {
+    let message = intern!(py, "message");
+    let empty = intern!(py, "");
+    let items = events.iter().map(|e| {
+        let name = match &e.event[..] {
+            b"message" => message.clone(),
+            b"" => empty.clone(),
+            other => PyString::new(py, &String::from_utf8_lossy(other)),
+        };
+        PyTuple::new(py, [name.into_any(), PyBytes::new(py, &e.data).into_any()])
+    });
+    let list = PyList::empty(py);
+    for item in items {
+        list.append(item?)?;
+    }
+    Ok(list)
+}
+
+fn framing_arg(framing: Option<&str>) -> PyResult<Option<Framing>> {
+    match framing {
+        None => Ok(None),
+        Some(name) => Framing::parse(name)
+            .map(Some)
+            .ok_or_else(|| Error::config("framing", name, "expected 'sse' or 'ndjson'").into()),
+    }
+}
+
 fn reply_to_py(py: Python<'_>, reply: Reply) -> PyResult<PyObject> {
     let headers = PyList::empty(py);
     for (name, value) in &reply.headers {
@@ -306,9 +337,11 @@ impl PyHttpClient {
     /// `(status, headers, body, http_version, stream)` or an `HttpTransportError`
     /// through `completions`. `timeout_s` bounds the wait for the response head
     /// (and each piece of the body); `body_idle_s`, when given, bounds each wait
-    /// for a piece of a streamed body instead, timed on the runtime.
+    /// for a piece of a streamed body instead, timed on the runtime. With
+    /// `framing` (`"sse"` or `"ndjson"`) a 2xx body always streams, framed into
+    /// whole events on the runtime: read it with `HttpBody.next_events`.
     #[allow(clippy::too_many_arguments)]
-    #[pyo3(signature = (method, url, headers, body, timeout_s, completions, future, body_idle_s=None))]
+    #[pyo3(signature = (method, url, headers, body, timeout_s, completions, future, body_idle_s=None, framing=None))]
     fn request(
         &self,
         method: &str,
@@ -319,7 +352,9 @@ impl PyHttpClient {
         completions: &Bound<'_, PyCompletions>,
         future: Py<PyAny>,
         body_idle_s: Option<f64>,
+        framing: Option<&str>,
     ) -> PyResult<PyHttpRequest> {
+        let framing = framing_arg(framing)?;
         let timeout = match timeout_s {
             Some(t) => Some(Duration::from_secs_f64(positive("timeout_s", t)?)),
             None => None,
@@ -334,7 +369,7 @@ impl PyHttpClient {
         let queue = completions.get().queue.clone();
         let (rt, job) = self
             .inner
-            .prepare(req, timeout, body_idle, move |result| {
+            .prepare(req, timeout, body_idle, framing, move |result| {
                 queue.push(future, Outcome::Reply(result))
             })
             .map_err(py_error)?;
@@ -426,6 +461,32 @@ impl PyHttpBody {
         }
     }
 
+    /// Every whole event buffered (up to `max_events`) now as `(event, data)`
+    /// pairs, `[]` at the end; or `None`, and `future` later gets the next
+    /// events through `completions`. Only for a body requested with `framing`.
+    #[pyo3(signature = (completions, future, max_events = 1024))]
+    fn next_events<'py>(
+        &self,
+        py: Python<'py>,
+        completions: &PyCompletions,
+        future: Py<PyAny>,
+        max_events: usize,
+    ) -> PyResult<Option<Bound<'py, PyList>>> {
+        let queue = completions.queue.clone();
+        let waiter = Box::new(move |batch: Batch| queue.push(future, Outcome::Events(batch)));
+        match self.inner.next_events_or_wait(max_events, waiter) {
+            None => Ok(None),
+            Some(Ok(events)) => Ok(Some(events_to_py(py, &events)?)),
+            Some(Err(e)) => Err(py_error(e)),
+        }
+    }
+
+    /// How the body is framed: `"sse"`, `"ndjson"`, or `None` (bytes).
+    #[getter]
+    fn framing(&self) -> Option<&'static str> {
+        self.inner.framing().map(framing_name)
+    }
+
     /// Bytes received and not yet read.
     #[getter]
     fn buffered(&self) -> usize {
@@ -435,5 +496,58 @@ impl PyHttpBody {
     /// Stop reading and drop the connection; a pending read gets an error.
     fn close(&self) {
         self.inner.close();
+    }
+}
+
+fn framing_name(f: Framing) -> &'static str {
+    match f {
+        Framing::Sse => "sse",
+        Framing::Ndjson => "ndjson",
+    }
+}
+
+fn too_long(_: TooLong) -> PyErr {
+    let msg = format!("a stream event exceeds {MAX_EVENT} bytes");
+    HttpTransportError::new_err(("protocol", msg))
+}
+
+/// The core's SSE / NDJSON framer over bytes read elsewhere (a user-supplied
+/// httpx transport): `feed` returns the `(event, data)` pairs the bytes complete.
+#[pyclass(name = "StreamFramer", module = "llmrelay._core", frozen)]
+pub struct PyStreamFramer {
+    inner: Mutex<Framer>,
+}
+
+#[pymethods]
+impl PyStreamFramer {
+    #[new]
+    fn new(framing: &str) -> PyResult<Self> {
+        let framing = framing_arg(Some(framing))?.unwrap_or(Framing::Sse);
+        Ok(Self {
+            inner: Mutex::new(Framer::new(framing)),
+        })
+    }
+
+    /// The events `data` completes; an over-long event raises `HttpTransportError`.
+    fn feed<'py>(&self, py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyList>> {
+        let mut events = Vec::new();
+        self.inner
+            .lock()
+            .feed(data, &mut events)
+            .map_err(too_long)?;
+        events_to_py(py, &events)
+    }
+
+    /// End of the stream: what the rest completes (never a partial SSE event).
+    fn finish<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let mut events = Vec::new();
+        self.inner.lock().finish(&mut events).map_err(too_long)?;
+        events_to_py(py, &events)
+    }
+
+    /// `"sse"` or `"ndjson"`.
+    #[getter]
+    fn framing(&self) -> &'static str {
+        framing_name(self.inner.lock().framing())
     }
 }

@@ -37,6 +37,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<http::PyHttpRequest>()?;
     m.add_class::<http::PyHttpBody>()?;
     m.add_class::<http::PyCompletions>()?;
+    m.add_class::<http::PyStreamFramer>()?;
     m.add_class::<shared::PySharedLimiter>()?;
     m.add(
         "HttpTransportError",

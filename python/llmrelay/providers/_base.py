@@ -8,23 +8,31 @@ the bytes to the core's HTTP client directly; any httpx transport gets them
 through one shim (:mod:`llmrelay._transport`). Subclasses implement
 ``wire_chat``/``decode_chat`` (or, the older way, ``build_chat_request``/
 ``parse_chat_response`` on httpx objects: each pair falls back on the other),
-``wire_embed``/``decode_embed`` and a synchronous stream decoder; this base maps
-every failure to a typed error, and drives streams (still httpx objects) with
-an idle timeout, closing the reply on every exit.
+``wire_embed``/``decode_embed`` and a stream decoder (a
+:class:`~llmrelay.providers._sse.FramedDecoder`: whole SSE / NDJSON events, framed
+in the core, decoded with typed structs); this base maps every failure to a typed
+error, and drives streams with an idle timeout, closing the reply on every exit.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import Any, ClassVar, Protocol, TypeVar
 
 import httpx
 import msgspec
 
 from llmrelay._params import short
-from llmrelay._transport import BODY_IDLE_EXT, httpx_exchange, httpx_reply, httpx_request
+from llmrelay._transport import (
+    BODY_IDLE_EXT,
+    StreamReply,
+    httpx_exchange,
+    httpx_reply,
+    httpx_request,
+    next_within,
+    open_stream,
+)
 from llmrelay._types import ChatChunk, ChatRequest, ChatResponse, EmbeddingResponse
 from llmrelay._wire import HeaderPairs, WireRequest, header
 from llmrelay.errors import (
@@ -35,6 +43,7 @@ from llmrelay.errors import (
 )
 from llmrelay.providers._errors import error_from_reply, error_from_transport, response_error
 from llmrelay.providers._ratelimit import RateLimitInfo, parse_rate_limit_headers
+from llmrelay.providers._sse import FramedDecoder
 
 __all__ = ["ProviderAdapter", "StreamDecoder", "well_typed"]
 
@@ -163,7 +172,8 @@ class ProviderAdapter:
         return self.decode_chat(status, headers, body, model)
 
     def stream_decoder(self, model: str) -> StreamDecoder:
-        """A fresh decoder for one streamed chat reply."""
+        """A fresh decoder for one streamed chat reply: a ``FramedDecoder`` (whole
+        events, framed by the core) or, for a plug-in, any ``StreamDecoder`` of bytes."""
         raise NotImplementedError
 
     def wire_embed(self, inputs: list[str], model: str, params: dict[str, Any]) -> WireRequest:
@@ -402,20 +412,111 @@ class ProviderAdapter:
 
     async def stream(
         self,
-        client: httpx.AsyncClient,
+        client: httpx.AsyncClient | None,
         req: ChatRequest,
         model: str,
         *,
         timeout: httpx.Timeout | None = None,
         stream_idle_s: float | None = None,
         on_response: Callable[[httpx.Response], None] | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+        on_headers: Callable[[HeaderPairs], None] | None = None,
     ) -> AsyncGenerator[ChatChunk, None]:
         """Stream a chat answer as chunks (an async generator: ``aclose()`` it if you stop early).
 
-        A stream cut before its end marker raises ProviderUnavailableError; no bytes
-        for ``stream_idle_s`` seconds raises ProviderTimeoutError. The reply is
-        closed on every exit, cancellation included. ``on_response`` sees the reply
-        (its headers) once it is known to be a success.
+        The request's bytes go to the core's client when ``transport`` is the default
+        one (the body framed into whole SSE / NDJSON events in the core, handed over
+        in batches, no httpx object built), else through httpx (``transport`` itself
+        when given, else ``client``) and the same core framer. A stream cut before its
+        end marker raises ProviderUnavailableError; no bytes for ``stream_idle_s``
+        seconds raises ProviderTimeoutError (timed where the bytes arrive on the
+        core's client). The reply is closed on every exit, cancellation included.
+        ``on_headers`` sees the reply's header pairs (``on_response`` an
+        ``httpx.Response`` of its head) once it is known to be a success.
+
+        A decoder without ``events`` (a plug-in's ``StreamDecoder`` over bytes) is fed
+        the body's bytes through ``client`` instead.
+        """
+        decoder = self.stream_decoder(model)
+        if not isinstance(decoder, FramedDecoder):
+            assert client is not None, "a bytes decoder reads through an httpx client"
+            async for chunk in self._stream_bytes(
+                client, decoder, req, model, timeout, stream_idle_s, on_response
+            ):
+                yield chunk
+            return
+        wire = self.wire_chat(req, model, stream=True)
+        if timeout is None:
+            timeout = client.timeout if client is not None else httpx.Timeout(60.0)
+        try:
+            reply = await open_stream(
+                client, transport, wire, timeout, stream_idle_s, decoder.framing
+            )
+        except httpx.HTTPError as exc:
+            raise error_from_transport(exc, self.deployment, model, self._api_key) from None
+        try:
+            await self._check_stream_head(reply, model)
+            if on_headers is not None:
+                on_headers(reply.headers)
+            if on_response is not None:
+                on_response(httpx.Response(reply.status, headers=reply.headers))
+            while not decoder.done:
+                try:
+                    batch = await reply.next_events()
+                except (TimeoutError, httpx.ReadTimeout):
+                    raise ProviderTimeoutError(
+                        f"no stream data for {stream_idle_s}s",
+                        provider=self.deployment,
+                        model=model,
+                        status_code=reply.status,
+                    ) from None
+                except httpx.HTTPError as exc:
+                    raise error_from_transport(exc, self.deployment, model, self._api_key) from None
+                if not batch:
+                    break
+                for chunk in decoder.events(batch):
+                    yield chunk
+            if not decoder.done:
+                raise ProviderUnavailableError(
+                    "stream ended before its end marker",
+                    provider=self.deployment,
+                    model=model,
+                    status_code=reply.status,
+                )
+        finally:
+            await reply.aclose()
+
+    async def _check_stream_head(self, reply: StreamReply, model: str) -> None:
+        """Raise the typed error of an error reply, or of a reply that is not a stream."""
+        if reply.status >= 400:
+            try:
+                body = await reply.read()
+            except httpx.HTTPError:
+                body = b""
+            raise self.error_from_reply(reply.status, reply.headers, body, model)
+        ctype = header(reply.headers, b"content-type") or ""
+        if not any(t in ctype for t in self.stream_content_types):
+            raise response_error(
+                f"expected a streamed reply ({', '.join(self.stream_content_types)}), "
+                f"got content-type {ctype!r}",
+                self.deployment,
+                model,
+                status=reply.status,
+                headers=reply.headers,
+            )
+
+    async def _stream_bytes(
+        self,
+        client: httpx.AsyncClient,
+        decoder: StreamDecoder,
+        req: ChatRequest,
+        model: str,
+        timeout: httpx.Timeout | None,
+        stream_idle_s: float | None,
+        on_response: Callable[[httpx.Response], None] | None,
+    ) -> AsyncGenerator[ChatChunk, None]:
+        """:meth:`stream` for a decoder fed bytes (a plug-in's ``StreamDecoder``), read
+        through ``client`` as httpx objects.
 
         The idle gap is timed by the transport where it can (the core's transport
         times it on its runtime, where the bytes arrive); otherwise here, and then a
@@ -441,13 +542,12 @@ class ProviderAdapter:
                 )
             if on_response is not None:
                 on_response(resp)
-            decoder = self.stream_decoder(model)
             while not decoder.done:
                 try:
                     if stream_idle_s is None or timed_below:
                         data = await anext(byte_iter)
                     else:
-                        data = await _next_within(byte_iter, stream_idle_s)
+                        data = await next_within(byte_iter, stream_idle_s)
                 except StopAsyncIteration:
                     for chunk in decoder.close():
                         yield well_typed(chunk, self.deployment, model)
@@ -474,30 +574,3 @@ class ProviderAdapter:
             with contextlib.suppress(Exception):
                 await byte_iter.aclose()  # type: ignore[attr-defined]  # httpx gives a generator
             await resp.aclose()
-
-
-#: Turns of the loop a fired idle timer waits for data that already arrived.
-_STALL_GRACE_TURNS = 3
-
-
-async def _next_within(it: AsyncIterator[bytes], idle_s: float) -> bytes:
-    """The next piece of ``it``, or TimeoutError after ``idle_s`` with nothing.
-
-    The read runs as its own task, so a timer that fired late (a stalled loop) can
-    let already-arrived data through first instead of cancelling the read.
-    """
-    step: asyncio.Future[bytes] = asyncio.ensure_future(anext(it))
-    try:
-        done, _ = await asyncio.wait((step,), timeout=idle_s)
-        for _ in range(_STALL_GRACE_TURNS):
-            if done or step.done():
-                return step.result()
-            await asyncio.sleep(0)
-        if step.done():
-            return step.result()
-    except BaseException:
-        step.cancel()
-        raise
-    step.cancel()
-    await asyncio.wait((step,))  # let the read finish cancelling before the body is closed
-    raise TimeoutError

@@ -1,15 +1,29 @@
-"""Incremental decoders for streamed replies: Server-Sent Events and NDJSON.
+"""Streamed replies as whole events: Server-Sent Events and NDJSON, framed by the core.
 
-Both take the reply's bytes in whatever buffers the transport hands over and
-return whole events, so a stream costs one await per network buffer, not one
-per line.
+The framing itself (line ends, ``data`` joining, comments, a partial event at the end)
+lives once, in the core (``rust/http/sse.rs``): the default transport frames a body as
+it arrives and hands over batches of ``(event, data)`` pairs; bytes read elsewhere go
+through the same framer (``_core.StreamFramer``). The built-in adapters' decoders
+derive from :class:`FramedDecoder` and decode each event's data with a typed msgspec
+struct in one step. :class:`SSEDecoder` and :class:`NDJSONDecoder` frame bytes for
+code that has only bytes.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, ClassVar
+
 import msgspec
 
-__all__ = ["NDJSONDecoder", "SSEDecoder", "SSEEvent"]
+from llmrelay import _core
+from llmrelay._transport import Events
+from llmrelay.providers._errors import response_error
+
+if TYPE_CHECKING:
+    from llmrelay._types import ChatChunk
+    from llmrelay.providers._base import ProviderAdapter
+
+__all__ = ["FramedDecoder", "NDJSONDecoder", "SSEDecoder", "SSEEvent"]
 
 
 class SSEEvent(msgspec.Struct, frozen=True):
@@ -20,75 +34,80 @@ class SSEEvent(msgspec.Struct, frozen=True):
 
 
 class SSEDecoder:
-    """Splits an SSE byte stream into events (WHATWG rules: ``\\n``, ``\\r\\n`` or ``\\r``
-    line ends; ``data`` lines joined by newlines; comments and ``id``/``retry`` ignored)."""
+    """Splits an SSE byte stream into events (the core's WHATWG framing: ``\\n``,
+    ``\\r\\n`` or ``\\r`` line ends; ``data`` lines joined by newlines; comments and
+    ``id``/``retry`` ignored; a partial event at the end is not dispatched)."""
 
-    __slots__ = ("_buf", "_data", "_event")
+    __slots__ = ("_framer",)
 
     def __init__(self) -> None:
-        self._buf = b""
-        self._event: str | None = None
-        self._data: list[str] = []
+        self._framer = _core.StreamFramer("sse")
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
         """Add bytes; return the events completed by them."""
-        buf = self._buf + chunk if self._buf else chunk
-        if b"\r" in buf:
-            # keep a trailing \r: it may be the first half of \r\n
-            tail = b"\r" if buf.endswith(b"\r") else b""
-            body = buf[:-1] if tail else buf
-            buf = body.replace(b"\r\n", b"\n").replace(b"\r", b"\n") + tail
-        lines = buf.split(b"\n")
-        self._buf = lines.pop()
-        events: list[SSEEvent] = []
-        for raw in lines:
-            self._line(raw.decode("utf-8", "replace"), events)
-        return events
+        return [SSEEvent(e, d.decode("utf-8", "replace")) for e, d in self._framer.feed(chunk)]
 
     def close(self) -> list[SSEEvent]:
-        """End of stream: return a final event left without its blank line, if any."""
-        events: list[SSEEvent] = []
-        if self._buf:
-            self._line(self._buf.rstrip(b"\r").decode("utf-8", "replace"), events)
-            self._buf = b""
-        self._line("", events)
-        return events
-
-    def _line(self, line: str, events: list[SSEEvent]) -> None:
-        if not line:
-            if self._data:
-                events.append(SSEEvent(self._event or "message", "\n".join(self._data)))
-            self._event = None
-            self._data = []
-            return
-        if line[0] == ":":
-            return
-        name, sep, value = line.partition(":")
-        if sep and value[:1] == " ":
-            value = value[1:]
-        if name == "data":
-            self._data.append(value)
-        elif name == "event":
-            self._event = value
+        """End of stream (an event without its blank line is dropped, per the spec)."""
+        return [SSEEvent(e, d.decode("utf-8", "replace")) for e, d in self._framer.finish()]
 
 
 class NDJSONDecoder:
-    """Splits a newline-delimited JSON byte stream into its non-empty lines."""
+    """Splits a newline-delimited JSON byte stream into its non-blank lines."""
 
-    __slots__ = ("_buf",)
+    __slots__ = ("_framer",)
 
     def __init__(self) -> None:
-        self._buf = b""
+        self._framer = _core.StreamFramer("ndjson")
 
     def feed(self, chunk: bytes) -> list[bytes]:
         """Add bytes; return the complete lines (without line ends)."""
-        buf = self._buf + chunk if self._buf else chunk
-        lines = buf.split(b"\n")
-        self._buf = lines.pop()
-        return [line for line in (raw.strip() for raw in lines) if line]
+        return [d for _, d in self._framer.feed(chunk)]
 
     def close(self) -> list[bytes]:
         """End of stream: return a last line left without its newline, if any."""
-        rest = self._buf.strip()
-        self._buf = b""
-        return [rest] if rest else []
+        return [d for _, d in self._framer.finish()]
+
+
+class FramedDecoder:
+    """Base of the built-in stream decoders: whole events in, chunks out.
+
+    ``framing`` (``"sse"`` or ``"ndjson"``) tells the transport how to frame the body;
+    ``events`` turns a batch of ``(event, data)`` pairs into chunks (raising a typed
+    error for an error event or a malformed one) and sets ``done`` at the end marker.
+    ``feed``/``close`` do the same from raw bytes (the ``StreamDecoder`` protocol).
+    """
+
+    framing: ClassVar[str] = "sse"
+
+    __slots__ = ("_adapter", "_framer", "_model", "done")
+
+    def __init__(self, adapter: ProviderAdapter, model: str) -> None:
+        self._adapter = adapter
+        self._model = model
+        self._framer: _core.StreamFramer | None = None
+        self.done = False
+
+    def events(self, batch: Events) -> list[ChatChunk]:
+        """The chunks of a batch of whole events (none after the end marker)."""
+        raise NotImplementedError(f"{type(self).__name__} does not decode events")
+
+    def feed(self, data: bytes) -> list[ChatChunk]:
+        """The chunks completed by ``data``."""
+        if self._framer is None:
+            self._framer = _core.StreamFramer(self.framing)
+        try:
+            batch = self._framer.feed(data)
+        except _core.HttpTransportError:
+            raise self.bad("stream event is too long") from None
+        return self.events(batch)
+
+    def close(self) -> list[ChatChunk]:
+        """The chunks left at the end of the bytes."""
+        if self._framer is None:
+            return []
+        return self.events(self._framer.finish())
+
+    def bad(self, text: str) -> Exception:
+        """The ProviderResponseError of an event that breaks the wire protocol."""
+        return response_error(text, self._adapter.deployment, self._model)

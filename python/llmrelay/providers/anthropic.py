@@ -25,12 +25,13 @@ and the last block of the turn before the newest (at most 4 in all).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 import msgspec
 
 from llmrelay._structured import instruction, is_object_schema, schema_of
+from llmrelay._transport import Events
 from llmrelay._types import (
     ChatChunk,
     ChatRequest,
@@ -45,7 +46,7 @@ from llmrelay.errors import InvalidRequestError
 from llmrelay.providers._base import ProviderAdapter
 from llmrelay.providers._errors import error_from_payload, response_error
 from llmrelay.providers._registry import capabilities
-from llmrelay.providers._sse import SSEDecoder, SSEEvent
+from llmrelay.providers._sse import FramedDecoder
 
 __all__ = ["ANTHROPIC_VERSION", "AnthropicAdapter", "map_stop_reason"]
 
@@ -133,21 +134,6 @@ def map_stop_reason(reason: str | None) -> str | None:
     if reason is None:
         return None
     return _STOP_REASONS.get(reason, reason)
-
-
-def _int_or_none(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _usage(u: Any, output: int | None = None) -> Usage:
-    if not isinstance(u, dict):
-        return Usage()
-    return _counted(
-        _int_or_none(u.get("input_tokens")),
-        _int_or_none(u.get("cache_read_input_tokens")),
-        _int_or_none(u.get("cache_creation_input_tokens")),
-        output if output is not None else _int_or_none(u.get("output_tokens")),
-    )
 
 
 def _own_blocks(msg: Message) -> list[dict[str, Any]]:
@@ -552,52 +538,76 @@ class AnthropicAdapter(ProviderAdapter):
             ) from None
 
 
-class _AnthropicStream:
-    """Decodes the Messages SSE events up to ``message_stop``."""
+class _StreamDelta(msgspec.Struct, gc=False):
+    type: str | None = None
+    text: str | None = None
+    partial_json: str | None = None
+    stop_reason: str | None = None
+    thinking: str | None = None
+    signature: str | None = None
 
-    __slots__ = (
-        "_adapter",
-        "_id",
-        "_input_usage",
-        "_model",
-        "_resp_model",
-        "_sse",
-        "_thinking",
-        "_tools",
-        "done",
+
+class _StreamMessage(msgspec.Struct):
+    id: str | None = None
+    model: str | None = None
+    usage: _Usage | None = None
+
+
+class _StreamEvent(msgspec.Struct):
+    """One Messages stream event (its ``type`` names it; the SSE event name if absent)."""
+
+    type: str | None = None
+    index: int | None = None
+    delta: _StreamDelta | None = None
+    content_block: _Block | None = None
+    message: _StreamMessage | None = None
+    usage: _Usage | None = None
+
+
+_EVENT = msgspec.json.Decoder(_StreamEvent)
+
+
+def _merged(first: _Usage | None, last: _Usage | None) -> _Usage | None:
+    """``message_start``'s usage updated by ``message_delta``'s (its fields win when set)."""
+    if first is None or last is None:
+        return last or first
+    return _Usage(
+        input_tokens=last.input_tokens if last.input_tokens is not None else first.input_tokens,
+        output_tokens=last.output_tokens if last.output_tokens is not None else first.output_tokens,
+        cache_read_input_tokens=last.cache_read_input_tokens
+        if last.cache_read_input_tokens is not None
+        else first.cache_read_input_tokens,
+        cache_creation_input_tokens=last.cache_creation_input_tokens
+        if last.cache_creation_input_tokens is not None
+        else first.cache_creation_input_tokens,
     )
 
+
+class _AnthropicStream(FramedDecoder):
+    """Decodes the Messages SSE events up to ``message_stop``, each with a typed struct
+    in one step."""
+
+    __slots__ = ("_id", "_input_usage", "_resp_model", "_thinking", "_tools")
+
+    framing = "sse"
+
     def __init__(self, adapter: AnthropicAdapter, model: str) -> None:
-        self._adapter = adapter
-        self._model = model
-        self._sse = SSEDecoder()
+        super().__init__(adapter, model)
         self._tools: dict[int, int] = {}  # content block index -> tool call index
         # content block index -> the thinking block being streamed (text, signature)
         self._thinking: dict[int, dict[str, Any]] = {}
-        self._input_usage: dict[str, Any] = {}
+        self._input_usage: _Usage | None = None
         self._id: str | None = None
         self._resp_model: str | None = None
-        self.done = False
 
-    def feed(self, data: bytes) -> list[ChatChunk]:
-        return self._events(self._sse.feed(data))
-
-    def close(self) -> list[ChatChunk]:
-        return self._events(self._sse.close())
-
-    def _events(self, events: list[SSEEvent]) -> list[ChatChunk]:
+    def events(self, batch: Events) -> list[ChatChunk]:
         out: list[ChatChunk] = []
-        for ev in events:
+        for name, data in batch:
             if self.done:
                 break
-            try:
-                chunk = self._event(ev)
-            except (KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
-                raise response_error(
-                    f"stream event {ev.event!r} has a wrong shape ({type(exc).__name__})",
-                    self._adapter.deployment,
-                    self._model,
-                ) from None
+            if name == "ping":
+                continue
+            chunk = self._event(name, data)
             if chunk is not None:
                 out.append(chunk)
         return out
@@ -607,84 +617,107 @@ class _AnthropicStream:
             model=self._resp_model, provider=self._adapter.deployment, id=self._id, **kw
         )
 
-    def _event(self, ev: SSEEvent) -> ChatChunk | None:
-        kind = ev.event
-        if kind == "ping":
-            return None
+    def _event(self, name: str, data: bytes) -> ChatChunk | None:
         try:
-            data = _decode(ev.data)
+            ev = _EVENT.decode(data)
+        except msgspec.ValidationError as exc:
+            self._raise_error_event(name, data)
+            raise self.bad(f"stream event {name!r} has a wrong shape ({exc})") from None
         except (msgspec.DecodeError, UnicodeDecodeError):
-            raise response_error(
-                f"stream event {kind!r} is not valid JSON", self._adapter.deployment, self._model
-            ) from None
-        if not isinstance(data, dict):
-            raise TypeError("event is not an object")
-        kind = data.get("type", kind)
+            raise self.bad(f"stream event {name!r} is not valid JSON") from None
+        kind = ev.type or name
+        if kind == "error":
+            self._raise_error_event(name, data)
+            raise self.bad("error event is not an object")
+        try:
+            return self._typed(kind, ev)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise self.bad(f"stream event {kind!r} has a wrong shape ({exc})") from None
+
+    def _typed(self, kind: str, ev: _StreamEvent) -> ChatChunk | None:
         if kind == "content_block_delta":
-            delta = data["delta"]
-            dtype = delta.get("type")
-            if dtype == "text_delta":
-                return self._chunk(text=delta["text"])
-            if dtype == "input_json_delta":
-                index = self._tools[data["index"]]
-                part = delta.get("partial_json") or ""
+            delta = _need(ev.delta, "delta")
+            if delta.type == "text_delta":
+                return self._chunk(text=_need(delta.text, "delta.text"))
+            if delta.type == "input_json_delta":
+                index = self._tools[_need(ev.index, "index")]
+                part = delta.partial_json or ""
                 return self._chunk(tool_calls=[ToolCallDelta(index=index, arguments_delta=part)])
-            if dtype == "thinking_delta":
-                piece = delta["thinking"]
-                self._thinking[data["index"]]["thinking"] += piece
+            if delta.type == "thinking_delta":
+                piece = _need(delta.thinking, "delta.thinking")
+                self._thinking[_need(ev.index, "index")]["thinking"] += piece
                 return self._chunk(reasoning=piece) if piece else None
-            if dtype == "signature_delta":
-                self._thinking[data["index"]]["signature"] += delta["signature"]
+            if delta.type == "signature_delta":
+                streaming = self._thinking[_need(ev.index, "index")]
+                streaming["signature"] += _need(delta.signature, "delta.signature")
             return None  # citations: not part of the answer text
         if kind == "content_block_stop":
-            done = self._thinking.pop(data.get("index", -1), None)
-            if done is None:
-                return None
-            return self._chunk(reasoning_blocks=[done])
+            # a thinking block goes out whole (signature intact) when it ends
+            done = self._thinking.pop(ev.index if ev.index is not None else -1, None)
+            return None if done is None else self._chunk(reasoning_blocks=[done])
         if kind == "content_block_start":
-            block = data["content_block"]
-            if block.get("type") == "tool_use":
-                index = self._tools[data["index"]] = len(self._tools)
-                args = block.get("input")
-                delta = _encode(args).decode() if args else ""
-                return self._chunk(
-                    tool_calls=[
-                        ToolCallDelta(
-                            index=index, id=block["id"], name=block["name"], arguments_delta=delta
-                        )
-                    ]
+            block = _need(ev.content_block, "content_block")
+            if block.type == "tool_use":
+                index = self._tools[_need(ev.index, "index")] = len(self._tools)
+                args = block.input
+                call = ToolCallDelta(
+                    index=index,
+                    id=_need(block.id, "content_block.id"),
+                    name=_need(block.name, "content_block.name"),
+                    arguments_delta=_encode(args).decode() if args else "",
                 )
-            if block.get("type") == "text" and block.get("text"):
-                return self._chunk(text=block["text"])
-            if block.get("type") == "thinking":
-                first = block.get("thinking") or ""
-                self._thinking[data["index"]] = {
+                return self._chunk(tool_calls=[call])
+            if block.type == "text" and block.text:
+                return self._chunk(text=block.text)
+            if block.type == "thinking":
+                first = block.thinking or ""
+                self._thinking[_need(ev.index, "index")] = {
                     "type": "thinking",
                     "thinking": first,
-                    "signature": block.get("signature") or "",
+                    "signature": block.signature or "",
                 }
                 return self._chunk(reasoning=first) if first else None
-            if block.get("type") == "redacted_thinking":
-                redacted = {"type": "redacted_thinking", "data": str(block["data"])}
+            if block.type == "redacted_thinking":
+                redacted = {"type": "redacted_thinking", "data": _need(block.data, "data")}
                 return self._chunk(reasoning_blocks=[redacted])
             return None
         if kind == "message_start":
-            message = data["message"]
-            self._id = message.get("id")
-            self._resp_model = message.get("model")
-            self._input_usage = message.get("usage") or {}
+            message = _need(ev.message, "message")
+            self._id = message.id
+            self._resp_model = message.model
+            self._input_usage = message.usage
             return None
         if kind == "message_delta":
-            later = {k: v for k, v in (data.get("usage") or {}).items() if v is not None}
-            usage = {**self._input_usage, **later}
-            reason = (data.get("delta") or {}).get("stop_reason")
-            return self._chunk(finish_reason=map_stop_reason(reason), usage=_usage(usage))
+            reason = ev.delta.stop_reason if ev.delta is not None else None
+            usage = _wire_usage(_merged(self._input_usage, ev.usage))
+            return self._chunk(finish_reason=map_stop_reason(reason), usage=usage)
         if kind == "message_stop":
             self.done = True
-            return None
-        if kind == "error":
+        return None  # event types added later
+
+    def _raise_error_event(self, name: str, data: bytes) -> None:
+        """Raise the typed error of an error event (its ``type``, else its SSE name, is
+        ``error``), else return."""
+        try:
+            payload = _decode(data)
+        except (msgspec.DecodeError, UnicodeDecodeError):
+            return
+        if isinstance(payload, dict) and payload.get("type", name) == "error":
             adapter = self._adapter
             raise error_from_payload(
-                None, data, provider=adapter.deployment, model=self._model, secret=adapter._api_key
+                None,
+                payload,
+                provider=adapter.deployment,
+                model=self._model,
+                secret=adapter._api_key,
             )
-        return None  # event types added later
+
+
+_V = TypeVar("_V")
+
+
+def _need(value: _V | None, what: str) -> _V:
+    """``value``, or KeyError naming the missing field."""
+    if value is None:
+        raise KeyError(what)
+    return value

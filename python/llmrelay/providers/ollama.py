@@ -21,6 +21,7 @@ from typing import Any
 import httpx
 import msgspec
 
+from llmrelay._transport import Events
 from llmrelay._types import (
     ChatChunk,
     ChatRequest,
@@ -36,7 +37,7 @@ from llmrelay._wire import HeaderPairs, WireRequest, header, header_map
 from llmrelay.errors import InvalidRequestError, ProviderError, ProviderResponseError
 from llmrelay.providers._base import ProviderAdapter
 from llmrelay.providers._errors import error_from_payload, response_error
-from llmrelay.providers._sse import NDJSONDecoder
+from llmrelay.providers._sse import FramedDecoder
 
 __all__ = ["OllamaAdapter"]
 
@@ -108,24 +109,6 @@ def _count(value: Any) -> int:
     return 0
 
 
-def _usage(data: dict[str, Any]) -> Usage:
-    prompt = _count(data.get("prompt_eval_count"))
-    completion = _count(data.get("eval_count"))
-    return Usage(
-        prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
-    )
-
-
-def _logprobs(raw: Any) -> list[TokenLogprob] | None:
-    """The reply's ``logprobs`` (``{token, logprob, top_logprobs}`` each) as typed structs."""
-    return None if raw is None else msgspec.convert(raw, list[TokenLogprob])
-
-
-def _finish(data: dict[str, Any], has_calls: bool) -> str:
-    reason = data.get("done_reason")
-    return _finish_reason(reason if isinstance(reason, str) else None, has_calls)
-
-
 def _finish_reason(reason: str | None, has_calls: bool) -> str:
     if reason == "length":
         return "length"
@@ -138,19 +121,6 @@ def _counts(prompt_eval: int | None, evals: int | None) -> Usage:
     return Usage(
         prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
     )
-
-
-def _tool_calls(raw: Any) -> list[ToolCall]:
-    calls: list[ToolCall] = []
-    for c in raw or ():
-        fn = c["function"]
-        args = fn.get("arguments") or {}
-        if isinstance(args, str):
-            args = _decode(args) if args.strip() else {}
-        if not isinstance(args, dict):
-            raise TypeError("tool call arguments are not an object")
-        calls.append(ToolCall(id=c.get("id") or _call_id(), name=fn["name"], arguments=args))
-    return calls
 
 
 def to_ollama_messages(messages: list[Message]) -> list[dict[str, Any]]:
@@ -372,92 +342,100 @@ class OllamaAdapter(ProviderAdapter):
             ) from None
 
 
-class _OllamaStream:
-    """Decodes NDJSON chat lines up to the one with ``done: true``."""
+class _ChatLine(msgspec.Struct):
+    """One line of a streamed chat (the last has ``done: true`` and the counts)."""
 
-    __slots__ = ("_adapter", "_calls", "_lines", "_model", "done")
+    message: _Message | None = None
+    model: str | None = None
+    done: bool = False
+    done_reason: str | None = None
+    prompt_eval_count: int | None = None
+    eval_count: int | None = None
+    logprobs: list[TokenLogprob] | None = None
+    error: Any = msgspec.UNSET
+
+
+_LINE = msgspec.json.Decoder(_ChatLine)
+
+
+class _OllamaStream(FramedDecoder):
+    """Decodes NDJSON chat lines up to the one with ``done: true``, each with a typed
+    struct in one step."""
+
+    __slots__ = ("_calls",)
+
+    framing = "ndjson"
 
     def __init__(self, adapter: OllamaAdapter, model: str) -> None:
-        self._adapter = adapter
-        self._model = model
-        self._lines = NDJSONDecoder()
+        super().__init__(adapter, model)
         self._calls = 0
-        self.done = False
 
-    def feed(self, data: bytes) -> list[ChatChunk]:
-        return self._parse(self._lines.feed(data))
-
-    def close(self) -> list[ChatChunk]:
-        return self._parse(self._lines.close())
-
-    def _parse(self, lines: list[bytes]) -> list[ChatChunk]:
+    def events(self, batch: Events) -> list[ChatChunk]:
         out: list[ChatChunk] = []
-        adapter = self._adapter
-        for line in lines:
+        for _, data in batch:
             if self.done:
                 break
-            try:
-                data = _decode(line)
-            except (msgspec.DecodeError, UnicodeDecodeError):
-                raise response_error(
-                    "stream line is not valid JSON", adapter.deployment, self._model
-                ) from None
-            if not isinstance(data, dict):
-                raise response_error(
-                    "stream line is not an object", adapter.deployment, self._model
-                )
-            if "error" in data:
-                raise error_from_payload(
-                    None,
-                    data,
-                    provider=adapter.deployment,
-                    model=self._model,
-                    secret=adapter._api_key,
-                )
-            try:
-                msg = data.get("message") or {}
-                text = msg.get("content") or ""
-                thinking = msg.get("thinking") or None
-                deltas = []
-                for call in _tool_calls(msg.get("tool_calls")):
-                    deltas.append(
-                        ToolCallDelta(
-                            index=self._calls,
-                            id=call.id,
-                            name=call.name,
-                            arguments_delta=_encode(call.arguments).decode(),
-                        )
-                    )
-                    self._calls += 1
-                done = data.get("done") is True
-                logprobs = _logprobs(data.get("logprobs"))
-            except (
-                KeyError,
-                IndexError,
-                TypeError,
-                AttributeError,
-                ValueError,
-                msgspec.DecodeError,
-            ) as exc:
-                raise response_error(
-                    f"stream line has a wrong shape ({type(exc).__name__})",
-                    adapter.deployment,
-                    self._model,
-                ) from None
-            if done:
-                self.done = True
-            if not text and not deltas and not done and not logprobs and thinking is None:
-                continue
-            out.append(
-                ChatChunk(
-                    text=text,
-                    tool_calls=deltas,
-                    finish_reason=_finish(data, self._calls > 0) if done else None,
-                    usage=_usage(data) if done else None,
-                    model=data.get("model"),
-                    provider=adapter.deployment,
-                    logprobs=logprobs,
-                    reasoning=thinking,
+            chunk = self._line(data)
+            if chunk is not None:
+                out.append(chunk)
+        return out
+
+    def _line(self, data: bytes) -> ChatChunk | None:
+        try:
+            line = _LINE.decode(data)
+        except msgspec.ValidationError as exc:
+            self._raise_error_line(data)
+            raise self.bad(f"stream line has a wrong shape ({exc})") from None
+        except (msgspec.DecodeError, UnicodeDecodeError):
+            raise self.bad("stream line is not valid JSON") from None
+        if line.error is not msgspec.UNSET:
+            self._raise_error_line(data)
+        msg = line.message
+        text = (msg.content if msg is not None else None) or ""
+        thinking = (msg.thinking if msg is not None else None) or None
+        try:
+            calls = _wire_calls(msg.tool_calls if msg is not None else None)
+        except (TypeError, ValueError, msgspec.DecodeError) as exc:
+            raise self.bad(f"stream line has a wrong shape ({type(exc).__name__})") from None
+        deltas = []
+        for call in calls:
+            deltas.append(
+                ToolCallDelta(
+                    index=self._calls,
+                    id=call.id,
+                    name=call.name,
+                    arguments_delta=_encode(call.arguments).decode(),
                 )
             )
-        return out
+            self._calls += 1
+        done = line.done
+        if done:
+            self.done = True
+        if not text and not deltas and not done and not line.logprobs and thinking is None:
+            return None
+        return ChatChunk(
+            text=text,
+            tool_calls=deltas,
+            finish_reason=_finish_reason(line.done_reason, self._calls > 0) if done else None,
+            usage=_counts(line.prompt_eval_count, line.eval_count) if done else None,
+            model=line.model,
+            provider=self._adapter.deployment,
+            logprobs=line.logprobs,
+            reasoning=thinking,
+        )
+
+    def _raise_error_line(self, data: bytes) -> None:
+        """Raise the typed error of an ``{"error": ...}`` line (else return)."""
+        try:
+            payload = _decode(data)
+        except (msgspec.DecodeError, UnicodeDecodeError):
+            return
+        if isinstance(payload, dict) and "error" in payload:
+            adapter = self._adapter
+            raise error_from_payload(
+                None,
+                payload,
+                provider=adapter.deployment,
+                model=self._model,
+                secret=adapter._api_key,
+            )

@@ -28,6 +28,7 @@ import httpx
 import msgspec
 
 from llmrelay._structured import instruction, schema_of, with_instruction
+from llmrelay._transport import Events
 from llmrelay._types import (
     ChatChunk,
     ChatRequest,
@@ -46,7 +47,7 @@ from llmrelay.errors import ConfigError
 from llmrelay.providers._base import ProviderAdapter
 from llmrelay.providers._errors import error_from_payload, response_error
 from llmrelay.providers._registry import UNKNOWN_MODEL, capabilities
-from llmrelay.providers._sse import SSEDecoder
+from llmrelay.providers._sse import FramedDecoder
 
 __all__ = ["OpenAIAdapter"]
 
@@ -182,24 +183,6 @@ def _wire_choice(raw: _Choice, position: int) -> Choice:
     )
 
 
-def _usage(u: Any) -> Usage:
-    if not isinstance(u, dict):
-        return Usage()
-    prompt = u.get("prompt_tokens") or 0
-    completion = u.get("completion_tokens") or 0
-    details = u.get("prompt_tokens_details")
-    cached = details.get("cached_tokens") if isinstance(details, dict) else None
-    out = u.get("completion_tokens_details")
-    thought = out.get("reasoning_tokens") if isinstance(out, dict) else None
-    return Usage(
-        prompt_tokens=prompt,
-        completion_tokens=completion,
-        total_tokens=u.get("total_tokens") or prompt + completion,
-        cached_tokens=cached if isinstance(cached, int) else None,
-        reasoning_tokens=thought if isinstance(thought, int) else None,
-    )
-
-
 def openai_message(msg: Message, reasoning: bool) -> dict[str, Any]:
     """A message as the Chat Completions API takes it: no ``thinking_blocks`` or
     ``cache_control`` (Anthropic's), ``reasoning_content`` only when ``reasoning``
@@ -226,13 +209,6 @@ def _plain_message(m: Message) -> bool:
     if m.reasoning is not None or m.reasoning_blocks or m.cache_control is not None:
         return False
     return not isinstance(m.content, list) or all(p.cache_control is None for p in m.content)
-
-
-def _logprobs(raw: Any) -> list[TokenLogprob] | None:
-    """A choice's ``logprobs.content`` as typed structs (None when not asked for)."""
-    if not isinstance(raw, dict) or raw.get("content") is None:
-        return None
-    return msgspec.convert(raw["content"], list[TokenLogprob])
 
 
 def _vector(raw: list[float] | str) -> list[float]:
@@ -428,83 +404,102 @@ class OpenAIAdapter(ProviderAdapter):
             ) from None
 
 
-class _OpenAIStream:
-    """Decodes ``chat.completion.chunk`` SSE events up to ``data: [DONE]``."""
+class _DeltaFunction(msgspec.Struct, gc=False):
+    name: str | None = None
+    arguments: str | None = None
 
-    __slots__ = ("_adapter", "_model", "_sse", "done")
 
-    def __init__(self, adapter: OpenAIAdapter, model: str) -> None:
-        self._adapter = adapter
-        self._model = model
-        self._sse = SSEDecoder()
-        self.done = False
+class _DeltaCall(msgspec.Struct):
+    index: int = 0
+    id: str | None = None
+    function: _DeltaFunction | None = None
 
-    def feed(self, data: bytes) -> list[ChatChunk]:
-        return self._events(self._sse.feed(data))
 
-    def close(self) -> list[ChatChunk]:
-        return self._events(self._sse.close())
+class _Delta(msgspec.Struct):
+    content: str | None = None
+    tool_calls: list[_DeltaCall] | None = None
+    #: DeepSeek, llama.cpp and most OpenAI-compatible servers; vLLM calls it ``reasoning``
+    reasoning_content: str | None = None
+    reasoning: str | None = None
 
-    def _events(self, events: list[Any]) -> list[ChatChunk]:
+
+class _ChunkChoice(msgspec.Struct):
+    delta: _Delta | None = None
+    finish_reason: str | None = None
+    logprobs: _Logprobs | None = None
+
+
+class _CompletionChunk(msgspec.Struct):
+    """One ``chat.completion.chunk`` event (or an ``{"error": ...}`` event)."""
+
+    choices: list[_ChunkChoice] | None = None
+    id: str | None = None
+    model: str | None = None
+    usage: _Usage | None = None
+    error: Any = msgspec.UNSET
+
+
+_CHUNK = msgspec.json.Decoder(_CompletionChunk)
+
+
+class _OpenAIStream(FramedDecoder):
+    """Decodes ``chat.completion.chunk`` SSE events up to ``data: [DONE]``, each with a
+    typed struct in one step."""
+
+    __slots__ = ()
+
+    framing = "sse"
+
+    def events(self, batch: Events) -> list[ChatChunk]:
         out: list[ChatChunk] = []
-        for ev in events:
+        for _, data in batch:
             if self.done:
                 break
-            if ev.data == "[DONE]":
+            if data == b"[DONE]":
                 self.done = True
                 break
-            chunk = self._chunk(ev.data)
+            chunk = self._chunk(data)
             if chunk is not None:
                 out.append(chunk)
         return out
 
-    def _chunk(self, text: str) -> ChatChunk | None:
-        adapter = self._adapter
+    def _chunk(self, data: bytes) -> ChatChunk | None:
         try:
-            data = _decode(text)
+            ev = _CHUNK.decode(data)
+        except msgspec.ValidationError as exc:
+            self._raise_error_event(data)
+            raise self.bad(f"stream event has a wrong shape ({exc})") from None
         except (msgspec.DecodeError, UnicodeDecodeError):
-            raise response_error(
-                "stream event is not valid JSON", adapter.deployment, self._model
-            ) from None
-        if not isinstance(data, dict):
-            raise response_error("stream event is not an object", adapter.deployment, self._model)
-        if "error" in data:
-            raise error_from_payload(
-                None, data, provider=adapter.deployment, model=self._model, secret=adapter._api_key
-            )
-        try:
-            usage = _usage(data["usage"]) if data.get("usage") else None
-            choices = data.get("choices") or ()
-            text_delta = ""
-            reasoning = None
-            finish = None
-            deltas: list[ToolCallDelta] = []
-            logprobs = None
-            if choices:
-                choice = choices[0]
-                delta = choice.get("delta") or {}
-                text_delta = delta.get("content") or ""
-                reasoning = delta.get("reasoning_content") or delta.get("reasoning") or None
-                finish = choice.get("finish_reason")
-                logprobs = _logprobs(choice.get("logprobs"))
-                for tc in delta.get("tool_calls") or ():
-                    fn = tc.get("function") or {}
+            raise self.bad("stream event is not valid JSON") from None
+        if ev.error is not msgspec.UNSET:
+            self._raise_error_event(data)
+        text = ""
+        reasoning = None
+        finish = None
+        deltas: list[ToolCallDelta] = []
+        logprobs = None
+        if ev.choices:
+            choice = ev.choices[0]
+            finish = choice.finish_reason
+            if choice.logprobs is not None:
+                logprobs = choice.logprobs.content
+            delta = choice.delta
+            if delta is not None:
+                text = delta.content or ""
+                reasoning = delta.reasoning_content or delta.reasoning or None
+                for tc in delta.tool_calls or ():
+                    fn = tc.function
                     deltas.append(
                         ToolCallDelta(
-                            index=int(tc.get("index", 0)),
-                            id=tc.get("id"),
-                            name=fn.get("name"),
-                            arguments_delta=fn.get("arguments") or "",
+                            index=tc.index,
+                            id=tc.id,
+                            name=fn.name if fn is not None else None,
+                            arguments_delta=(fn.arguments or "") if fn is not None else "",
                         )
                     )
-        except (KeyError, IndexError, TypeError, AttributeError, ValueError) as exc:
-            raise response_error(
-                f"stream event has a wrong shape ({type(exc).__name__})",
-                adapter.deployment,
-                self._model,
-            ) from None
+        usage = _wire_usage(ev.usage) if ev.usage is not None else None
         if (
-            not text_delta
+            not text
             and not deltas
             and finish is None
             and usage is None
@@ -513,13 +508,29 @@ class _OpenAIStream:
         ):
             return None
         return ChatChunk(
-            text=text_delta,
+            text=text,
             tool_calls=deltas,
             finish_reason=finish,
             usage=usage,
-            model=data.get("model"),
-            provider=adapter.deployment,
-            id=data.get("id"),
+            model=ev.model,
+            provider=self._adapter.deployment,
+            id=ev.id,
             logprobs=logprobs,
             reasoning=reasoning,
         )
+
+    def _raise_error_event(self, data: bytes) -> None:
+        """Raise the typed error of an ``{"error": ...}`` event (else return)."""
+        try:
+            payload = _decode(data)
+        except (msgspec.DecodeError, UnicodeDecodeError):
+            return
+        if isinstance(payload, dict) and "error" in payload:
+            adapter = self._adapter
+            raise error_from_payload(
+                None,
+                payload,
+                provider=adapter.deployment,
+                model=self._model,
+                secret=adapter._api_key,
+            )

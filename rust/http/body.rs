@@ -6,6 +6,11 @@
 //! buffered so far (up to a cap) at once, or registers a waiter that the pump
 //! calls with the next coalesced piece. So an SSE stream costs one crossing per
 //! burst of network data, never one per line or byte.
+//!
+//! A body started with a [`Framing`] is framed by the pump, as it arrives, into
+//! whole SSE / NDJSON events ([`super::sse`]); its reader asks with
+//! [`BodyStream::next_events_or_wait`] and gets every whole event buffered so
+//! far (up to a count) at once. A partial event never crosses.
 
 use std::collections::VecDeque;
 use std::future::poll_fn;
@@ -21,7 +26,8 @@ use parking_lot::Mutex;
 use tokio::sync::Notify;
 use tokio::task::AbortHandle;
 
-use crate::http::{classify_body_error, HttpError, HttpErrorKind};
+use super::sse::{Event, Framer, Framing};
+use super::{classify_body_error, HttpError, HttpErrorKind};
 
 /// Buffered bytes above which the pump stops reading until the reader drains.
 pub const HIGH_WATER: usize = 256 * 1024;
@@ -35,13 +41,28 @@ pub type Chunk = Result<Bytes, HttpError>;
 /// A callback that receives the next piece when none was ready.
 pub type Waiter = Box<dyn FnOnce(Chunk) + Send>;
 
+/// What a reader of a framed body gets: whole events, none at the end, or the error.
+pub type Batch = Result<Vec<Event>, HttpError>;
+
+/// A callback that receives the next events when none were ready.
+pub type EventWaiter = Box<dyn FnOnce(Batch) + Send>;
+
+/// A reader waiting for bytes (at most that many) or events (at most that many).
+enum Pending {
+    Bytes(usize, Waiter),
+    Events(usize, EventWaiter),
+}
+
 #[derive(Default)]
 struct State {
     queue: VecDeque<Bytes>,
+    /// Whole events of a framed body, not yet read.
+    events: VecDeque<Event>,
+    /// Bytes of `queue` and `events`.
     buffered: usize,
     /// `Some` once the body ended (`Ok`) or failed.
     end: Option<Result<(), HttpError>>,
-    waiter: Option<(usize, Waiter)>,
+    waiter: Option<Pending>,
 }
 
 impl State {
@@ -90,6 +111,21 @@ impl State {
             None => None,
         }
     }
+
+    /// Up to `max` whole events if any are ready now (none: the end).
+    fn ready_events(&mut self, max: usize) -> Option<Batch> {
+        if !self.events.is_empty() {
+            let n = self.events.len().min(max.max(1));
+            let batch: Vec<Event> = self.events.drain(..n).collect();
+            self.buffered -= batch.iter().map(Event::size).sum::<usize>();
+            return Some(Ok(batch));
+        }
+        match &self.end {
+            Some(Ok(())) => Some(Ok(Vec::new())),
+            Some(Err(e)) => Some(Err(e.clone())),
+            None => None,
+        }
+    }
 }
 
 /// The part shared by the pump and the reader.
@@ -110,6 +146,18 @@ impl Shared {
         self.wake(st);
     }
 
+    fn push_events(&self, events: Vec<Event>) {
+        if events.is_empty() {
+            return;
+        }
+        let mut st = self.state.lock();
+        for ev in events {
+            st.buffered += ev.size();
+            st.events.push_back(ev);
+        }
+        self.wake(st);
+    }
+
     fn finish(&self, end: Result<(), HttpError>) {
         let mut st = self.state.lock();
         if st.end.is_none() {
@@ -120,15 +168,24 @@ impl Shared {
 
     /// Hand the next piece to a waiting reader, outside the lock.
     fn wake(&self, mut st: parking_lot::MutexGuard<'_, State>) {
-        if let Some((max, waiter)) = st.waiter.take() {
-            match st.ready(max) {
+        match st.waiter.take() {
+            None => {}
+            Some(Pending::Bytes(max, waiter)) => match st.ready(max) {
                 Some(chunk) => {
                     drop(st);
                     self.space.notify_one();
                     waiter(chunk);
                 }
-                None => st.waiter = Some((max, waiter)),
-            }
+                None => st.waiter = Some(Pending::Bytes(max, waiter)),
+            },
+            Some(Pending::Events(max, waiter)) => match st.ready_events(max) {
+                Some(batch) => {
+                    drop(st);
+                    self.space.notify_one();
+                    waiter(batch);
+                }
+                None => st.waiter = Some(Pending::Events(max, waiter)),
+            },
         }
     }
 }
@@ -137,6 +194,7 @@ impl Shared {
 pub struct BodyStream {
     shared: Arc<Shared>,
     pump: AbortHandle,
+    framing: Option<Framing>,
 }
 
 impl BodyStream {
@@ -146,18 +204,39 @@ impl BodyStream {
         body: Incoming,
         idle_timeout: Option<Duration>,
     ) -> Self {
+        Self::spawn_framed(rt, body, idle_timeout, None)
+    }
+
+    /// Start pumping `body` on `rt`, framed into events when `framing` is given.
+    pub fn spawn_framed(
+        rt: &tokio::runtime::Handle,
+        body: Incoming,
+        idle_timeout: Option<Duration>,
+        framing: Option<Framing>,
+    ) -> Self {
         let shared = Arc::new(Shared::default());
-        let task = rt.spawn(pump(body, shared.clone(), idle_timeout));
+        let framer = framing.map(Framer::new);
+        let task = rt.spawn(pump(body, shared.clone(), idle_timeout, framer));
         BodyStream {
             shared,
             pump: task.abort_handle(),
+            framing,
         }
+    }
+
+    /// How the body is framed (`None`: read as bytes).
+    pub fn framing(&self) -> Option<Framing> {
+        self.framing
     }
 
     /// Everything buffered (up to `max` bytes) now, `Ok(empty)` at the end, the
     /// error if the body failed; or `None` after registering `waiter`, which
     /// then receives the next piece from the runtime.
     pub fn next_or_wait(&self, max: usize, waiter: Waiter) -> Option<Chunk> {
+        if self.framing.is_some() {
+            let msg = "the body is framed into events: read it with next_events";
+            return Some(Err(HttpError::new(HttpErrorKind::InvalidRequest, msg)));
+        }
         let mut st = self.shared.state.lock();
         if let Some(chunk) = st.ready(max) {
             drop(st);
@@ -170,7 +249,31 @@ impl BodyStream {
                 "the body is already being read",
             )));
         }
-        st.waiter = Some((max, waiter));
+        st.waiter = Some(Pending::Bytes(max, waiter));
+        None
+    }
+
+    /// Every whole event buffered (up to `max`) now, an empty batch at the end,
+    /// the error if the body failed; or `None` after registering `waiter`, which
+    /// then receives the next events from the runtime.
+    pub fn next_events_or_wait(&self, max: usize, waiter: EventWaiter) -> Option<Batch> {
+        if self.framing.is_none() {
+            let msg = "the body is not framed: read it with next_chunk";
+            return Some(Err(HttpError::new(HttpErrorKind::InvalidRequest, msg)));
+        }
+        let mut st = self.shared.state.lock();
+        if let Some(batch) = st.ready_events(max) {
+            drop(st);
+            self.shared.space.notify_one();
+            return Some(batch);
+        }
+        if st.waiter.is_some() {
+            return Some(Err(HttpError::new(
+                HttpErrorKind::InvalidRequest,
+                "the body is already being read",
+            )));
+        }
+        st.waiter = Some(Pending::Events(max, waiter));
         None
     }
 
@@ -195,7 +298,12 @@ impl Drop for BodyStream {
     }
 }
 
-async fn pump(mut body: Incoming, shared: Arc<Shared>, idle_timeout: Option<Duration>) {
+async fn pump(
+    mut body: Incoming,
+    shared: Arc<Shared>,
+    idle_timeout: Option<Duration>,
+    mut framer: Option<Framer>,
+) {
     loop {
         while shared.state.lock().buffered >= HIGH_WATER {
             shared.space.notified().await;
@@ -213,6 +321,15 @@ async fn pump(mut body: Incoming, shared: Arc<Shared>, idle_timeout: Option<Dura
         };
         match frame {
             None => {
+                if let Some(framer) = framer.as_mut() {
+                    match frame_batch(framer, &[], true) {
+                        Ok(events) => shared.push_events(events),
+                        Err(e) => {
+                            shared.finish(Err(e));
+                            return;
+                        }
+                    }
+                }
                 shared.finish(Ok(()));
                 return;
             }
@@ -221,8 +338,17 @@ async fn pump(mut body: Incoming, shared: Arc<Shared>, idle_timeout: Option<Dura
                 if let Ok(data) = frame.into_data() {
                     batch.push(data);
                 }
-                let end = gather(&mut body, &mut batch).await;
-                shared.push_all(batch);
+                let mut end = gather(&mut body, &mut batch).await;
+                match framer.as_mut() {
+                    None => shared.push_all(batch),
+                    Some(framer) => {
+                        let framed = frame_batch(framer, &batch, matches!(end, Some(Ok(()))));
+                        match framed {
+                            Ok(events) => shared.push_events(events),
+                            Err(e) => end = Some(Err(e)),
+                        }
+                    }
+                }
                 if let Some(end) = end {
                     shared.finish(end);
                     return;
@@ -234,6 +360,22 @@ async fn pump(mut body: Incoming, shared: Arc<Shared>, idle_timeout: Option<Dura
             }
         }
     }
+}
+
+/// The events `batch` completes (and, at the `end`, what the rest completes).
+fn frame_batch(framer: &mut Framer, batch: &[Bytes], end: bool) -> Result<Vec<Event>, HttpError> {
+    let mut events = Vec::new();
+    let too_long = |_| {
+        let msg = format!("a stream event exceeds {} bytes", super::sse::MAX_EVENT);
+        HttpError::new(HttpErrorKind::Protocol, msg)
+    };
+    for data in batch {
+        framer.feed(data, &mut events).map_err(too_long)?;
+    }
+    if end {
+        framer.finish(&mut events).map_err(too_long)?;
+    }
+    Ok(events)
 }
 
 /// Gather the frames that are ready now into `batch`, so the reader is woken
@@ -320,5 +462,29 @@ mod tests {
         };
         assert_eq!(st.ready(10).unwrap().unwrap_err().kind, HttpErrorKind::Read);
         assert!(State::default().ready(10).is_none());
+    }
+
+    #[test]
+    fn ready_events_caps_the_batch_and_counts_bytes() {
+        let mut st = State::default();
+        for data in [&b"one"[..], b"two", b"three"] {
+            let ev = Event {
+                event: Bytes::from_static(b"message"),
+                data: Bytes::copy_from_slice(data),
+            };
+            st.buffered += ev.size();
+            st.events.push_back(ev);
+        }
+        let first = st.ready_events(2).unwrap().unwrap();
+        assert_eq!(first.len(), 2);
+        assert_eq!(st.buffered, 7 + 5);
+        assert!(st.ready_events(0).unwrap().unwrap().len() == 1); // at least one
+        assert_eq!(st.buffered, 0);
+        assert!(st.ready_events(2).is_none());
+        st.end = Some(Err(HttpError::new(HttpErrorKind::Read, "reset")));
+        assert_eq!(
+            st.ready_events(2).unwrap().unwrap_err().kind,
+            HttpErrorKind::Read
+        );
     }
 }

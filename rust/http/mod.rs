@@ -6,8 +6,10 @@
 //! [`spawn`](HttpClient::spawn)ed with a callback that receives the whole
 //! [`Reply`]: small bodies (known length up to [`FULL_BODY_LIMIT`]) are read
 //! completely before the callback runs, so a chat completion costs one
-//! crossing into Python; longer or open-ended bodies (SSE) come as a
-//! [`BodyStream`].
+//! crossing into Python; longer or open-ended bodies come as a
+//! [`BodyStream`]. A request sent with a [`Framing`] (SSE or NDJSON) gets its
+//! successful (2xx) body as a stream framed into whole events on the runtime
+//! ([`sse`]), whatever its length.
 
 use std::error::Error as StdError;
 use std::fmt;
@@ -27,9 +29,13 @@ use parking_lot::Mutex;
 use tokio::task::AbortHandle;
 
 use crate::error::{positive, Result};
-use crate::http_body::BodyStream;
 use crate::runtime;
 
+pub mod body;
+pub mod sse;
+
+use body::BodyStream;
+use sse::Framing;
 /// Bodies with a declared length up to this many bytes are read whole.
 pub const FULL_BODY_LIMIT: u64 = 1 << 20;
 
@@ -236,7 +242,7 @@ impl HttpClient {
     where
         F: FnOnce(std::result::Result<Reply, HttpError>) + Send + 'static,
     {
-        let (rt, job) = self.prepare(req, read_timeout, None, done)?;
+        let (rt, job) = self.prepare(req, read_timeout, None, None, done)?;
         Ok(rt.spawn(job).abort_handle())
     }
 
@@ -246,11 +252,13 @@ impl HttpClient {
     /// `body_idle` bounds each wait for a piece of a streamed body (default:
     /// `read_timeout`); it is timed here, where the bytes arrive, so a stall of
     /// the reader's thread (a GC pause) never counts as the provider's silence.
+    /// With `framing`, a 2xx body is always streamed, framed into events.
     pub fn prepare<F>(
         &self,
         req: Request<Full<Bytes>>,
         read_timeout: Option<Duration>,
         body_idle: Option<Duration>,
+        framing: Option<Framing>,
         done: F,
     ) -> std::result::Result<(tokio::runtime::Handle, Job), HttpError>
     where
@@ -264,7 +272,7 @@ impl HttpClient {
         let inner = rt.clone();
         let job = Box::pin(async move {
             let mut guard = guard;
-            let result = execute(pool, req, read_timeout, body_idle, &inner).await;
+            let result = execute(pool, req, read_timeout, body_idle, framing, &inner).await;
             if let Some(done) = guard.0.take() {
                 done(result);
             }
@@ -281,7 +289,23 @@ impl HttpClient {
         let pid = std::process::id();
         let rt = runtime::handle_for(pid)
             .map_err(|e| HttpError::new(HttpErrorKind::Internal, e.to_string()))?;
-        execute(self.pool(pid), req, read_timeout, None, &rt).await
+        execute(self.pool(pid), req, read_timeout, None, None, &rt).await
+    }
+
+    /// Send `req` and wait for the reply, its 2xx body framed into events
+    /// (for Rust callers and tests).
+    pub async fn send_framed(
+        &self,
+        req: Request<Full<Bytes>>,
+        read_timeout: Option<Duration>,
+        body_idle: Option<Duration>,
+        framing: Framing,
+    ) -> std::result::Result<Reply, HttpError> {
+        let pid = std::process::id();
+        let rt = runtime::handle_for(pid)
+            .map_err(|e| HttpError::new(HttpErrorKind::Internal, e.to_string()))?;
+        let pool = self.pool(pid);
+        execute(pool, req, read_timeout, body_idle, Some(framing), &rt).await
     }
 }
 
@@ -357,6 +381,7 @@ async fn execute(
     req: Request<Full<Bytes>>,
     read_timeout: Option<Duration>,
     body_idle: Option<Duration>,
+    framing: Option<Framing>,
     rt: &tokio::runtime::Handle,
 ) -> std::result::Result<Reply, HttpError> {
     let sent = pool.request(req);
@@ -371,15 +396,18 @@ async fn execute(
     }
     .map_err(|e| classify_client_error(&e))?;
     let (parts, body) = resp.into_parts();
-    let whole = body.is_end_stream()
-        || body
-            .size_hint()
-            .exact()
-            .is_some_and(|n| n <= FULL_BODY_LIMIT);
+    let framing = framing.filter(|_| parts.status.is_success());
+    let whole = framing.is_none()
+        && (body.is_end_stream()
+            || body
+                .size_hint()
+                .exact()
+                .is_some_and(|n| n <= FULL_BODY_LIMIT));
     let body = if whole {
         ReplyBody::Full(read_all(body, read_timeout).await?)
     } else {
-        ReplyBody::Stream(BodyStream::spawn(rt, body, body_idle.or(read_timeout)))
+        let idle = body_idle.or(read_timeout);
+        ReplyBody::Stream(BodyStream::spawn_framed(rt, body, idle, framing))
     };
     Ok(Reply {
         status: parts.status.as_u16(),
@@ -481,5 +509,4 @@ pub(crate) fn classify_body_error(e: &hyper::Error) -> HttpError {
 }
 
 #[cfg(test)]
-#[path = "http_tests.rs"]
 mod tests;

@@ -6,8 +6,8 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use super::body::Chunk;
 use super::*;
-use crate::http_body::Chunk;
 
 /// Read one request head (and a Content-Length body); `None` at EOF.
 async fn read_request(sock: &mut TcpStream) -> Option<(String, Vec<u8>)> {
@@ -216,4 +216,131 @@ fn aborted_request_reports_once_and_bad_input_is_named() {
     assert!(e.message.starts_with("method"), "{e}");
     assert!(HttpConfig::new(0.0, 1.0, 1, true).is_err());
     assert!(HttpConfig::new(1.0, f64::NAN, 1, true).is_err());
+}
+
+/// Every event of a framed body, read until the end (or the error).
+fn read_events(stream: &body::BodyStream) -> (Vec<sse::Event>, Option<HttpError>) {
+    let mut events = Vec::new();
+    for _ in 0..10_000 {
+        let (tx, rx) = mpsc::channel::<body::Batch>();
+        let batch = match stream.next_events_or_wait(2, Box::new(move |b| tx.send(b).unwrap())) {
+            Some(b) => b,
+            None => rx.recv_timeout(Duration::from_secs(5)).unwrap(),
+        };
+        match batch {
+            Ok(b) if b.is_empty() => return (events, None),
+            Ok(b) => {
+                assert!(b.len() <= 2, "a batch is capped at the asked count");
+                events.extend(b)
+            }
+            Err(e) => return (events, Some(e)),
+        }
+    }
+    panic!("the stream never ended")
+}
+
+#[test]
+fn sse_body_is_framed_into_whole_events_across_chunks() {
+    let base = rt().block_on(serve(|mut sock| async move {
+        read_request(&mut sock).await.unwrap();
+        // a Content-Length reply: framed and streamed anyway
+        let wire =
+            b"data: {\"a\":1}\r\n\r\nevent: x\ndata: 2\n\ndata: 3\n\ndata: [DONE]\n\ndata: cut";
+        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", wire.len());
+        sock.write_all(head.as_bytes()).await.unwrap();
+        for piece in wire.chunks(3) {
+            sock.write_all(piece).await.unwrap();
+            sock.flush().await.unwrap();
+        }
+    }));
+    let client = HttpClient::new(HttpConfig::default());
+    let reply = rt()
+        .block_on(client.send_framed(get(&base), None, None, sse::Framing::Sse))
+        .unwrap();
+    let ReplyBody::Stream(stream) = reply.body else {
+        panic!("a framed 2xx body always streams")
+    };
+    let mut out = Vec::new();
+    assert!(stream.next_or_wait(10, Box::new(|_| {})).unwrap().is_err());
+    let (events, err) = read_events(&stream);
+    assert!(err.is_none(), "{err:?}");
+    for e in &events {
+        out.push((e.event.clone(), e.data.clone()));
+    }
+    let want: Vec<(&[u8], &[u8])> = vec![
+        (b"message", b"{\"a\":1}"),
+        (b"x", b"2"),
+        (b"message", b"3"),
+        (b"message", b"[DONE]"),
+    ];
+    let got: Vec<(&[u8], &[u8])> = out.iter().map(|(e, d)| (&e[..], &d[..])).collect();
+    assert_eq!(got, want, "the partial event at the end is not dispatched");
+}
+
+#[test]
+fn framed_error_reply_is_read_whole_and_ndjson_cut_is_an_error() {
+    let base = rt().block_on(serve(|mut sock| async move {
+        let (head, _) = read_request(&mut sock).await.unwrap();
+        if head.starts_with("GET /err") {
+            let reply = "HTTP/1.1 429 Too Many\r\nContent-Length: 2\r\n\r\n{}";
+            sock.write_all(reply.as_bytes()).await.unwrap();
+            return;
+        }
+        sock.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .await
+            .unwrap();
+        sock.write_all(b"9\r\n{\"a\":1}\n{\r\n").await.unwrap();
+        sock.flush().await.unwrap();
+        // closed mid-body, without the last chunk
+    }));
+    let client = HttpClient::new(HttpConfig::default());
+    let framed = |path: &str| {
+        rt().block_on(client.send_framed(
+            get(&format!("{base}{path}")),
+            None,
+            None,
+            sse::Framing::Ndjson,
+        ))
+    };
+    let reply = framed("/err").unwrap();
+    assert_eq!(reply.status, 429);
+    assert!(matches!(reply.body, ReplyBody::Full(ref b) if &b[..] == b"{}"));
+    let reply = framed("/ok").unwrap();
+    let ReplyBody::Stream(stream) = reply.body else {
+        panic!("a framed 2xx body always streams")
+    };
+    let (events, err) = read_events(&stream);
+    assert_eq!(events.len(), 1);
+    assert_eq!(&events[0].data[..], b"{\"a\":1}");
+    let err = err.expect("a cut body is an error, its partial line dropped");
+    assert!(
+        matches!(err.kind, HttpErrorKind::Protocol | HttpErrorKind::Read),
+        "{err}"
+    );
+}
+
+#[test]
+fn framed_body_idle_gap_is_a_read_timeout() {
+    let base = rt().block_on(serve(|mut sock| async move {
+        read_request(&mut sock).await.unwrap();
+        sock.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .await
+            .unwrap();
+        sock.write_all(b"8\r\ndata: a\n\r\n1\r\n\n\r\n")
+            .await
+            .unwrap();
+        sock.flush().await.unwrap();
+        tokio::time::sleep(Duration::from_secs(30)).await;
+    }));
+    let client = HttpClient::new(HttpConfig::default());
+    let idle = Some(Duration::from_millis(100));
+    let reply = rt()
+        .block_on(client.send_framed(get(&base), None, idle, sse::Framing::Sse))
+        .unwrap();
+    let ReplyBody::Stream(stream) = reply.body else {
+        panic!("a framed 2xx body always streams")
+    };
+    let (events, err) = read_events(&stream);
+    assert_eq!(events.len(), 1);
+    assert_eq!(err.map(|e| e.kind), Some(HttpErrorKind::ReadTimeout));
 }
