@@ -17,6 +17,7 @@
 
 pub mod cache;
 pub mod client;
+pub mod dedup;
 pub mod scripts;
 
 use std::collections::HashMap;
