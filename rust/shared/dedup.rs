@@ -2,12 +2,13 @@
 //! before calling the provider, so one process in the cluster makes the call
 //! and the others take its result.
 //!
-//! - [`SharedDedup::join`] runs one script: a stored result answers at once
-//!   ([`Joined::Done`]); else `SET lease token NX PX` makes this process the
-//!   leader ([`Joined::Lead`], whose [`Lease`] is renewed on the runtime while
-//!   the call runs); else the lease is held elsewhere and this process waits.
-//! - The leader's [`Lease::complete`] stores the (sealed) result for a short
-//!   while, drops the lease and, when someone waits, `PUBLISH`es a notice.
+//! - [`SharedDedup::join`] runs one script: `SET lease token NX PX` makes
+//!   this process the leader ([`Joined::Lead`], whose [`Lease`] is renewed on the runtime while
+//!   the call runs); else the lease is held elsewhere and this process waits
+//!   (and marks the request as waited on). Once waiting, a join first takes
+//!   the stored result ([`Joined::Done`]); a new call never gets an old one.
+//! - The leader's [`Lease::complete`] drops the lease and, when someone waits,
+//!   stores the (sealed) result for a short while and `PUBLISH`es a notice.
 //!   [`Lease::abandon`] (or dropping the lease) drops it and tells the waiters.
 //! - Waiting processes listen on one pattern subscription per process (not
 //!   one per call), started at the first wait; each notice wakes that key's
@@ -46,13 +47,16 @@ const LISTEN_BACKOFF: Duration = Duration::from_millis(100);
 /// The longest a listener connect may take.
 const LISTEN_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// One join: wins the lease, takes a stored result, or finds the lease held.
+/// One join: takes a stored result (only a caller that waited: a new call is
+/// never answered by an old result), wins the lease, or finds it held.
 ///
-/// KEYS: lease, result, waiting flag. ARGV: token, lease_ms, flag_ms.
+/// KEYS: lease, result, waiting flag. ARGV: token, lease_ms, flag_ms, waited (0/1).
 /// Returns `{1, ''}` (lead), `{2, result}` (done) or `{0, pttl_ms}` (held).
 pub const JOIN: &str = r#"
-local r = redis.call('GET', KEYS[2])
-if r then return {2, r} end
+if ARGV[4] == '1' then
+  local r = redis.call('GET', KEYS[2])
+  if r then return {2, r} end
+end
 if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return {1, ''} end
 redis.call('SET', KEYS[3], '1', 'PX', ARGV[3])
 return {0, redis.call('PTTL', KEYS[1])}
@@ -69,14 +73,15 @@ end
 return 0
 "#;
 
-/// Store the result, drop the lease (if still ours) and tell any waiter.
+/// Drop the lease (if still ours) and, when someone waits, store the result
+/// for them and tell them. Nobody waiting: nothing is stored.
 ///
 /// KEYS: lease, result, waiting flag. ARGV: token, result, result_ttl_ms,
 /// channel. Returns 1 when a notice was published.
 pub const DONE: &str = r#"
 if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
-redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
 if redis.call('DEL', KEYS[3]) == 1 then
+  redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
   redis.call('PUBLISH', ARGV[4], '1')
   return 1
 end
@@ -282,6 +287,7 @@ impl SharedDedup {
                 token.clone(),
                 self.lease_ms.to_string(),
                 (self.lease_ms * 2).to_string(),
+                if registered.is_some() { "1" } else { "0" }.to_string(),
             ];
             let k = [keys.lease.clone(), keys.result.clone(), keys.flag.clone()];
             let step = match self.conn.eval(&self.scripts.join, &k, &args).await {
