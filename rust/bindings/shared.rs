@@ -259,8 +259,9 @@ impl PySharedCache {
     }
 
     /// Look `key` up; `future` gets `(value, ttl_s or None)` or `None` (a miss).
-    fn get(&self, completions: &PyCompletions, future: Py<PyAny>, key: Vec<u8>) -> PyResult<()> {
+    fn get(&self, completions: &PyCompletions, future: Py<PyAny>, key: &[u8]) -> PyResult<()> {
         let cache = self.inner.clone();
+        let key = key.to_vec();
         let job = async move { Ok(cache.get(&key).await) };
         spawn(completions, future, job, lookup_obj)
     }
@@ -268,8 +269,8 @@ impl PySharedCache {
     /// Queue a write of `value` under `key` and return at once; False when
     /// dropped (too many writes in flight).
     #[pyo3(signature = (key, value, ttl_s = None))]
-    fn set(&self, key: Vec<u8>, value: Vec<u8>, ttl_s: Option<f64>) -> PyResult<bool> {
-        Ok(self.inner.set(key, value, ttl_s)?)
+    fn set(&self, key: &[u8], value: &[u8], ttl_s: Option<f64>) -> PyResult<bool> {
+        Ok(self.inner.set(key.to_vec(), value.to_vec(), ttl_s)?)
     }
 
     /// Wait (at most `timeout_s`) for queued writes; `future` gets the writes left.
@@ -356,10 +357,11 @@ impl PySharedDedup {
         &self,
         completions: &PyCompletions,
         future: Py<PyAny>,
-        key: Vec<u8>,
+        key: &[u8],
         max_wait_s: f64,
     ) -> PyResult<()> {
         let dedup = self.inner.clone();
+        let key = key.to_vec();
         let wait = Duration::from_secs_f64(max_wait_s.clamp(0.0, 86_400.0));
         let job = async move { Ok(dedup.join(&key, wait).await) };
         spawn(completions, future, job, joined_obj)
