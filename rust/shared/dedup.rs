@@ -449,18 +449,15 @@ async fn renew_loop(dedup: Weak<SharedDedup>, lease: String, token: String, ever
             return;
         };
         let args = [token.clone(), d.lease_ms.to_string()];
-        match d
+        // Renewed, or Redis did not answer: try again next time (the lease has
+        // two more renewals' worth of TTL). Lost (another holder): stop.
+        let renewed = d
             .conn
             .eval(&d.scripts.renew, std::slice::from_ref(&lease), &args)
-            .await
-        {
-            Ok(Value::Int(0)) => {
-                d.counters.leases_lost.fetch_add(1, Ordering::Relaxed);
-                return;
-            }
-            // Renewed, or Redis did not answer: try again next time (the lease
-            // has two more renewals' worth of TTL).
-            _ => {}
+            .await;
+        if let Ok(Value::Int(0)) = renewed {
+            d.counters.leases_lost.fetch_add(1, Ordering::Relaxed);
+            return;
         }
     }
 }
