@@ -246,7 +246,7 @@ def test_n_processes_asking_at_once_cause_one_provider_call(
 
 
 def test_a_leader_killed_mid_call_is_taken_over(redis: RedisServer, ns: str, fake: Any) -> None:
-    fake.latency_s = 4.0
+    fake.latency_s = 600.0  # the leader's call stays at the provider until it is killed
     q = SPAWN.Queue()
     config = cfg(redis, ns, fake, cache=False, lease_s=1.0)
     leader = run(ask, config, "Explain leases.", q)
@@ -254,14 +254,15 @@ def test_a_leader_killed_mid_call_is_taken_over(redis: RedisServer, ns: str, fak
     try:
         wait_until(lambda: fake.request_count == 1, "the leader's call at the provider")
         follower = run(ask, config, "Explain leases.", q)
-        # the follower found the lease held: it marked the request as waited on
+        # the follower found the lease held: it marks the request as waited on
         wait_until(lambda: redis.resp("KEYS", f"{ns}:*:w"), "the follower to wait")
+        fake.latency_s = 0.0  # the follower's own call (after the takeover) is answered
         os.kill(leader.pid, signal.SIGKILL)
         leader.join(WAIT_S)
         answer = get(q, "text")
     finally:
         reap(*(p for p in (leader, follower) if p is not None))
-    assert answer["pid"] == follower.pid
+    assert follower is not None and answer["pid"] == follower.pid
     assert answer["dedup"]["shared_takeovers"] == 1
     assert fake.request_count == 2  # the dead leader's call, and the follower's own
 
