@@ -25,7 +25,7 @@ import msgspec
 import pytest
 
 from llmrelay import LLMService, SharedStateConfig
-from llmrelay.errors import AuthenticationError, ConfigError
+from llmrelay.errors import AuthenticationError, ConfigError, DeadlineExceededError
 from llmrelay.testing import FakeProvider
 from redis_server import RedisServer, free_port
 from shared_tier_worker import QUESTION_KW, ask, service_config
@@ -284,6 +284,25 @@ async def test_a_leader_that_fails_hands_over_at_once(
         # taken over when the leader gave up, not when its 30 s lease ran out
         assert time.monotonic() - started < 15
         assert r.text and fake.request_count == 2
+
+
+async def test_a_waiter_is_bounded_by_its_deadline(redis: RedisServer, ns: str, fake: Any) -> None:
+    # two services in one process have two local dedup maps: two processes' worth
+    config = service_config(redis.url, ns, fake.base_url, cache=False, lease_s=30.0)
+    fake.latency_s = 6.0
+    async with LLMService(config) as a, LLMService(config) as b:
+        first = asyncio.create_task(a.achat("Slow one.", **QUESTION_KW))
+        end = time.monotonic() + WAIT_S
+        while fake.request_count == 0:
+            assert time.monotonic() < end
+            await asyncio.sleep(0.05)
+        started = time.monotonic()
+        with pytest.raises(DeadlineExceededError):
+            await b.achat("Slow one.", timeout=1.0, **QUESTION_KW)
+        assert 0.9 < time.monotonic() - started < 5.5  # its deadline, not the leader's call
+        assert (await first).text
+        assert b.metrics.snapshot().dedup["shared_timeouts"] == 1
+    assert fake.request_count == 1
 
 
 # ---- Redis absent or killed ------------------------------------------------------------------
