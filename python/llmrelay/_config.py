@@ -558,7 +558,9 @@ class SharedStateConfig(_Config, frozen=True):
     ``on_unavailable`` says what a limit check does when Redis does not answer
     within ``op_timeout_s``: ``"local_share"`` enforces the limit x 0.9 / live
     processes in each process, ``"closed"`` refuses, ``"open"`` admits. The
-    switches pick which state is shared.
+    switches pick which state is shared. ``dedup_lease_s`` is the TTL of a
+    cross-process dedup leader's lease (renewed every third of it while its call
+    runs): a leader that dies is taken over within about that long.
     """
 
     url: str
@@ -570,6 +572,7 @@ class SharedStateConfig(_Config, frozen=True):
     cache: bool = True
     breakers: bool = True
     dedup: bool = True
+    dedup_lease_s: float = 3.0
 
     def __repr__(self) -> str:
         fields = ", ".join(
@@ -580,6 +583,7 @@ class SharedStateConfig(_Config, frozen=True):
 
     def _validate(self) -> None:
         _num("op_timeout_s", self.op_timeout_s, gt=0, le=10)
+        _num("dedup_lease_s", self.dedup_lease_s, ge=0.05, le=3600)
         bad = ConfigError(
             f"invalid url={redact_url(self.url)!r}: must be a redis://, rediss:// or unix:// URL",
             field="url",

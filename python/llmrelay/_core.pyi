@@ -32,6 +32,9 @@ __all__ = [
     "PriorityScheduler",
     "RateLimiter",
     "RequestDeduplicator",
+    "SharedCache",
+    "SharedDedup",
+    "SharedLease",
     "SharedLimiter",
     "StreamFramer",
     "__version__",
@@ -529,3 +532,59 @@ class SharedLimiter:
     @property
     def on_unavailable(self) -> str: ...
     def stats(self) -> dict[str, Any]: ...
+
+@final
+class SharedCache:
+    """The shared cache tier on Redis: sealed (versioned, checksummed, zstd)
+    entries with a jittered TTL; every failure is a miss.
+
+    ``get`` and ``drain`` return at once; their result settles ``future``
+    through ``completions``. ``set`` queues the write and returns at once.
+    """
+
+    def __new__(
+        cls,
+        url: str,
+        *,
+        namespace: str = "llmrelay",
+        op_timeout_s: float = 0.025,
+        default_ttl_s: float = 86_400.0,
+    ) -> SharedCache: ...
+    def get(self, completions: Completions, future: Future[object], key: bytes) -> None: ...
+    def set(self, key: bytes, value: bytes, ttl_s: float | None = None) -> bool: ...
+    def drain(self, completions: Completions, future: Future[object], timeout_s: float) -> None: ...
+    def redis_key(self, key: bytes) -> str: ...
+    def stats(self) -> dict[str, int]: ...
+
+@final
+class SharedLease:
+    """A process's leadership of one request across processes (``SharedDedup.join``)."""
+
+    def complete(self, key: bytes, value: bytes) -> bool: ...
+    def abandon(self) -> bool: ...
+    @property
+    def settled(self) -> bool: ...
+
+@final
+class SharedDedup:
+    """Cross-process dedup on Redis: a renewable lease per request, the leader's
+    result stored and published, waiters woken by one subscription per process.
+
+    ``join``'s future gets ``("lead", SharedLease)``, ``("done", bytes)``,
+    ``("timeout", None)`` or ``("unavailable", None)``.
+    """
+
+    def __new__(
+        cls,
+        url: str,
+        *,
+        namespace: str = "llmrelay",
+        op_timeout_s: float = 0.025,
+        lease_s: float = 3.0,
+    ) -> SharedDedup: ...
+    def join(
+        self, completions: Completions, future: Future[object], key: bytes, max_wait_s: float
+    ) -> None: ...
+    @property
+    def lease_s(self) -> float: ...
+    def stats(self) -> dict[str, int]: ...

@@ -31,6 +31,7 @@ from llmrelay._orchestrator import AttemptHook, CallContext, RequestOrchestrator
 from llmrelay._pool import ProviderPool
 from llmrelay._pricing import PriceBook, zero_cost
 from llmrelay._selection import Candidate, Selector, honouring
+from llmrelay._shared_tiers import SharedCacheTier, SharedDedupTier
 from llmrelay._stages import (
     cache_control,
     cancel_task,
@@ -184,7 +185,24 @@ class Engine:
                 flush_every_ms=cc.flush_every_ms,
                 clock=clock,
             )
-            if cc.disk_path and not self.cache.disk_enabled:
+        sh = config.shared
+        self.shared_cache: SharedCacheTier | None = None
+        if sh is not None and sh.cache and cc.enabled:
+            self.shared_cache = SharedCacheTier(sh, cc.ttl_s)
+        self.shared_dedup: SharedDedupTier | None = None
+        if sh is not None and sh.dedup and config.dedup.enabled:
+            self.shared_dedup = SharedDedupTier(sh)
+        if self.cache is not None:
+            if cc.disk_path and not self.cache.disk_enabled and self.shared_cache is not None:
+                log.warning(
+                    "llmrelay: disk cache at %s disabled (%s); this process serves from its"
+                    " memory tier and the shared tier on Redis, so replies cached by the"
+                    " process that holds the disk are still hits here;"
+                    " metrics.snapshot().cache['disk_off_shared_serves'] is 1",
+                    cc.disk_path,
+                    self.cache.disk_error,
+                )
+            elif cc.disk_path and not self.cache.disk_enabled:
                 log.warning(
                     "llmrelay: disk cache at %s disabled (%s); this process uses the memory"
                     " tier only. Give each worker process its own disk_path (e.g. with its"
@@ -223,11 +241,12 @@ class Engine:
         if self.cache is not None and self.config.cache.disk_path and not self.closed:
             log.warning(
                 "llmrelay: process %d was forked from the process that opened the disk cache"
-                " at %s; this process uses the memory tier only. Give each worker its own"
+                " at %s; this process uses the memory tier%s only. Give each worker its own"
                 " disk_path, or build the LLMService after the fork (e.g. in gunicorn's"
                 " post_fork hook).",
                 os.getpid(),
                 self.config.cache.disk_path,
+                "" if self.shared_cache is None else " and the shared tier on Redis",
             )
 
     # ---- construction helpers --------------------------------------------------------------
@@ -262,19 +281,38 @@ class Engine:
         return {
             "breakers": breakers,
             "concurrency": concurrency,
-            "cache": dict(self.cache.stats()) if self.cache is not None else {},
-            "dedup": dict(self.dedup.stats()) if self.dedup is not None else {},
+            "cache": self._cache_stats(),
+            "dedup": self._dedup_stats(),
             "health": self.pool.health(),
             "limiter": limiter,
             "disk_tier": self._disk_state(),
         }
+
+    def _cache_stats(self) -> dict[str, int]:
+        if self.cache is None:
+            return {}
+        out = dict(self.cache.stats())
+        if self.shared_cache is not None:
+            out.update({f"shared_{k}": v for k, v in self.shared_cache.stats().items()})
+            off = bool(self.config.cache.disk_path) and not self.cache.disk_enabled
+            out["disk_off_shared_serves"] = int(off)
+        return out
+
+    def _dedup_stats(self) -> dict[str, int]:
+        out = dict(self.dedup.stats()) if self.dedup is not None else {}
+        if self.shared_dedup is not None:
+            out.update({f"shared_{k}": v for k, v in self.shared_dedup.stats().items()})
+        return out
 
     def _disk_state(self) -> dict[str, Any]:
         path = self.config.cache.disk_path
         if self.cache is None or not path:
             return {}
         enabled = bool(self.cache.disk_enabled)
-        return {"path": path, "enabled": enabled, "error": self.cache.disk_error}
+        state = {"path": path, "enabled": enabled, "error": self.cache.disk_error}
+        if not enabled and self.shared_cache is not None:
+            state["served_by"] = "memory+shared"
+        return state
 
     def check_open(self) -> None:
         """Raise if the service is closed."""
@@ -394,10 +432,36 @@ class Engine:
         value, error = p.structured.try_parse(resp.text)
         return None if error is not None else msgspec.structs.replace(resp, parsed=value)
 
+    async def shared_hit(self, p: Prepared) -> ChatResponse | None:
+        """The shared tier's answer (below memory and disk), filling the memory tier.
+        Redis away, slow, or a bad entry: a miss, within ``op_timeout_s``."""
+        tier = self.shared_cache
+        if tier is None or p.key is None or p.cc.refresh or p.mode == "write_only":
+            return None
+        got = await tier.get(p.key)
+        if got is None:
+            return None
+        raw, ttl_s = got
+        try:
+            resp = self._decoded_hit(p, raw)
+        except msgspec.DecodeError:
+            # sealed by us for this key, yet not a reply this version reads: a miss
+            self.metrics.core.incr(*self._series(p), "cache_undecodable.shared")
+            return None
+        if resp is None:  # does not validate into this structured call's model
+            return None
+        self.metrics.core.incr(*self._series(p), "cache_hits.shared")
+        if p.trace is not None:
+            p.trace.cache_hit("shared", resp)
+        self.cache.set(p.key, raw, ttl_s)
+        return resp
+
     def _count_miss(self, p: Prepared) -> None:
         tiers = [("cache_misses.memory", 1)]
         if self.cache.disk_enabled and not p.cc.refresh:
             tiers.append(("cache_misses.disk", 1))
+        if self.shared_cache is not None and not p.cc.refresh:
+            tiers.append(("cache_misses.shared", 1))
         self.metrics.core.record(*self._series(p), tiers, [])
 
     def replay_miss(self, p: Prepared) -> CacheMissError:
@@ -417,7 +481,7 @@ class Engine:
             f"cache mode 'replay': {detail} (model {p.model})", model=p.model, reason=why
         )
 
-    def _store(self, p: Prepared, resp: ChatResponse) -> None:
+    def _store(self, p: Prepared, resp: ChatResponse, *, shared: bool = True) -> None:
         if p.key is None or p.mode == "read_only" or p.mode == "replay":
             return
         if p.structured is not None and resp.parsed is None:
@@ -435,7 +499,15 @@ class Engine:
             parsed=None,
             cost=zero_cost(resp.cost),
         )  # ``parsed`` is rebuilt from the text on a hit, into the caller's own model
-        self.cache.set(p.key, self._encoder.encode(stored), p.cc.ttl_s)
+        raw = self._encoder.encode(stored)
+        self.cache.set(p.key, raw, p.cc.ttl_s)
+        # queued on the core's runtime: the reply does not wait for Redis
+        if (
+            shared
+            and self.shared_cache is not None
+            and not self.shared_cache.set(p.key, raw, p.cc.ttl_s)
+        ):
+            self.metrics.core.incr(*self._series(p), "cache_writes_dropped.shared")
         if p.trace is not None:
             p.trace.cache_stored(p.cc.ttl_s)
 
@@ -489,6 +561,8 @@ class Engine:
             hit = None if memory_checked else self.memory_hit(p)
             if hit is None:
                 hit = self._disk_hit(p)
+            if hit is None:
+                hit = await self.shared_hit(p)
             if hit is not None:
                 return hit
             self._count_miss(p)
@@ -549,7 +623,7 @@ class Engine:
                 return msgspec.structs.replace(cast(ChatResponse, value), attempts=0)
             # promoted: the leader gave up; this call leads now
         try:
-            resp = await self._orchestrated(p, timeout)
+            resp = await self._led(p, timeout)
         except asyncio.CancelledError:
             dedup.cancel(hexkey, ticket)
             raise
@@ -561,6 +635,50 @@ class Engine:
                 dedup.fail(hexkey, ticket, False, exc)
             raise
         dedup.complete(hexkey, ticket, resp)
+        return resp
+
+    async def _led(self, p: Prepared, timeout: float | None) -> ChatResponse:
+        """The local dedup leader's call: with cross-process dedup, one process of the
+        cluster calls the provider and the others take its result (see docs/scaleout.md).
+        Redis away: this process calls alone. A dead leader elsewhere is taken over when
+        its lease runs out; the wait is bounded by this call's deadline."""
+        tier = self.shared_dedup
+        if tier is None or p.key is None:
+            return await self._orchestrated(p, timeout)
+        key = p.key
+        loop = asyncio.get_running_loop()
+        deadline = self._deadline(timeout)
+        outcome, value = await tier.join(key, max(0.0, deadline - loop.time()))
+        lease = value if outcome == "lead" else None
+        if outcome == "done":
+            joined = self._joined_elsewhere(p, value)
+            if joined is not None:
+                return joined
+        left = deadline - loop.time()
+        if outcome == "timeout" or left <= 0:
+            raise DeadlineExceededError(
+                "total timeout exceeded while another process made the same call",
+                model=p.model,
+            )
+        try:
+            resp = await self._orchestrated(p, left)
+        except BaseException:
+            if lease is not None:
+                lease.abandon()
+            raise
+        if lease is not None:
+            lease.complete(key, self._encoder.encode(resp))
+        return resp
+
+    def _joined_elsewhere(self, p: Prepared, raw: bytes) -> ChatResponse | None:
+        """Another process's result for this call (None if this version cannot read it)."""
+        try:
+            got: ChatResponse = self._decoder.decode(raw)
+        except msgspec.DecodeError:
+            return None
+        self.metrics.core.incr(*self._series(p), "dedup_shared_joins")
+        resp: ChatResponse = msgspec.structs.replace(got, attempts=0)
+        self._store(p, resp, shared=False)  # the leader's process wrote the shared tier
         return resp
 
     def _deadline(self, timeout: float | None) -> float:
@@ -847,6 +965,9 @@ class Engine:
                 await asyncio.wrap_future(
                     asyncio.run_coroutine_threadsafe(self.pool.aclose_loop(loop), loop)
                 )
+        if self.shared_cache is not None:
+            # queued shared-tier writes get one op timeout (and a little) to land
+            await self.shared_cache.drain(self.shared_cache.op_timeout_s + 0.05)
         if self.cache is not None:
             await asyncio.to_thread(self.cache.close)
         if not self.runner.in_loop_thread():

@@ -506,14 +506,20 @@ class LLMService:
 
 
 def _refuse_shared(config: LLMServiceConfig) -> None:
-    """``shared`` is not wired into the request path yet: say so rather than ignore it."""
-    if config.shared is None:
+    """The parts of ``shared`` not wired into the request path yet: say so rather than
+    ignore them. The shared cache tier and cross-process dedup are wired."""
+    sh = config.shared
+    if sh is None:
+        return
+    unbuilt = [name for name, on in (("limits", sh.limits), ("breakers", sh.breakers)) if on]
+    if not unbuilt:
         return
     raise NotImplementedError(
-        "LLMServiceConfig.shared is set, but LLMService does not use shared state yet: "
-        "the Redis-backed limiter exists (llmrelay._shared.SharedLimiter, exact mode, with "
-        "on_unavailable), while its wiring into the request path (the per-deployment gate), "
-        "leased mode, the shared cache tier, shared breakers and cross-process dedup are "
-        "not built; remove `shared` (or LLMRELAY_REDIS_URL) to run every process on its own. "
-        "See docs/scaleout.md."
+        f"LLMServiceConfig.shared has {' and '.join(f'{n}=True' for n in unbuilt)}, which "
+        "LLMService does not use yet: the Redis-backed limiter exists "
+        "(llmrelay._shared.SharedLimiter, exact mode, with on_unavailable), while its wiring "
+        "into the request path (the per-deployment gate), leased mode and shared breakers are "
+        "not built. The shared cache tier (cache=True) and cross-process dedup (dedup=True) "
+        "are: set limits=False, breakers=False to use them, or remove `shared` (or "
+        "LLMRELAY_REDIS_URL) to run every process on its own. See docs/scaleout.md."
     )

@@ -122,7 +122,7 @@ async def _pipeline(
 ) -> AsyncIterator[ChatChunk]:
     """Cache replay, or the orchestrated stream; the whole response lands in ``final``."""
     if p.key is not None and p.mode != "write_only":
-        hit = eng.memory_hit(p) or eng._disk_hit(p)
+        hit = eng.memory_hit(p) or eng._disk_hit(p) or await eng.shared_hit(p)
         if hit is not None:
             for chunk in replay(hit):
                 yield chunk

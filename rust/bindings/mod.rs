@@ -39,6 +39,9 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<http::PyCompletions>()?;
     m.add_class::<http::PyStreamFramer>()?;
     m.add_class::<shared::PySharedLimiter>()?;
+    m.add_class::<shared::PySharedCache>()?;
+    m.add_class::<shared::PySharedDedup>()?;
+    m.add_class::<shared::PySharedLease>()?;
     m.add(
         "HttpTransportError",
         m.py().get_type::<http::HttpTransportError>(),

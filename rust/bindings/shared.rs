@@ -5,14 +5,17 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
+use pyo3::types::{PyBytes, PyDict};
 use pyo3::IntoPyObjectExt;
 
 use super::error::to_pyerr;
 use super::http::{Outcome, PyCompletions};
 use crate::runtime;
+use crate::shared::cache::SharedCache;
+use crate::shared::dedup::{Joined, Lease, SharedDedup};
 use crate::shared::{OnUnavailable, SharedLimiter};
 
 /// Keyed GCRA limiter whose cells live in Redis, shared by every process.
@@ -223,5 +226,199 @@ impl PySharedLimiter {
             self.url_shown,
             self.on_unavailable()
         )
+    }
+}
+
+/// The shared cache tier on Redis: sealed (versioned, checksummed, zstd)
+/// entries with a jittered TTL; every failure is a miss.
+#[pyclass(name = "SharedCache", module = "llmrelay._core", frozen)]
+pub struct PySharedCache {
+    inner: Arc<SharedCache>,
+}
+
+fn lookup_obj(py: Python<'_>, v: Option<(Vec<u8>, Option<f64>)>) -> PyResult<PyObject> {
+    match v {
+        Some((payload, ttl)) => to_obj(py, (PyBytes::new(py, &payload), ttl)),
+        None => Ok(py.None()),
+    }
+}
+
+fn usize_obj(py: Python<'_>, v: usize) -> PyResult<PyObject> {
+    to_obj(py, v)
+}
+
+#[pymethods]
+impl PySharedCache {
+    #[new]
+    #[pyo3(signature = (url, *, namespace = "llmrelay", op_timeout_s = 0.025, default_ttl_s = 86_400.0))]
+    fn new(url: &str, namespace: &str, op_timeout_s: f64, default_ttl_s: f64) -> PyResult<Self> {
+        let inner = SharedCache::new(url, namespace, op_timeout_s, default_ttl_s)?;
+        Ok(Self {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// Look `key` up; `future` gets `(value, ttl_s or None)` or `None` (a miss).
+    fn get(&self, completions: &PyCompletions, future: Py<PyAny>, key: &[u8]) -> PyResult<()> {
+        let cache = self.inner.clone();
+        let key = key.to_vec();
+        let job = async move { Ok(cache.get(&key).await) };
+        spawn(completions, future, job, lookup_obj)
+    }
+
+    /// Queue a write of `value` under `key` and return at once; False when
+    /// dropped (too many writes in flight).
+    #[pyo3(signature = (key, value, ttl_s = None))]
+    fn set(&self, key: &[u8], value: &[u8], ttl_s: Option<f64>) -> PyResult<bool> {
+        Ok(self.inner.set(key.to_vec(), value.to_vec(), ttl_s)?)
+    }
+
+    /// Wait (at most `timeout_s`) for queued writes; `future` gets the writes left.
+    fn drain(
+        &self,
+        completions: &PyCompletions,
+        future: Py<PyAny>,
+        timeout_s: f64,
+    ) -> PyResult<()> {
+        let cache = self.inner.clone();
+        let timeout = Duration::from_secs_f64(timeout_s.clamp(0.0, 3600.0));
+        let job = async move { Ok(cache.drain(timeout).await) };
+        spawn(completions, future, job, usize_obj)
+    }
+
+    /// The Redis key of cache key `key` (for tools and tests).
+    fn redis_key(&self, key: &[u8]) -> String {
+        self.inner.redis_key(key)
+    }
+
+    /// Counts: hits, misses, corrupt, foreign, errors, writes, write_errors,
+    /// writes_dropped, pending_writes.
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let s = self.inner.stats();
+        let d = PyDict::new(py);
+        d.set_item("hits", s.hits)?;
+        d.set_item("misses", s.misses)?;
+        d.set_item("corrupt", s.corrupt)?;
+        d.set_item("foreign", s.foreign)?;
+        d.set_item("errors", s.errors)?;
+        d.set_item("writes", s.writes)?;
+        d.set_item("write_errors", s.write_errors)?;
+        d.set_item("writes_dropped", s.writes_dropped)?;
+        d.set_item("pending_writes", s.pending_writes)?;
+        d.set_item("connected", u64::from(self.inner.connected()))?;
+        Ok(d)
+    }
+
+    fn __repr__(&self) -> String {
+        format!("{:?}", self.inner)
+    }
+}
+
+/// Cross-process dedup on Redis: a renewable lease per request, the leader's
+/// result stored and published, waiters woken by one subscription per process.
+#[pyclass(name = "SharedDedup", module = "llmrelay._core", frozen)]
+pub struct PySharedDedup {
+    inner: Arc<SharedDedup>,
+}
+
+/// A process's leadership of one request (see `SharedDedup.join`).
+#[pyclass(name = "SharedLease", module = "llmrelay._core", frozen)]
+pub struct PySharedLease {
+    inner: Lease,
+}
+
+fn joined_obj(py: Python<'_>, j: Joined) -> PyResult<PyObject> {
+    match j {
+        Joined::Lead(lease) => {
+            let lease = Py::new(py, PySharedLease { inner: lease })?;
+            to_obj(py, ("lead", lease))
+        }
+        Joined::Done(payload) => to_obj(py, ("done", PyBytes::new(py, &payload))),
+        Joined::Timeout => to_obj(py, ("timeout", py.None())),
+        Joined::Unavailable => to_obj(py, ("unavailable", py.None())),
+    }
+}
+
+#[pymethods]
+impl PySharedDedup {
+    #[new]
+    #[pyo3(signature = (url, *, namespace = "llmrelay", op_timeout_s = 0.025, lease_s = 3.0))]
+    fn new(url: &str, namespace: &str, op_timeout_s: f64, lease_s: f64) -> PyResult<Self> {
+        let inner = SharedDedup::new(url, namespace, op_timeout_s, lease_s)?;
+        Ok(Self {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// Lead, take another process's result, or wait for it (at most
+    /// `max_wait_s`); `future` gets `("lead", SharedLease)`, `("done", bytes)`,
+    /// `("timeout", None)` or `("unavailable", None)`.
+    fn join(
+        &self,
+        completions: &PyCompletions,
+        future: Py<PyAny>,
+        key: &[u8],
+        max_wait_s: f64,
+    ) -> PyResult<()> {
+        let dedup = self.inner.clone();
+        let key = key.to_vec();
+        let wait = Duration::from_secs_f64(max_wait_s.clamp(0.0, 86_400.0));
+        let job = async move { Ok(dedup.join(&key, wait).await) };
+        spawn(completions, future, job, joined_obj)
+    }
+
+    /// The lease's time to live, in seconds.
+    #[getter]
+    fn lease_s(&self) -> f64 {
+        self.inner.lease_ms() as f64 / 1000.0
+    }
+
+    /// Counts: leads, takeovers, joins, waits, timeouts, unavailable,
+    /// bad_results, leases_lost, notices_sent, notices_received, listening.
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let s = self.inner.stats();
+        let d = PyDict::new(py);
+        d.set_item("leads", s.leads)?;
+        d.set_item("takeovers", s.takeovers)?;
+        d.set_item("joins", s.joins)?;
+        d.set_item("waits", s.waits)?;
+        d.set_item("timeouts", s.timeouts)?;
+        d.set_item("unavailable", s.unavailable)?;
+        d.set_item("bad_results", s.bad_results)?;
+        d.set_item("leases_lost", s.leases_lost)?;
+        d.set_item("notices_sent", s.notices_sent)?;
+        d.set_item("notices_received", s.notices_received)?;
+        d.set_item("listening", u64::from(s.listening))?;
+        d.set_item("waiting", self.inner.waiting() as u64)?;
+        Ok(d)
+    }
+
+    fn __repr__(&self) -> String {
+        format!("{:?}", self.inner)
+    }
+}
+
+#[pymethods]
+impl PySharedLease {
+    /// Publish the result `value` of cache key `key` to waiting processes and
+    /// drop the lease (queued; returns at once). False if already settled.
+    fn complete(&self, key: &[u8], value: &[u8]) -> bool {
+        self.inner.complete(key, value)
+    }
+
+    /// Drop the lease so a waiting process takes over (queued; returns at
+    /// once). False if already settled.
+    fn abandon(&self) -> bool {
+        self.inner.abandon()
+    }
+
+    /// Whether complete or abandon ran.
+    #[getter]
+    fn settled(&self) -> bool {
+        self.inner.settled()
+    }
+
+    fn __repr__(&self) -> String {
+        format!("{:?}", self.inner)
     }
 }

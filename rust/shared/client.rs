@@ -189,6 +189,16 @@ impl Connection {
         keys: &[String],
         args: &[String],
     ) -> Result<Value, Failure> {
+        self.eval_args(script, keys, args).await
+    }
+
+    /// [`Self::eval`] with arguments of any Redis argument type (binary values).
+    pub async fn eval_args<A: redis::ToRedisArgs + Sync>(
+        self: &Arc<Self>,
+        script: &Script,
+        keys: &[String],
+        args: &[A],
+    ) -> Result<Value, Failure> {
         let started = Instant::now();
         let result = tokio::time::timeout(self.op_timeout, self.eval_inner(script, keys, args))
             .await
@@ -214,11 +224,11 @@ impl Connection {
         result
     }
 
-    async fn eval_inner(
+    async fn eval_inner<A: redis::ToRedisArgs + Sync>(
         self: &Arc<Self>,
         script: &Script,
         keys: &[String],
-        args: &[String],
+        args: &[A],
     ) -> Result<Value, Failure> {
         let mut conn = loop {
             let waiting = self.ready.notified();

@@ -15,7 +15,9 @@
 //! cells, its 429 pause and its reservations — is on one shard, and the
 //! keys of one call never cross slots.
 
+pub mod cache;
 pub mod client;
+pub mod dedup;
 pub mod scripts;
 
 use std::collections::HashMap;
