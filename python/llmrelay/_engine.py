@@ -29,6 +29,7 @@ from llmrelay._middleware import Middleware, chain
 from llmrelay._orchestrator import CallContext, RequestOrchestrator
 from llmrelay._pool import ProviderPool
 from llmrelay._selection import Candidate, Selector, honouring
+from llmrelay._shared import SharedLimiter, shared_limiter, shared_state
 from llmrelay._stages import (
     cache_control,
     cancel_task,
@@ -129,12 +130,14 @@ class Engine:
             idle_timeout_s=config.client_idle_timeout_s,
         )
         self.metrics = ServiceMetrics(self._live_metrics)
+        self.shared: SharedLimiter | None = shared_limiter(config)
         self.orchestrator = RequestOrchestrator(
             config,
             list(self.pool),
             metrics=self.metrics,
             clock=clock,
             sleep=sleep or asyncio.sleep,
+            shared=self.shared.core if self.shared is not None else None,
         )
         self.selector = Selector(
             self.pool,
@@ -242,6 +245,7 @@ class Engine:
             "health": self.pool.health(),
             "limiter": limiter,
             "disk_tier": self._disk_state(),
+            "shared": shared_state(self.config, self.shared, self.orchestrator.runtimes),
         }
 
     def _disk_state(self) -> dict[str, Any]:
