@@ -25,10 +25,19 @@ import msgspec
 import pytest
 
 from cluster_worker import DEPLOYMENT, Plan, Report, hammer, hold_one_request, service_config
-from llmrelay import LLMService
-from llmrelay.errors import ClientThrottledError
+from llmrelay import (
+    CacheConfig,
+    DedupConfig,
+    LLMService,
+    OrchestratorConfig,
+    RateLimitConfig,
+    SharedStateConfig,
+)
+from llmrelay._shared import SharedLimiter
+from llmrelay.errors import ClientThrottledError, DeadlineExceededError
 from llmrelay.testing import FakeProvider
 from redis_server import RedisServer, free_port
+from service_helpers import ConfigFactory
 
 pytestmark = pytest.mark.skipif(
     not any(os.access(os.path.join(d, "redis-server"), os.X_OK) for d in os.get_exec_path()),
@@ -255,3 +264,64 @@ async def test_a_429_pauses_the_deployment_in_every_process(redis: RedisServer, 
             assert e.value.retry_after is not None and e.value.retry_after > 20
             assert f.request_count == 1
             assert a.metrics.snapshot().shared["pauses"] == 1
+
+
+async def _capacity_becomes(lim: SharedLimiter, key: str, want: float) -> float:
+    """Poll the shared cell until its capacity is ``want`` (refunds land on the core's
+    runtime just after the call that sends them); the last value seen."""
+    deadline = time.monotonic() + 10
+    while True:
+        got, source = await lim.available(key)
+        assert source == "redis"
+        if abs(got - want) < 0.2 or time.monotonic() > deadline:
+            return got
+        await asyncio.sleep(0.01)
+
+
+async def test_nothing_sent_gives_the_shared_booking_back(
+    redis: RedisServer, make_config: ConfigFactory, fakes: dict[str, FakeProvider], ns: str
+) -> None:
+    """Timed out while queued, cancelled while queued: each gives its Redis booking back;
+    a request on the wire keeps its booking."""
+    cfg = make_config(
+        cache=CacheConfig(enabled=False),
+        dedup=DedupConfig(enabled=False),
+        orchestrator=OrchestratorConfig(max_retries=0),
+        provider_kw={
+            "openai": {
+                "max_concurrency": 1,
+                "rate_limit": RateLimitConfig(requests_per_minute=1, burst=10),
+            }
+        },
+    )
+    shared = SharedStateConfig(url=redis.url, namespace=ns, op_timeout_s=0.5)
+    probe = SharedLimiter(shared)
+    probe.configure("openai:rpm", 1 / 60, 10)
+    fakes["openai"].inject("hang", times=1)
+    async with LLMService(msgspec.structs.replace(cfg, shared=shared)) as svc:
+        held = asyncio.create_task(svc.achat("holds the only slot", timeout=60))
+        deadline = time.monotonic() + 30
+        while fakes["openai"].request_count < 1:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        assert await _capacity_becomes(probe, "openai:rpm", 9) == pytest.approx(9, abs=0.2)
+        # queued behind it until its deadline: booked in Redis, then given back
+        with pytest.raises(DeadlineExceededError):
+            await svc.achat("times out queued", timeout=0.5)
+        assert await _capacity_becomes(probe, "openai:rpm", 9) == pytest.approx(9, abs=0.2)
+        # queued, then cancelled by its caller
+        queued = asyncio.create_task(svc.achat("cancelled queued", timeout=60))
+        while svc.metrics.snapshot().concurrency["openai"]["queued"] < 1:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+        assert await _capacity_becomes(probe, "openai:rpm", 8) == pytest.approx(8, abs=0.2)
+        queued.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await queued
+        assert await _capacity_becomes(probe, "openai:rpm", 9) == pytest.approx(9, abs=0.2)
+        held.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await held
+        stats = svc.metrics.snapshot().shared
+    assert stats["refunds"] >= 2 and stats["reservations"] == 3
+    assert fakes["openai"].request_count == 1
