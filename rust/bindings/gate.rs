@@ -16,8 +16,8 @@ use super::limiter::PyRateLimiter;
 use super::scheduler::{count, PyPriorityScheduler};
 use super::shared::PySharedLimiter;
 use crate::breaker;
-use crate::runtime;
 use crate::gate::{Admission, Gate, GateConfig, Outcome};
+use crate::runtime;
 use crate::scheduler::{invalid_priority, SchedulerConfig};
 
 /// `admit`/`resume` answered: go (slot, breaker permit, reservation spent).
@@ -160,14 +160,9 @@ impl PyGate {
         completions: Option<&Bound<'_, PyCompletions>>,
     ) -> PyResult<(u8, u64, f64)> {
         let p = u8::try_from(priority).map_err(|_| invalid_priority(priority))?;
-        let a = self.inner.admit(
-            p,
-            est_in as f64,
-            est_out as f64,
-            wait_s,
-            deadline_s,
-            first,
-        )?;
+        let a = self
+            .inner
+            .admit(p, est_in as f64, est_out as f64, wait_s, deadline_s, first)?;
         if let Admission::Shared(id) = a {
             let (Some(future), Some(completions)) = (future, completions) else {
                 self.inner.cancel(id);
@@ -216,9 +211,9 @@ impl PyGate {
     ) -> PyResult<Vec<u64>> {
         let outcome = Outcome::from_code(outcome)?;
         let usage = tokens_in.zip(tokens_out).map(|(i, o)| (i as f64, o as f64));
-        let woken =
-            self.inner
-                .settle_with(entry(id), outcome, latency_s, usage, retry_after_s)?;
+        let woken = self
+            .inner
+            .settle_with(entry(id), outcome, latency_s, usage, retry_after_s)?;
         Ok(self.wake(woken))
     }
 

@@ -983,7 +983,11 @@ impl Gate {
     fn pause_shared(&self, st: &State, retry_after_s: f64) {
         let (Some(lim), Some(key)) = (
             self.shared.clone(),
-            st.shared_keys.iter().flatten().next().map(|k| k.to_string()),
+            st.shared_keys
+                .iter()
+                .flatten()
+                .next()
+                .map(|k| k.to_string()),
         ) else {
             return;
         };
