@@ -34,7 +34,7 @@ from llmrelay import (
     SharedStateConfig,
 )
 from llmrelay._shared import SharedLimiter
-from llmrelay.errors import ClientThrottledError, DeadlineExceededError
+from llmrelay.errors import ClientThrottledError, DeadlineExceededError, LLMRelayError
 from llmrelay.testing import FakeProvider
 from redis_server import RedisServer, free_port
 from service_helpers import ConfigFactory
@@ -325,3 +325,49 @@ async def test_nothing_sent_gives_the_shared_booking_back(
         stats = svc.metrics.snapshot().shared
     assert stats["refunds"] >= 2 and stats["reservations"] == 3
     assert fakes["openai"].request_count == 1
+
+
+def _token_config(make_config: ConfigFactory, redis: RedisServer, ns: str) -> object:
+    # tpm: 1 token/s with a burst of 6000 (the rpm burst's share of its minute)
+    limit = RateLimitConfig(requests_per_minute=1, burst=100, tokens_per_minute=60)
+    cfg = make_config(
+        cache=CacheConfig(enabled=False),
+        dedup=DedupConfig(enabled=False),
+        orchestrator=OrchestratorConfig(max_retries=0),
+        provider_kw={"openai": {"rate_limit": limit}},
+    )
+    shared = SharedStateConfig(url=redis.url, namespace=ns, op_timeout_s=0.5)
+    return msgspec.structs.replace(cfg, shared=shared)
+
+
+async def test_the_token_estimate_is_reconciled_with_the_real_usage(
+    redis: RedisServer, make_config: ConfigFactory, fakes: dict[str, FakeProvider], ns: str
+) -> None:
+    cfg = _token_config(make_config, redis, ns)
+    probe = SharedLimiter(cfg.shared)  # type: ignore[attr-defined]
+    probe.configure("openai:tpm", 1.0, 6000)
+    async with LLMService(cfg) as svc:  # type: ignore[arg-type]
+        r = await svc.achat("a short question", max_tokens=1000)  # estimated > 1000 tokens
+        used = r.usage.total_tokens
+        assert used < 200
+        got = await _capacity_becomes(probe, "openai:tpm", 6000 - used)
+        stats = svc.metrics.snapshot().shared
+    # booked by the estimate, then charged only what was used (accrual: ~1 token/s)
+    assert 6000 - used - 1 <= got <= 6000 - used + 10, (got, used)
+    assert stats["reconciles"] == 1
+    assert not [k for k in _keys(redis, ns) if ":r:" in k], "the reservation's record is gone"
+
+
+async def test_a_failed_attempt_drops_its_reservation_record(
+    redis: RedisServer, make_config: ConfigFactory, fakes: dict[str, FakeProvider], ns: str
+) -> None:
+    cfg = _token_config(make_config, redis, ns)
+    fakes["openai"].inject("server_error", times=1)
+    async with LLMService(cfg) as svc:  # type: ignore[arg-type]
+        with pytest.raises(LLMRelayError):
+            await svc.achat("fails once", max_tokens=50)
+        deadline = time.monotonic() + 10
+        while [k for k in _keys(redis, ns) if ":r:" in k]:
+            assert time.monotonic() < deadline, "the record stayed (ten minutes in Redis)"
+            await asyncio.sleep(0.01)
+        assert svc.metrics.snapshot().shared["reconciles"] == 1

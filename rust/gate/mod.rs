@@ -766,9 +766,12 @@ impl Gate {
         }
         if let Some((used_in, used_out)) = usage {
             self.reconcile(&st, &entry, used_in, used_out);
-            if entry.recorded {
-                self.reconcile_shared(&st, id, used_in, used_out);
-            }
+        }
+        if entry.recorded {
+            // without the real usage the estimate stands; settling it by the id
+            // still drops the reservation's record (no ten-minute leftovers)
+            let (used_in, used_out) = usage.unwrap_or((entry.est_in, entry.est_out));
+            self.reconcile_shared(&st, id, used_in, used_out);
         }
         if let (Outcome::Throttled, Some(s)) = (outcome, retry_after_s) {
             self.pause_shared(&st, s);
