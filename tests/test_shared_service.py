@@ -371,3 +371,18 @@ async def test_a_failed_attempt_drops_its_reservation_record(
             assert time.monotonic() < deadline, "the record stayed (ten minutes in Redis)"
             await asyncio.sleep(0.01)
         assert svc.metrics.snapshot().shared["reconciles"] == 1
+
+
+async def test_metrics_are_labelled_with_the_process_id(
+    redis: RedisServer, make_config: ConfigFactory, fakes: dict[str, FakeProvider], ns: str
+) -> None:
+    cfg = _token_config(make_config, redis, ns)
+    async with LLMService(cfg) as svc:  # type: ignore[arg-type]
+        await svc.achat("counted", max_tokens=10)
+        text = svc.metrics.prometheus()
+    samples = [line for line in text.splitlines() if line and not line.startswith("#")]
+    assert samples and all(f'{{pid="{os.getpid()}"' in line for line in samples), [
+        line for line in samples if "pid=" not in line
+    ][:5]
+    assert f'llmrelay_shared_connected{{pid="{os.getpid()}"}} 1.0' in samples
+    assert f'llmrelay_shared_reservations_total{{pid="{os.getpid()}"}} 1.0' in samples

@@ -208,8 +208,24 @@ class ServiceMetrics:
             out.append("# TYPE llmrelay_cache gauge")
             for k, v in sorted(snap.cache.items()):
                 out.append(f"llmrelay_cache{_labels(stat=k)} {v}")
+        pid = snap.shared.get("pid")
+        if pid is not None:
+            # many processes share the state: keep each one's samples apart
+            out = [_with_pid(line, str(pid)) for line in out]
         out.extend(_shared_lines(snap.shared))
         return "\n".join(out) + "\n"
+
+
+def _with_pid(line: str, pid: str) -> str:
+    """A sample line with ``pid`` as its first label (comments are left alone)."""
+    if line.startswith("#"):
+        return line
+    cut = min((i for i in (line.find("{"), line.find(" ")) if i >= 0), default=len(line))
+    name, rest = line[:cut], line[cut:]
+    if rest.startswith("{"):
+        sep = "" if rest.startswith("{}") else ","
+        return f'{name}{{pid="{_esc(pid)}"{sep}{rest[1:]}'
+    return f'{name}{{pid="{_esc(pid)}"}}{rest}'
 
 
 #: The shared state's numbers exported to Prometheus, as (stat, metric type).
