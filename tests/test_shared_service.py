@@ -95,7 +95,9 @@ def run_workers(plan: Plan, n: int, window_s: float) -> list[Report]:
 
 
 def test_eight_processes_share_one_limit_exactly(redis: RedisServer, fake: object, ns: str) -> None:
-    burst, rate, window_s = 300, 20.0, 10.0
+    # the tail (calls admitted just before the end, answered after it) loses rate x
+    # latency: a low rate keeps that far inside the 1 % margin on a loaded machine
+    burst, rate, window_s = 400, 10.0, 10.0
     cap = burst + rate * window_s  # C = b + r W
     plan = Plan(
         redis.url,
@@ -108,6 +110,7 @@ def test_eight_processes_share_one_limit_exactly(redis: RedisServer, fake: objec
     reports = run_workers(plan, 8, window_s)
     admitted = sum(len(r.replies) for r in reports)
     per_process = sorted(len(r.replies) for r in reports)
+    print(f"\nadmitted {admitted} of C={cap:g} across 8 processes: {per_process}")
     assert admitted <= cap, (admitted, cap, per_process)
     assert admitted >= 0.99 * cap, (admitted, cap, per_process)
     # exact: every check was Redis's, none the fallback's; the work was spread
