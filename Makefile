@@ -78,6 +78,11 @@ soak: build-release ## reliability suites at soak sizes (LLMRELAY_SOAK=1; figure
 demo: build-release ## the main job: a mixed workload through LLMService (fakes, or a local Ollama)
 	$(BIN)/python -m llmrelay demo
 
+.PHONY: demo-cluster
+demo-cluster: build-release ## 4 worker processes share one limit through a local redis-server: admitted vs the limit per second
+	@command -v redis-server >/dev/null || { echo "demo-cluster needs redis-server (apt-get install redis-server)"; exit 1; }
+	PYTHONPATH=python:tests $(BIN)/python tests/cluster_demo.py $(DEMO_ARGS)
+
 # ---- bench-compare: llmrelay vs raw httpx, a bare asyncio client, openai, LiteLLM -------------
 # An isolated venv used only by this target (LiteLLM pinned below 1.107.0: see the
 # requirements file). Not part of `make test`: it takes several minutes.

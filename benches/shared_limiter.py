@@ -7,6 +7,12 @@ runtime + Completions round trip), a raw Redis round trip (PING on a blocking
 socket, for reference), and ``reserve`` on one key and on three keys (requests,
 input and output tokens); then admissions per second on one hot key with 64
 tasks in flight. "Added" is what a limiter check costs a request in exact mode.
+
+Then the same through ``LLMService`` (the in-process ``echo`` provider, cache off):
+``achat`` with a local rpm+tpm limit and with the same limit shared (``shared`` on
+that Redis), the difference being what the shared limits add to a call (the gate
+holds the Redis limiter: admit, the check on the runtime, settle with a reconcile),
+and admitted calls per second on one deployment with 64 tasks in flight.
 """
 
 from __future__ import annotations
@@ -21,7 +27,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from llmrelay import SharedStateConfig
+from llmrelay import (
+    CacheConfig,
+    LLMService,
+    LLMServiceConfig,
+    ProviderConfig,
+    RateLimitConfig,
+    SharedStateConfig,
+)
 from llmrelay._shared import SharedLimiter
 from redis_server import RedisServer
 
@@ -33,7 +46,7 @@ def pct(samples: list[float], q: float) -> float:
     return s[min(len(s) - 1, int(q * len(s)))]
 
 
-async def timed(label: str, call: Callable[[], Awaitable[object]]) -> None:
+async def timed(label: str, call: Callable[[], Awaitable[object]]) -> float:
     for _ in range(200):  # warm up
         await call()
     samples = []
@@ -44,6 +57,7 @@ async def timed(label: str, call: Callable[[], Awaitable[object]]) -> None:
     p50, p99 = pct(samples, 0.5) * 1e6, pct(samples, 0.99) * 1e6
     mean = statistics.fmean(samples) * 1e6
     print(f"{label:<38} p50 {p50:8.1f} us   p99 {p99:8.1f} us   mean {mean:8.1f} us")
+    return p50
 
 
 def ping_rtt(port: int) -> None:
@@ -91,8 +105,50 @@ async def main() -> None:
         rate = done / (time.perf_counter() - t0)
         print(f"{'one hot key, 64 tasks in flight':<38} {rate:8.0f} admissions/s")
         print("stats:", lim.stats())
+        await through_the_service(server.url)
     finally:
         server.stop()
+
+
+def _service_config(url: str | None) -> LLMServiceConfig:
+    limit = RateLimitConfig(requests_per_minute=1e9, tokens_per_minute=1e12, burst=10**9)
+    shared = None
+    if url is not None:
+        shared = SharedStateConfig(
+            url=url, namespace="bench", op_timeout_s=0.5, cache=False, breakers=False, dedup=False
+        )
+    return LLMServiceConfig(
+        providers=[ProviderConfig(name="echo", kind="echo", rate_limit=limit)],
+        default_model="echo/echo",
+        cache=CacheConfig(enabled=False),
+        shared=shared,
+    )
+
+
+async def through_the_service(url: str) -> None:
+    p50 = {}
+    for label, cfg in (("local", _service_config(None)), ("shared", _service_config(url))):
+        async with LLMService(cfg) as svc:
+            p50[label] = await timed(
+                f"achat, echo, {label} rpm+tpm limit", lambda: svc.achat("hi", max_tokens=8)
+            )
+            if label == "shared":
+                done = 0
+                until = time.perf_counter() + 2.0
+
+                async def hammer(until: float = until) -> None:
+                    nonlocal done
+                    while time.perf_counter() < until:
+                        await svc.achat("hi", max_tokens=8)
+                        done += 1
+
+                t0 = time.perf_counter()
+                await asyncio.gather(*(hammer() for _ in range(64)))
+                rate = done / (time.perf_counter() - t0)
+                print(f"{'achat, shared limit, 64 tasks':<38} {rate:8.0f} admitted calls/s")
+                shared = svc.metrics.snapshot().shared
+                print("fallbacks:", shared["fallback_calls"], "reconciles:", shared["reconciles"])
+    print(f"{'added by the shared limits (p50)':<38} {p50['shared'] - p50['local']:8.1f} us")
 
 
 _ids = iter(range(10**12))

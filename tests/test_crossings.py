@@ -9,22 +9,26 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import os
+import shutil
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
 from typing import Any
 
+import msgspec
 import pytest
 
-from llmrelay import CacheConfig, LLMService, RateLimitConfig
+from llmrelay import CacheConfig, LLMService, RateLimitConfig, SharedStateConfig
 from llmrelay.testing import FakeProvider
+from redis_server import RedisServer
 from service_helpers import ConfigFactory
 
 #: What the gate's adoption brought the orchestration of one attempt down to:
 #: the breaker look of the selector, one admit, one settle.
 GATE_CROSSINGS_PER_CALL = 3
-_GATE_NAMES = {"Gate", "PriorityScheduler", "CircuitBreaker", "RateLimiter"}
+_GATE_NAMES = {"Gate", "PriorityScheduler", "CircuitBreaker", "RateLimiter", "SharedLimiter"}
 
 
 def _core_target(fn: Any) -> str | None:
@@ -161,3 +165,37 @@ async def test_crossings_of_a_promotion_past_cancelled_followers(
         print(f"\ncore crossings of the promotion: {sorted(seen.items())}")
         assert dedup_crossings(seen) == DEDUP_CROSSINGS_PROMOTION_PAST_3_CANCELLED, seen
         assert (dedup.in_flight(), dedup.waiting(), dedup.parked(), len(dedup)) == (0, 0, 0, 0)
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server is not installed")
+async def test_crossings_with_shared_limits(
+    make_config: ConfigFactory, fakes: dict[str, FakeProvider]
+) -> None:
+    """Shared limits (Redis) cost no crossing more: the gate holds the shared limiter,
+    its check settles the future handed to ``admit``, and the refund, reconcile and
+    pause are the core's own inside ``cancel``/``settle``."""
+    limits = RateLimitConfig(requests_per_minute=6_000, tokens_per_minute=10_000_000)
+    redis = RedisServer()
+    try:
+        cfg = make_config(
+            cache=CacheConfig(enabled=False), provider_kw={"openai": {"rate_limit": limits}}
+        )
+        shared = SharedStateConfig(url=redis.url, namespace=f"crossings{os.getpid()}")
+        async with LLMService(msgspec.structs.replace(cfg, shared=shared)) as svc:
+            for i in range(3):
+                await svc.achat(f"warm {i}")
+            calls = 5
+            with counting() as seen:
+                for i in range(calls):
+                    await svc.achat(f"count {i}")
+            stats = svc.metrics.snapshot().shared
+        assert fakes["openai"].request_count == 3 + calls
+        per_call = {k: v / calls for k, v in sorted(seen.items())}
+        print(f"\ncore crossings per uncached call (shared limits): {per_call}")
+        assert gate_crossings(seen) / calls == GATE_CROSSINGS_PER_CALL, per_call
+        # and they were decided by Redis
+        assert stats["deployments"]["openai"]["shared_checks"] == 3 + calls
+        assert stats["deployments"]["openai"]["shared_fallbacks"] == 0
+        assert stats["reconciles"] >= 3
+    finally:
+        redis.stop()

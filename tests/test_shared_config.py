@@ -1,8 +1,9 @@
 """SharedStateConfig: validation, TOML ``[shared]``, ``LLMRELAY_REDIS_URL``, and a
-service that refuses to silently ignore it."""
+service that starts with it (Redis absent) and says what is not shared."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -94,12 +95,32 @@ def test_env_url_does_not_override_the_file(tmp_path: Path) -> None:
     assert shared is not None and shared.url == "unix:///tmp/r.sock"
 
 
-def test_service_with_shared_refuses_instead_of_ignoring(make_config: ConfigFactory) -> None:
+def test_service_with_shared_starts_without_redis_and_says_what_stays_local(
+    make_config: ConfigFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    import msgspec
+
+    # nothing listens on port 1: start-up must not wait for it
+    cfg = msgspec.structs.replace(
+        make_config(), shared=SharedStateConfig(url="redis://u:hunter2@127.0.0.1:1")
+    )
+    with caplog.at_level("WARNING", logger="llmrelay"):
+        svc = llmrelay.LLMService(cfg)
+    try:
+        shared = svc.metrics.snapshot().shared
+        assert shared["limits"] is True and shared["not_shared"] == ["breakers"]
+        assert shared["pid"] == os.getpid() and "hunter2" not in str(shared)
+        assert any("stay per process" in r.getMessage() for r in caplog.records)
+        assert "hunter2" not in caplog.text
+    finally:
+        svc.close()
+
+
+def test_service_refuses_leased_mode_as_not_built(make_config: ConfigFactory) -> None:
     import msgspec
 
     cfg = msgspec.structs.replace(
-        make_config(), shared=SharedStateConfig(url="redis://127.0.0.1:1")
+        make_config(), shared=SharedStateConfig(url="redis://127.0.0.1:1", mode="leased")
     )
-    with pytest.raises(NotImplementedError, match="shared") as e:
+    with pytest.raises(NotImplementedError, match="leased"):
         llmrelay.LLMService(cfg)
-    assert "SharedLimiter" in str(e.value) and "not built" in str(e.value)

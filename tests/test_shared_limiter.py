@@ -51,6 +51,10 @@ def pct(samples: list[float], q: float) -> float:
 
 
 def limiter(url: str, ns: str, **kw: object) -> SharedLimiter:
+    """A limiter on ``url``. Where the test is not about timeouts, a reply may take up to
+    0.5 s (a loaded machine's slow reply must not turn a check into a fallback); the
+    tests of the failure policy pass their own ``op_timeout_s``."""
+    kw.setdefault("op_timeout_s", 0.5)
     return SharedLimiter(SharedStateConfig(url=url, namespace=ns, **kw))  # type: ignore[arg-type]
 
 
@@ -193,7 +197,7 @@ async def test_redis_absent_at_start_never_blocks(
 ) -> None:
     url = f"redis://127.0.0.1:{free_port()}"
     started = time.perf_counter()
-    lim = limiter(url, "absent", on_unavailable=policy)
+    lim = limiter(url, "absent", on_unavailable=policy, op_timeout_s=0.025)
     lim.configure("d/m:rpm", 1, 4)
     assert time.perf_counter() - started < 0.5  # generous: the point is no connect wait
     with caplog.at_level(logging.WARNING, logger="llmrelay.shared"):
@@ -211,7 +215,7 @@ async def test_redis_absent_at_start_never_blocks(
 
 async def test_redis_starting_later_is_picked_up() -> None:
     port = free_port()
-    lim = limiter(f"redis://127.0.0.1:{port}", "late")
+    lim = limiter(f"redis://127.0.0.1:{port}", "late", op_timeout_s=0.025)
     lim.configure("d/m:rpm", 1, 2)
     assert (await lim.reserve([("d/m:rpm", 1)])).source == "local_share"
     server = RedisServer(port)

@@ -12,6 +12,7 @@ __all__ = [
     "ERROR",
     "FAILURE",
     "GATE_PERMIT",
+    "GATE_SHARED",
     "GATE_WAIT",
     "IGNORED",
     "OVERLOAD",
@@ -197,6 +198,8 @@ DEADLINE: Final[int]
 #: Answers of ``Gate.admit`` / ``Gate.resume``: ``(kind, id, delay_s)``.
 GATE_PERMIT: Final[int]
 GATE_WAIT: Final[int]
+#: ``admit`` of a gate with shared limits: the future passed to it gets the answer.
+GATE_SHARED: Final[int]
 
 @final
 class Gate:
@@ -211,6 +214,10 @@ class Gate:
     (``park``; False: granted already); the ``settle``/``cancel`` that grants its entry
     sets the future's result to None through its loop's ``Completions`` (any loop, any
     thread) and returns the ids it woke. ``scheduler`` and ``breaker`` are views to read.
+
+    With ``shared`` (a ``SharedLimiter``) its limits are cluster-wide: ``admit``
+    answers ``(GATE_SHARED, id, 0.0)`` and the Redis check settles ``future`` (through
+    ``completions``) with what ``admit`` would have answered, or a refusal.
     """
 
     def __new__(
@@ -235,6 +242,7 @@ class Gate:
         retry_budget_ratio: float = 0.2,
         retry_budget_floor: float = 10.0,
         clock: ManualClock | None = None,
+        shared: SharedLimiter | None = None,
     ) -> Gate: ...
     def admit(
         self,
@@ -244,6 +252,8 @@ class Gate:
         wait_s: float,
         deadline_s: float,
         first: bool = False,
+        future: Future[tuple[int, int, float, str]] | None = None,
+        completions: Completions | None = None,
     ) -> tuple[int, int, float]: ...
     def resume(self, id: int) -> tuple[int, int, float]: ...
     def settle(
@@ -253,6 +263,7 @@ class Gate:
         latency_s: float = 0.0,
         tokens_in: int | None = None,
         tokens_out: int | None = None,
+        retry_after_s: float | None = None,
     ) -> list[int]: ...
     def cancel(self, id: int) -> list[int]: ...
     def park(self, id: int, future: Future[None], completions: Completions) -> bool: ...
@@ -273,6 +284,8 @@ class Gate:
     def scheduler(self) -> PriorityScheduler: ...
     @property
     def breaker(self) -> CircuitBreaker: ...
+    @property
+    def shared(self) -> bool: ...
 
 DEDUP_LEADER: Final[int]
 
@@ -529,6 +542,9 @@ class SharedLimiter:
     ) -> None: ...
     def available(self, completions: Completions, future: Future[object], key: str) -> None: ...
     def heartbeat(self, completions: Completions, future: Future[object]) -> None: ...
+    def warm(self) -> None: ...
+    @property
+    def member(self) -> str: ...
     @property
     def on_unavailable(self) -> str: ...
     def stats(self) -> dict[str, Any]: ...

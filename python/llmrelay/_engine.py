@@ -31,6 +31,7 @@ from llmrelay._orchestrator import AttemptHook, CallContext, RequestOrchestrator
 from llmrelay._pool import ProviderPool
 from llmrelay._pricing import PriceBook, zero_cost
 from llmrelay._selection import Candidate, Selector, honouring
+from llmrelay._shared import SharedLimiter, shared_limiter, shared_state
 from llmrelay._shared_tiers import SharedCacheTier, SharedDedupTier
 from llmrelay._stages import (
     cache_control,
@@ -151,12 +152,14 @@ class Engine:
             for p in config.providers
             if p.budget is not None
         }
+        self.shared: SharedLimiter | None = shared_limiter(config)
         self.orchestrator = RequestOrchestrator(
             config,
             list(self.pool),
             metrics=self.metrics,
             clock=clock,
             sleep=sleep or asyncio.sleep,
+            shared=self.shared.core if self.shared is not None else None,
         )
         self.selector = Selector(
             self.pool,
@@ -286,6 +289,7 @@ class Engine:
             "health": self.pool.health(),
             "limiter": limiter,
             "disk_tier": self._disk_state(),
+            "shared": shared_state(self.config, self.shared, self.orchestrator.runtimes),
         }
 
     def _cache_stats(self) -> dict[str, int]:

@@ -61,6 +61,10 @@ class MetricsSnapshot(msgspec.Struct, frozen=True, kw_only=True):
     #: the disk tier when one is configured: ``path``, ``enabled`` and why it is off
     #: (``error``: held by another process, forked from the process that opened it...)
     disk_tier: dict[str, Any] = {}
+    #: the shared state (``LLMServiceConfig.shared``) as this process sees it: ``pid``,
+    #: ``connected``, ``degraded``, ``script_errors``, ``reservations``, ``reconciles``,
+    #: ``fallback_calls``, per-deployment ``shared_checks``... ({} without it)
+    shared: dict[str, Any] = {}
 
     def total(self, name: str) -> int:
         """A counter summed over every series."""
@@ -118,6 +122,7 @@ class ServiceMetrics:
             health=live.get("health", {}),
             limiter=live.get("limiter", {}),
             disk_tier=live.get("disk_tier", {}),
+            shared=live.get("shared", {}),
         )
 
     def reset(self) -> None:
@@ -230,4 +235,56 @@ class ServiceMetrics:
             out.append("# TYPE llmrelay_cache gauge")
             for k, v in sorted(snap.cache.items()):
                 out.append(f"llmrelay_cache{_labels(stat=k)} {v}")
+        pid = snap.shared.get("pid")
+        if pid is not None:
+            # many processes share the state: keep each one's samples apart
+            out = [_with_pid(line, str(pid)) for line in out]
+        out.extend(_shared_lines(snap.shared))
         return "\n".join(out) + "\n"
+
+
+def _with_pid(line: str, pid: str) -> str:
+    """A sample line with ``pid`` as its first label (comments are left alone)."""
+    if line.startswith("#"):
+        return line
+    cut = min((i for i in (line.find("{"), line.find(" ")) if i >= 0), default=len(line))
+    name, rest = line[:cut], line[cut:]
+    if rest.startswith("{"):
+        sep = "" if rest.startswith("{}") else ","
+        return f'{name}{{pid="{_esc(pid)}"{sep}{rest[1:]}'
+    return f'{name}{{pid="{_esc(pid)}"}}{rest}'
+
+
+#: The shared state's numbers exported to Prometheus, as (stat, metric type).
+_SHARED_STATS = (
+    ("connected", "gauge"),
+    ("degraded", "gauge"),
+    ("live_processes", "gauge"),
+    ("ok", "counter"),
+    ("timeouts", "counter"),
+    ("unavailable", "counter"),
+    ("script_errors", "counter"),
+    ("script_loads", "counter"),
+    ("connects", "counter"),
+    ("fallback_calls", "counter"),
+    ("degraded_episodes", "counter"),
+    ("reservations", "counter"),
+    ("refusals", "counter"),
+    ("refunds", "counter"),
+    ("reconciles", "counter"),
+    ("pauses", "counter"),
+)
+
+
+def _shared_lines(shared: dict[str, Any]) -> list[str]:
+    """``llmrelay_shared_*`` lines, labelled with the process id (metrics are per process:
+    a scrape of several workers keeps them apart)."""
+    if "connected" not in shared:
+        return []
+    pid = str(shared.get("pid", ""))
+    out: list[str] = []
+    for stat, kind in _SHARED_STATS:
+        name = f"llmrelay_shared_{stat}" + ("_total" if kind == "counter" else "")
+        out.append(f"# TYPE {name} {kind}")
+        out.append(f"{name}{_labels(pid=pid)} {float(shared.get(stat, 0))}")
+    return out

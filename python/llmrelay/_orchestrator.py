@@ -9,6 +9,13 @@ loop's ``Completions`` queue (any loop, any thread), then ``resume``s. Retries u
 exponential backoff honouring ``Retry-After``, within the gate's retry budget and the
 call's total deadline; then the next candidate. Cancellation at any point gives the
 entry up (``Gate.cancel``): slot, reservation and breaker permit go back.
+
+With shared limits (``SharedStateConfig.limits``) each gate holds the Redis-backed
+limiter: ``admit`` answers ``GATE_SHARED`` and the core runs the cluster-wide check on
+its runtime, settling a future handed to ``admit`` with what ``admit`` would have
+answered (plus who decided: Redis or the ``on_unavailable`` fallback). The refunds,
+the reconcile with real usage and a 429's pause are the core's, inside ``cancel`` and
+``settle``: no extra crossing.
 """
 
 from __future__ import annotations
@@ -64,6 +71,7 @@ AttemptHook = Callable[[Candidate, BaseException | None, float, bool], None]
 UsageOf = Callable[[Any], tuple[int, int]]
 
 _PERMIT = _core.GATE_PERMIT
+_SHARED = _core.GATE_SHARED
 
 
 def outcome_of(err: BaseException | None) -> int:
@@ -91,6 +99,8 @@ class DeploymentRuntime:
 
     deployment: Deployment
     gate: _core.Gate
+    #: the gate's limits are shared (Redis): ``admit`` answers through a future
+    shared: bool = False
 
     @property
     def waiters(self) -> list[int]:
@@ -176,10 +186,17 @@ class Lease:
         self._health.in_flight -= 1
         latency = time.perf_counter() - self._started if latency_s is None else latency_s
         gate = self._rt.gate
-        if usage is None:
-            gate.settle(self.id, outcome_of(err), latency)  # wakes whoever it lets run
+        code = outcome_of(err)
+        if code == _core.THROTTLED and self._rt.shared:
+            # a 429's Retry-After pauses the deployment in every process
+            ra = getattr(err, "retry_after", None)
+            ra = float(ra) if isinstance(ra, int | float) and ra > 0 else None
+            tin, tout = usage if usage is not None else (None, None)
+            gate.settle(self.id, code, latency, tin, tout, ra)
+        elif usage is None:
+            gate.settle(self.id, code, latency)  # wakes whoever it lets run
         else:
-            gate.settle(self.id, outcome_of(err), latency, usage[0], usage[1])
+            gate.settle(self.id, code, latency, usage[0], usage[1])
         if self._trace is not None:
             self._trace.gate(self._rt)
 
@@ -196,6 +213,7 @@ class RequestOrchestrator:
         clock: Any = None,
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
+        shared: _core.SharedLimiter | None = None,
     ) -> None:
         oc = config.orchestrator
         self._cfg = oc
@@ -207,10 +225,14 @@ class RequestOrchestrator:
         self.limiter = _core.RateLimiter(idle_ttl_s=math.inf, clock=clock)
         self.runtimes: dict[str, DeploymentRuntime] = {}
         self._clock = clock
+        self.shared = shared
+        self._shared_timeout_s = config.shared.op_timeout_s if config.shared else 0.0
+        #: deployments whose last shared check was decided without Redis (warned once)
+        self._degraded: set[str] = set()
         for dep in deployments:
             gate = self._gate(config, dep)
             self._configure_limits(gate, dep.config.rate_limit)
-            self.runtimes[dep.name] = DeploymentRuntime(dep, gate)
+            self.runtimes[dep.name] = DeploymentRuntime(dep, gate, shared=shared is not None)
 
     def _gate(self, config: LLMServiceConfig, dep: Deployment) -> _core.Gate:
         oc = self._cfg
@@ -235,6 +257,7 @@ class RequestOrchestrator:
             half_open_max_calls=bc.half_open_max_calls,
             retry_budget_ratio=oc.retry_budget_ratio,
             clock=self._clock,
+            shared=self.shared,
         )
 
     def after_fork_in_child(self) -> None:
@@ -244,6 +267,7 @@ class RequestOrchestrator:
         for rt in self.runtimes.values():
             rt.gate.after_fork()
             rt.deployment.health.in_flight = 0
+        self._degraded = set()
 
     @staticmethod
     def _configure_limits(gate: _core.Gate, rl: RateLimitConfig | None) -> None:
@@ -397,9 +421,12 @@ class RequestOrchestrator:
         left = ctx.deadline - now
         wait_s = left * self._cfg.fallback_wait_share if others_left else left
         try:
-            kind, entry, delay = rt.gate.admit(
-                ctx.priority, ctx.est_input_tokens, ctx.est_output_tokens, wait_s, left, first
-            )
+            if rt.shared:
+                kind, entry, delay = await self._admit_shared(rt, ctx, wait_s, left, first)
+            else:
+                kind, entry, delay = rt.gate.admit(
+                    ctx.priority, ctx.est_input_tokens, ctx.est_output_tokens, wait_s, left, first
+                )
         except ClientThrottledError as e:
             e.model = cand.model
             if ctx.trace is not None:
@@ -436,6 +463,63 @@ class RequestOrchestrator:
             return result, lease
         lease.finish(None, usage=None if usage_of is None else usage_of(result))
         return result, None
+
+    async def _admit_shared(
+        self, rt: DeploymentRuntime, ctx: CallContext, wait_s: float, left: float, first: bool
+    ) -> tuple[int, int, float]:
+        """``admit`` on a gate with shared limits: the core checks Redis on its runtime
+        and settles a future with the answer. A caller cancelled meanwhile gives the entry
+        up; the core gives back whatever Redis booked for it."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[tuple[int, int, float, str]] = loop.create_future()
+        kind, entry, delay = rt.gate.admit(
+            ctx.priority,
+            ctx.est_input_tokens,
+            ctx.est_output_tokens,
+            wait_s,
+            left,
+            first,
+            fut,
+            _completions(loop),
+        )
+        if kind != _SHARED:
+            return kind, entry, delay  # no shared limit configured on this gate
+        try:
+            kind, entry, delay, source = await fut
+        except LLMRelayError:
+            raise  # a refusal: the core gave everything back
+        except BaseException:
+            rt.gate.cancel(entry)
+            raise
+        if source != "redis":
+            self._shared_fallback(rt, source)
+        elif rt.deployment.name in self._degraded:
+            self._degraded.discard(rt.deployment.name)
+            log.warning(
+                "llmrelay: shared limits of %s are decided by Redis again", rt.deployment.name
+            )
+        return kind, entry, delay
+
+    def _shared_fallback(self, rt: DeploymentRuntime, source: str) -> None:
+        """A shared check decided without Redis: count it, and say so once per episode."""
+        dep = rt.deployment
+        self._metrics.core.incr(dep.kind, "", dep.name, f"shared_fallbacks.{source}")
+        if dep.name in self._degraded:
+            return
+        self._degraded.add(dep.name)
+        timeout = self._shared_timeout_s
+        what = {
+            "local_share": "this process's share of each limit (limit x 0.9 / live processes)",
+            "open": "nothing (on_unavailable='open' admits)",
+        }.get(source, source)
+        log.warning(
+            "llmrelay: shared limits of %s unavailable (Redis did not answer within %.3fs):"
+            " admissions follow %s until it answers; metrics count shared_fallbacks.%s",
+            dep.name,
+            timeout,
+            what,
+            source,
+        )
 
     def backoff(self, retry: int, err: LLMRelayError) -> float:
         """Full-jitter exponential backoff, never shorter than the provider's Retry-After."""

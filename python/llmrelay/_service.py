@@ -10,6 +10,7 @@ view that shares the engine: pools, caches, limits, breakers and metrics.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Unpack
 
@@ -18,7 +19,7 @@ import httpx
 from llmrelay import _core
 from llmrelay._budget import Budget
 from llmrelay._cachekey import CacheControl
-from llmrelay._config import BudgetConfig, LLMServiceConfig
+from llmrelay._config import BudgetConfig, LLMServiceConfig, redact_url
 from llmrelay._engine import Engine, Middleware
 from llmrelay._metrics import ServiceMetrics
 from llmrelay._params import ChatParams, EmbedParams, check_chat_params, check_embed, short
@@ -36,6 +37,8 @@ if TYPE_CHECKING:
     from llmrelay._runner import RunSummary
 
 __all__ = ["BatchItem", "CacheIn", "LLMService", "MessagesIn", "Priority"]
+
+_log = logging.getLogger("llmrelay")
 
 CacheIn = bool | CacheControl | Mapping[str, Any] | None
 #: One request of a batch: a prompt, a message list, or a dict with ``messages`` and
@@ -126,7 +129,7 @@ class LLMService:
                 field="config",
             )
         check_service_config(config)
-        _refuse_shared(config)
+        _check_shared(config)
         otel = None
         if config.telemetry.otel:  # before the engine: ConfigError if it is not installed
             from llmrelay.otel import OpenTelemetryListener
@@ -505,21 +508,27 @@ class LLMService:
         return f"<LLMService{view} providers={names} closed={self._engine.closed}>"
 
 
-def _refuse_shared(config: LLMServiceConfig) -> None:
-    """The parts of ``shared`` not wired into the request path yet: say so rather than
-    ignore them. The shared cache tier and cross-process dedup are wired."""
-    sh = config.shared
-    if sh is None:
+def _check_shared(config: LLMServiceConfig) -> None:
+    """Refuse what ``shared`` asks that is not built; say which state stays per process."""
+    sc = config.shared
+    if sc is None:
         return
-    unbuilt = [name for name, on in (("limits", sh.limits), ("breakers", sh.breakers)) if on]
-    if not unbuilt:
-        return
-    raise NotImplementedError(
-        f"LLMServiceConfig.shared has {' and '.join(f'{n}=True' for n in unbuilt)}, which "
-        "LLMService does not use yet: the Redis-backed limiter exists "
-        "(llmrelay._shared.SharedLimiter, exact mode, with on_unavailable), while its wiring "
-        "into the request path (the per-deployment gate), leased mode and shared breakers are "
-        "not built. The shared cache tier (cache=True) and cross-process dedup (dedup=True) "
-        "are: set limits=False, breakers=False to use them, or remove `shared` (or "
-        "LLMRELAY_REDIS_URL) to run every process on its own. See docs/scaleout.md."
-    )
+    if sc.mode == "leased":
+        raise NotImplementedError(
+            "SharedStateConfig.mode='leased' is not built yet: use mode='exact' (every "
+            "admission checked in Redis). See docs/scaleout.md."
+        )
+    from llmrelay._shared import NOT_SHARED_YET
+
+    unshared = [n for n in NOT_SHARED_YET if getattr(sc, n)]
+    if unshared:
+        _log.warning(
+            "llmrelay: shared state on %s shares the rate limits%s; %s %s not shared by this"
+            " version and stay per process (set %s to False to silence this)."
+            " metrics.snapshot().shared['not_shared'] lists them",
+            redact_url(sc.url),
+            "" if sc.limits else " (off: limits=False)",
+            ", ".join(unshared),
+            "is" if len(unshared) == 1 else "are",
+            "/".join(f"shared.{n}" for n in unshared),
+        )

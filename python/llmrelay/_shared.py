@@ -16,16 +16,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal, TypeAlias, TypeVar, cast
 
 import msgspec
 
 from llmrelay import _core
-from llmrelay._config import SharedStateConfig
+from llmrelay._config import LLMServiceConfig, SharedStateConfig, redact_url
 from llmrelay._transport import _completions
 
-__all__ = ["Admission", "SharedLimiter"]
+__all__ = ["NOT_SHARED_YET", "Admission", "SharedLimiter", "shared_limiter", "shared_state"]
 
 _log = logging.getLogger("llmrelay.shared")
 
@@ -75,6 +76,16 @@ class SharedLimiter:
     def config(self) -> SharedStateConfig:
         """The settings."""
         return self._config
+
+    @property
+    def core(self) -> _core.SharedLimiter:
+        """The core's limiter (what each deployment's gate holds)."""
+        return self._core
+
+    def warm(self) -> None:
+        """Start connecting and record this process's heartbeat, in the background
+        (returns at once: start-up never waits for Redis)."""
+        self._core.warm()
 
     def configure(self, key: str, rate_per_s: float, burst: float) -> None:
         """(Re)configure ``key``: ``rate_per_s`` > 0 units per second, bursts up to ``burst``."""
@@ -173,3 +184,58 @@ class SharedLimiter:
 
     def __repr__(self) -> str:
         return f"SharedLimiter({self._config!r})"
+
+
+#: Switches of ``SharedStateConfig`` whose state is not shared by this version: that
+#: state stays per process (LLMService says so with a warning at start).
+NOT_SHARED_YET = ("breakers",)
+
+
+def shared_limiter(config: LLMServiceConfig) -> SharedLimiter | None:
+    """The service's Redis limiter when ``shared.limits`` is on (None otherwise).
+
+    Nothing is opened here: the connection starts in the background and every call
+    is bounded by ``op_timeout_s``, so building a service never waits for Redis.
+    """
+    sc = config.shared
+    if sc is None or not sc.limits:
+        return None
+    lim = SharedLimiter(sc)
+    lim.warm()
+    return lim
+
+
+def shared_state(
+    config: LLMServiceConfig, lim: SharedLimiter | None, runtimes: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The shared state's health for ``metrics.snapshot().shared`` ({} without it).
+
+    ``pid`` and ``member`` name this process (metrics stay per process); ``connected``,
+    ``degraded``, ``script_errors``, ``timeouts``, ``fallback_calls``... are the Redis
+    connection's; ``reservations``, ``refusals``, ``refunds``, ``reconciles`` the
+    limiter's operations; ``deployments`` the shared checks per deployment and how
+    many the ``on_unavailable`` fallback decided.
+    """
+    sc = config.shared
+    if sc is None:
+        return {}
+    out: dict[str, Any] = {
+        "pid": os.getpid(),
+        "url": redact_url(sc.url),
+        "namespace": sc.namespace,
+        "mode": sc.mode,
+        "on_unavailable": sc.on_unavailable,
+        "limits": lim is not None,
+        "not_shared": [n for n in NOT_SHARED_YET if getattr(sc, n)],
+    }
+    if lim is not None:
+        out.update(lim.stats())
+        deployments: dict[str, dict[str, int]] = {}
+        for name, rt in runtimes.items():
+            st = rt.gate.stats()
+            deployments[name] = {
+                "shared_checks": int(st["shared_checks"]),
+                "shared_fallbacks": int(st["shared_fallbacks"]),
+            }
+        out["deployments"] = deployments
+    return out

@@ -10,17 +10,23 @@ use pyo3::types::PyDict;
 
 use super::breaker::{count as at_least_one, PyCircuitBreaker};
 use super::clock::{pick, PyManualClock};
-use super::http::{PyCompletions, Waker};
+use super::error::to_pyerr;
+use super::http::{Outcome as Done, PyCompletions, Waker};
 use super::limiter::PyRateLimiter;
 use super::scheduler::{count, PyPriorityScheduler};
+use super::shared::PySharedLimiter;
 use crate::breaker;
 use crate::gate::{Admission, Gate, GateConfig, Outcome};
+use crate::runtime;
 use crate::scheduler::{invalid_priority, SchedulerConfig};
 
 /// `admit`/`resume` answered: go (slot, breaker permit, reservation spent).
 const PERMIT: u8 = 0;
 /// `admit`/`resume` answered: wait (a delay to sleep, or 0: queued until woken).
 const WAIT: u8 = 1;
+/// `admit` answered: the shared limits decide; the future passed to `admit`
+/// gets the answer (`(GATE_PERMIT | GATE_WAIT, id, delay_s)` or a refusal).
+const SHARED: u8 = 2;
 
 /// One deployment's scheduler, rate-limit cells, breaker and retry budget.
 ///
@@ -29,7 +35,7 @@ const WAIT: u8 = 1;
 /// `Completions`, so Python keeps no map of waiters.
 #[pyclass(name = "Gate", module = "llmrelay._core", frozen)]
 pub struct PyGate {
-    inner: Gate,
+    inner: Arc<Gate>,
     parked: Mutex<HashMap<u64, Waker>>,
 }
 
@@ -57,6 +63,7 @@ fn answer(a: Admission) -> (u8, u64, f64) {
     match a {
         Admission::Permit(id) => (PERMIT, id, 0.0),
         Admission::Wait { id, delay_s } => (WAIT, id, delay_s),
+        Admission::Shared(id) => (SHARED, id, 0.0),
     }
 }
 
@@ -69,7 +76,7 @@ impl PyGate {
         slow_call_rate_threshold = 1.0, slow_call_duration_s = None, minimum_calls = 10,
         window_size = 20, open_duration_s = 30.0, open_backoff_multiplier = 1.0,
         max_open_duration_s = 300.0, half_open_max_calls = 1, retry_budget_ratio = 0.2,
-        retry_budget_floor = 10.0, clock = None
+        retry_budget_floor = 10.0, clock = None, shared = None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -92,6 +99,7 @@ impl PyGate {
         retry_budget_ratio: f64,
         retry_budget_floor: f64,
         clock: Option<&Bound<'_, PyManualClock>>,
+        shared: Option<&Bound<'_, PySharedLimiter>>,
     ) -> PyResult<Self> {
         let cfg = GateConfig {
             scheduler: SchedulerConfig {
@@ -117,8 +125,12 @@ impl PyGate {
             retry_budget_floor,
         };
         let limiter = Arc::clone(&limiter.get().inner);
+        let mut gate = Gate::new(name, cfg, limiter, pick(clock))?;
+        if let Some(shared) = shared {
+            gate = gate.with_shared(Arc::clone(&shared.get().inner));
+        }
         Ok(Self {
-            inner: Gate::new(name, cfg, limiter, pick(clock))?,
+            inner: Arc::new(gate),
             parked: Mutex::new(HashMap::new()),
         })
     }
@@ -126,7 +138,16 @@ impl PyGate {
     /// `(GATE_PERMIT, id, 0.0)`, `(GATE_WAIT, id, delay_s)`, or a typed refusal
     /// (CircuitOpenError, QueueFullError, ClientThrottledError). Token counts
     /// are ints: pyo3 reads an int as `f64` about ten times slower than as `i64`.
-    #[pyo3(signature = (priority, est_in, est_out, wait_s, deadline_s, first = false))]
+    ///
+    /// A gate with shared limits answers `(GATE_SHARED, id, 0.0)`: the shared
+    /// check runs on the core's runtime and settles `future` (through
+    /// `completions`, its loop's queue) with what `admit` would have answered
+    /// plus who decided: `(kind, id, delay_s, source)`, or a typed refusal.
+    #[pyo3(signature = (
+        priority, est_in, est_out, wait_s, deadline_s, first = false, future = None,
+        completions = None
+    ))]
+    #[allow(clippy::too_many_arguments)]
     fn admit(
         &self,
         priority: i64,
@@ -135,16 +156,36 @@ impl PyGate {
         wait_s: f64,
         deadline_s: f64,
         first: bool,
+        future: Option<Py<PyAny>>,
+        completions: Option<&Bound<'_, PyCompletions>>,
     ) -> PyResult<(u8, u64, f64)> {
         let p = u8::try_from(priority).map_err(|_| invalid_priority(priority))?;
-        Ok(answer(self.inner.admit(
-            p,
-            est_in as f64,
-            est_out as f64,
-            wait_s,
-            deadline_s,
-            first,
-        )?))
+        let a = self
+            .inner
+            .admit(p, est_in as f64, est_out as f64, wait_s, deadline_s, first)?;
+        if let Admission::Shared(id) = a {
+            let (Some(future), Some(completions)) = (future, completions) else {
+                self.inner.cancel(id);
+                return Err(pyo3::exceptions::PyTypeError::new_err(
+                    "a gate with shared limits needs admit(..., future, completions)",
+                ));
+            };
+            let queue = completions.get().queue();
+            let gate = Arc::clone(&self.inner);
+            runtime::handle()?.spawn(async move {
+                let result = gate.check_shared(id, wait_s, deadline_s).await;
+                let done = Done::Value(Box::new(move |py: Python<'_>| match result {
+                    Ok((a, source)) => {
+                        let (kind, id, delay) = answer(a);
+                        let out = (kind, id, delay, source.as_str());
+                        Ok(out.into_pyobject(py)?.into_any().unbind())
+                    }
+                    Err(e) => Ok(to_pyerr(py, &e).into_value(py).into_any()),
+                }));
+                queue.push(future, done);
+            });
+        }
+        Ok(answer(a))
     }
 
     /// Continue an entry after its wait; answers like `admit`.
@@ -154,7 +195,11 @@ impl PyGate {
 
     /// Book a permit's outcome (an outcome constant), latency and, when both
     /// are given, its real token usage; returns the entries to wake.
-    #[pyo3(signature = (id, outcome, latency_s = 0.0, tokens_in = None, tokens_out = None))]
+    /// A 429's `retry_after_s` pauses the deployment in every process when its
+    /// limits are shared.
+    #[pyo3(signature = (
+        id, outcome, latency_s = 0.0, tokens_in = None, tokens_out = None, retry_after_s = None
+    ))]
     fn settle(
         &self,
         id: i64,
@@ -162,10 +207,13 @@ impl PyGate {
         latency_s: f64,
         tokens_in: Option<i64>,
         tokens_out: Option<i64>,
+        retry_after_s: Option<f64>,
     ) -> PyResult<Vec<u64>> {
         let outcome = Outcome::from_code(outcome)?;
         let usage = tokens_in.zip(tokens_out).map(|(i, o)| (i as f64, o as f64));
-        let woken = self.inner.settle(entry(id), outcome, latency_s, usage)?;
+        let woken = self
+            .inner
+            .settle_with(entry(id), outcome, latency_s, usage, retry_after_s)?;
         Ok(self.wake(woken))
     }
 
@@ -259,6 +307,8 @@ impl PyGate {
         d.set_item("entries", s.entries)?;
         d.set_item("outstanding", s.outstanding)?;
         d.set_item("retry_balance", self.inner.retry_balance())?;
+        d.set_item("shared_checks", s.shared_checks)?;
+        d.set_item("shared_fallbacks", s.shared_fallbacks)?;
         Ok(d)
     }
 
@@ -273,6 +323,12 @@ impl PyGate {
     #[getter]
     fn name(&self) -> &str {
         self.inner.name()
+    }
+
+    /// Whether the gate keeps its limits in a shared limiter (Redis).
+    #[getter]
+    fn shared(&self) -> bool {
+        self.inner.shared().is_some()
     }
 
     /// The scheduler, to read (admission goes through the gate).
@@ -307,6 +363,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyGate>()?;
     m.add("GATE_PERMIT", PERMIT)?;
     m.add("GATE_WAIT", WAIT)?;
+    m.add("GATE_SHARED", SHARED)?;
     for (name, o) in [
         ("SUCCESS", Outcome::Success),
         ("THROTTLED", Outcome::Throttled),

@@ -21,7 +21,7 @@ use crate::shared::{OnUnavailable, SharedLimiter};
 /// Keyed GCRA limiter whose cells live in Redis, shared by every process.
 #[pyclass(name = "SharedLimiter", module = "llmrelay._core", frozen)]
 pub struct PySharedLimiter {
-    inner: Arc<SharedLimiter>,
+    pub(super) inner: Arc<SharedLimiter>,
     url_shown: String,
 }
 
@@ -190,6 +190,22 @@ impl PySharedLimiter {
         spawn(completions, future, job, count_obj)
     }
 
+    /// Start opening the connection and record this process's heartbeat, in
+    /// the background (returns at once; start-up never waits for Redis).
+    fn warm(&self) -> PyResult<()> {
+        let lim = self.inner.clone();
+        runtime::handle()?.spawn(async move {
+            let _ = lim.heartbeat().await;
+        });
+        Ok(())
+    }
+
+    /// This process's member name in Redis (`pid:nonce`).
+    #[getter]
+    fn member(&self) -> String {
+        self.inner.member()
+    }
+
     /// The policy when Redis is unavailable.
     #[getter]
     fn on_unavailable(&self) -> &'static str {
@@ -217,6 +233,14 @@ impl PySharedLimiter {
         d.set_item("live_processes", s.live_processes)?;
         d.set_item("slowest_call_s", s.slowest_call_s)?;
         d.set_item("local_share", self.inner.local_share())?;
+        d.set_item("reservations", s.reservations)?;
+        d.set_item("refusals", s.refusals)?;
+        d.set_item("refunds", s.refunds)?;
+        d.set_item("reconciles", s.reconciles)?;
+        d.set_item("reconcile_noops", s.reconcile_noops)?;
+        d.set_item("pauses", s.pauses)?;
+        d.set_item("tightens", s.tightens)?;
+        d.set_item("member", self.inner.member())?;
         Ok(d)
     }
 

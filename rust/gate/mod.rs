@@ -32,6 +32,19 @@
 //!
 //! One lock serialises the gate's steps, so the scheduler, breaker and cells
 //! of a deployment move together.
+//!
+//! **Shared limits.** A gate built [`Gate::with_shared`] keeps its configured
+//! cells in a [`SharedLimiter`] (Redis) instead of the local limiter, so they
+//! hold across every process. `admit` then answers [`Admission::Shared`]: the
+//! entry waits for [`Gate::check_shared`], run on the core's runtime, which
+//! books the costs cluster-wide (all-or-nothing, within the caller's wait)
+//! and continues exactly as `admit` would (a delay, a slot, a permit or a
+//! refusal). Every path that sends nothing gives the booking back in Redis
+//! (by the reservation id when tokens were booked); `settle` reconciles the
+//! token estimate with the real usage by that id and publishes a 429's
+//! Retry-After as the deployment's pause in every process. The Redis calls
+//! after admission (refund, reconcile, pause, header tightening) are spawned
+//! on the runtime: no caller waits for them.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -42,6 +55,7 @@ use crate::breaker::{self, CircuitBreaker, State as BreakerState};
 use crate::error::{Error, Result};
 use crate::limiter::RateLimiter;
 use crate::scheduler::{self, invalid_priority, PriorityScheduler, SchedulerConfig};
+use crate::shared::{SharedLimiter, Source};
 
 /// The rate-limit dimensions of a deployment, in index order.
 pub const DIMS: [&str; 4] = ["rpm", "tpm", "itpm", "otpm"];
@@ -198,11 +212,16 @@ pub enum Admission {
         /// Seconds to sleep (0: wait to be woken).
         delay_s: f64,
     },
+    /// The shared limits decide first: run [`Gate::check_shared`] for this
+    /// entry, which answers like `admit`.
+    Shared(u64),
 }
 
 /// Where an entry stands.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Phase {
+    /// Waiting for the shared limiter's answer (the local delay booked so far).
+    Pending(f64),
     /// Booked, sleeping on a limiter delay; no slot yet.
     Delayed,
     /// Queued for a slot under this scheduler ticket.
@@ -217,6 +236,8 @@ enum Phase {
 
 #[derive(Debug, Clone, Copy)]
 struct Entry {
+    /// The entry's id (set when inserted).
+    id: u64,
     priority: u8,
     est_in: f64,
     est_out: f64,
@@ -224,6 +245,10 @@ struct Entry {
     mask: u8,
     /// Whether the reservation is still unspent (to refund if nothing goes).
     booked: bool,
+    /// Booked in the shared limiter (Redis).
+    shared: bool,
+    /// The shared booking is recorded under this entry's reservation id.
+    recorded: bool,
     phase: Phase,
 }
 
@@ -261,6 +286,10 @@ pub struct GateStats {
     pub entries: usize,
     /// Reservations booked and neither spent on a send nor refunded.
     pub outstanding: usize,
+    /// Shared checks answered (by Redis or by the `on_unavailable` fallback).
+    pub shared_checks: u64,
+    /// Shared checks decided by the fallback (Redis unavailable).
+    pub shared_fallbacks: u64,
 }
 
 #[derive(Debug)]
@@ -272,6 +301,8 @@ struct State {
     next_id: u64,
     /// Cell key per dimension, once configured.
     keys: [Option<Box<str>>; 4],
+    /// Cell key per dimension in the shared limiter, once configured.
+    shared_keys: [Option<Box<str>>; 4],
     budget: RetryBudget,
     /// Entries granted by a step that could not return them (a refusal).
     pending: Vec<u64>,
@@ -284,6 +315,7 @@ pub struct Gate {
     name: String,
     cfg: GateConfig,
     limiter: Arc<RateLimiter>,
+    shared: Option<Arc<SharedLimiter>>,
     breaker: Arc<CircuitBreaker>,
     clock: crate::clock::SharedClock,
     state: Mutex<State>,
@@ -338,6 +370,7 @@ impl Gate {
         Ok(Self {
             name,
             limiter,
+            shared: None,
             breaker,
             clock,
             state: Mutex::new(State {
@@ -346,12 +379,25 @@ impl Gate {
                 by_ticket: HashMap::new(),
                 next_id: 1,
                 keys: Default::default(),
+                shared_keys: Default::default(),
                 budget,
                 pending: Vec::new(),
                 stats: GateStats::default(),
             }),
             cfg,
         })
+    }
+
+    /// This gate with its limits kept in `shared` (cluster-wide) instead of
+    /// the local limiter. Configure the limits after this.
+    pub fn with_shared(mut self, shared: Arc<SharedLimiter>) -> Self {
+        self.shared = Some(shared);
+        self
+    }
+
+    /// The shared limiter, if the gate has one.
+    pub fn shared(&self) -> Option<&Arc<SharedLimiter>> {
+        self.shared.as_ref()
     }
 
     /// The deployment's name.
@@ -389,6 +435,11 @@ impl Gate {
     pub fn configure_limit(&self, dim: &str, rate_per_s: f64, burst: f64) -> Result<String> {
         let i = dim_index(dim)?;
         let key = format!("{}:{dim}", self.name);
+        if let Some(shared) = &self.shared {
+            shared.configure(&key, rate_per_s, burst)?;
+            self.state.lock().shared_keys[i] = Some(key.clone().into_boxed_str());
+            return Ok(key);
+        }
         self.limiter.configure(&key, rate_per_s, burst)?;
         self.state.lock().keys[i] = Some(key.clone().into_boxed_str());
         Ok(key)
@@ -398,8 +449,8 @@ impl Gate {
     pub fn rate_keys(&self) -> Vec<(&'static str, String)> {
         let st = self.state.lock();
         DIMS.iter()
-            .zip(st.keys.iter())
-            .filter_map(|(d, k)| k.as_ref().map(|k| (*d, k.to_string())))
+            .zip(st.keys.iter().zip(st.shared_keys.iter()))
+            .filter_map(|(d, (k, s))| k.as_ref().or(s.as_ref()).map(|k| (*d, k.to_string())))
             .collect()
     }
 
@@ -416,6 +467,9 @@ impl Gate {
         reset_s: f64,
     ) -> Result<bool> {
         let i = dim_index(dim)?;
+        if let Some(shared) = &self.shared {
+            return self.observe_shared(shared, i, dim, remaining, limit, reset_s);
+        }
         let key = self.state.lock().keys[i].clone();
         let key = match (key, limit) {
             (Some(k), _) => k.to_string(),
@@ -426,6 +480,32 @@ impl Gate {
         };
         self.limiter
             .observe_headers(&key, remaining.max(0.0), limit, reset_s.max(0.0))?;
+        Ok(true)
+    }
+
+    fn observe_shared(
+        &self,
+        shared: &Arc<SharedLimiter>,
+        i: usize,
+        dim: &str,
+        remaining: f64,
+        limit: Option<f64>,
+        reset_s: f64,
+    ) -> Result<bool> {
+        let key = self.state.lock().shared_keys[i].clone();
+        let key = match (key, limit) {
+            (Some(k), _) => k.to_string(),
+            (None, Some(l)) if l.is_finite() && l > 0.0 => {
+                self.configure_limit(dim, l / 60.0, (l / 6.0).max(1.0))?
+            }
+            (None, _) => return Ok(false),
+        };
+        let (remaining, reset_s) = (remaining.max(0.0), reset_s.max(0.0));
+        let limit = limit.filter(|l| l.is_finite() && *l > 0.0);
+        let lim = shared.clone();
+        spawn_quiet(async move {
+            let _ = lim.observe_headers(&key, remaining, limit, reset_s).await;
+        });
         Ok(true)
     }
 
@@ -464,34 +544,148 @@ impl Gate {
             return Err(self.circuit_open(self.breaker.retry_after_s()));
         }
         let mut entry = Entry {
+            id: 0,
             priority,
             est_in,
             est_out,
             mask: 0,
             booked: false,
+            shared: false,
+            recorded: false,
             phase: Phase::Delayed,
         };
         let delay = self.book(&mut st, &mut entry);
+        if self.shared.is_some() && st.shared_keys.iter().any(Option::is_some) {
+            if delay >= wait_s && delay > 0.0 {
+                self.refund(&mut st, &mut entry);
+                st.stats.refused_throttled += 1;
+                return Err(self.throttled(delay, wait_s, deadline_s));
+            }
+            entry.phase = Phase::Pending(delay);
+            return Ok(Admission::Shared(Self::insert(&mut st, entry)));
+        }
         if delay > 0.0 {
             if delay >= wait_s {
                 self.refund(&mut st, &mut entry);
                 st.stats.refused_throttled += 1;
-                let why = if wait_s >= deadline_s {
-                    "past the deadline"
-                } else {
-                    "too far off"
-                };
-                return Err(Error::Throttled {
-                    name: self.name.clone(),
-                    retry_after_s: delay,
-                    detail: format!("next slot in {delay:.3}s is {why}"),
-                });
+                return Err(self.throttled(delay, wait_s, deadline_s));
             }
             let id = Self::insert(&mut st, entry);
             return Ok(Admission::Wait { id, delay_s: delay });
         }
         let id = Self::insert(&mut st, entry);
         self.take_slot(&mut st, id)
+    }
+
+    /// The shared stage of an entry `admit` answered [`Admission::Shared`]
+    /// for: book its costs on the shared cells (within `wait_s`), then go on
+    /// as `admit` would. An entry cancelled meanwhile gets its booking given
+    /// back here. A `Permit` leaves the entry granted, reservation unspent
+    /// until `settle` (a `cancel` before sending gives it back). With the
+    /// answer comes who decided it (Redis, or the `on_unavailable` fallback).
+    pub async fn check_shared(
+        self: &Arc<Self>,
+        id: u64,
+        wait_s: f64,
+        deadline_s: f64,
+    ) -> Result<(Admission, Source)> {
+        let Some(shared) = self.shared.clone() else {
+            return Err(unknown(id));
+        };
+        let (items, tokens) = {
+            let st = self.state.lock();
+            let e = st.entries.get(&id).ok_or_else(|| unknown(id))?;
+            let items: Vec<(String, f64)> = st
+                .shared_keys
+                .iter()
+                .enumerate()
+                .filter_map(|(i, k)| k.as_ref().map(|k| (k.to_string(), e.cost(i))))
+                .collect();
+            let tokens = st.shared_keys[1..].iter().any(Option::is_some);
+            (items, tokens)
+        };
+        let res = tokens.then(|| shared.reservation_id(id));
+        let max_wait = if wait_s.is_finite() {
+            wait_s.max(0.0)
+        } else {
+            f64::MAX
+        };
+        let a = shared
+            .reserve_many(&items, max_wait, res.as_deref())
+            .await?;
+        let mut st = self.state.lock();
+        st.stats.shared_checks += 1;
+        if a.source != Source::Redis {
+            st.stats.shared_fallbacks += 1;
+        }
+        let local_delay = match st.entries.get(&id).map(|e| e.phase) {
+            Some(Phase::Pending(d)) => d,
+            _ => {
+                // cancelled while Redis answered: nothing goes, give it back
+                drop(st);
+                if a.admitted {
+                    self.refund_shared(&items, res);
+                }
+                return Err(unknown(id));
+            }
+        };
+        let mut entry = st.entries.remove(&id).expect("entry exists");
+        if !a.admitted {
+            self.refund(&mut st, &mut entry);
+            st.stats.refused_throttled += 1;
+            if a.source == Source::Closed {
+                return Err(Error::Throttled {
+                    name: self.name.clone(),
+                    retry_after_s: a.wait_s,
+                    detail: "the shared limits are unavailable (Redis did not answer) and \
+                             on_unavailable='closed' refuses"
+                        .into(),
+                });
+            }
+            return Err(self.throttled(a.wait_s, wait_s, deadline_s));
+        }
+        if !entry.booked {
+            st.stats.outstanding += 1;
+        }
+        entry.booked = true;
+        entry.shared = true;
+        entry.recorded = res.is_some();
+        let delay = local_delay.max(a.wait_s);
+        if delay > 0.0 {
+            entry.phase = Phase::Delayed;
+            st.entries.insert(id, entry);
+            return Ok((Admission::Wait { id, delay_s: delay }, a.source));
+        }
+        entry.phase = Phase::Delayed;
+        st.entries.insert(id, entry);
+        match self.take_slot(&mut st, id)? {
+            Admission::Permit(id) => {
+                // handed out through a future: keep it booked (and refundable
+                // by `cancel`) until `settle` says it was sent
+                let e = st.entries.get_mut(&id).expect("entry exists");
+                if let Phase::Permitted(t) = e.phase {
+                    e.phase = Phase::Granted(t);
+                    e.booked = true;
+                    st.stats.outstanding += 1;
+                    st.stats.permits -= 1;
+                }
+                Ok((Admission::Permit(id), a.source))
+            }
+            other => Ok((other, a.source)),
+        }
+    }
+
+    fn throttled(&self, delay: f64, wait_s: f64, deadline_s: f64) -> Error {
+        let why = if wait_s >= deadline_s {
+            "past the deadline"
+        } else {
+            "too far off"
+        };
+        Error::Throttled {
+            name: self.name.clone(),
+            retry_after_s: delay,
+            detail: format!("next slot in {delay:.3}s is {why}"),
+        }
     }
 
     /// Continue an entry after its wait: a slept limiter delay goes on to
@@ -503,6 +697,7 @@ impl Gate {
         match phase {
             Phase::Delayed => self.take_slot(&mut st, id),
             Phase::Queued(_) => Ok(Admission::Wait { id, delay_s: 0.0 }),
+            Phase::Pending(_) => Ok(Admission::Shared(id)),
             Phase::Granted(t) => Ok(Self::permit(&mut st, id, t)),
             Phase::Refused(retry_after) => {
                 st.entries.remove(&id);
@@ -526,6 +721,19 @@ impl Gate {
         latency_s: f64,
         usage: Option<(f64, f64)>,
     ) -> Result<Vec<u64>> {
+        self.settle_with(id, outcome, latency_s, usage, None)
+    }
+
+    /// [`Gate::settle`], with the `Retry-After` of a 429 (`Throttled`): with
+    /// shared limits it pauses the deployment in every process.
+    pub fn settle_with(
+        &self,
+        id: u64,
+        outcome: Outcome,
+        latency_s: f64,
+        usage: Option<(f64, f64)>,
+        retry_after_s: Option<f64>,
+    ) -> Result<Vec<u64>> {
         if !(latency_s.is_finite() && latency_s >= 0.0) {
             return Err(Error::InvalidArgument {
                 what: "latency_s",
@@ -539,9 +747,15 @@ impl Gate {
         let mut st = self.state.lock();
         let ticket = match st.entries.get(&id).map(|e| e.phase) {
             Some(Phase::Permitted(t)) => t,
+            // a permit handed out by `check_shared`: settled means it was sent
+            Some(Phase::Granted(t)) if st.entries[&id].shared => t,
             _ => return Err(unknown(id)),
         };
         let entry = st.entries.remove(&id).expect("entry exists");
+        if entry.booked {
+            st.stats.outstanding -= 1;
+            st.stats.permits += 1;
+        }
         self.breaker.record(outcome.breaker(), latency_s)?;
         let granted = st
             .scheduler
@@ -552,6 +766,15 @@ impl Gate {
         }
         if let Some((used_in, used_out)) = usage {
             self.reconcile(&st, &entry, used_in, used_out);
+        }
+        if entry.recorded {
+            // without the real usage the estimate stands; settling it by the id
+            // still drops the reservation's record (no ten-minute leftovers)
+            let (used_in, used_out) = usage.unwrap_or((entry.est_in, entry.est_out));
+            self.reconcile_shared(&st, id, used_in, used_out);
+        }
+        if let (Outcome::Throttled, Some(s)) = (outcome, retry_after_s) {
+            self.pause_shared(&st, s);
         }
         Ok(self.grant(&mut st, granted))
     }
@@ -567,7 +790,7 @@ impl Gate {
         };
         st.stats.cancelled += 1;
         let granted = match entry.phase {
-            Phase::Delayed | Phase::Refused(_) => Vec::new(),
+            Phase::Delayed | Phase::Refused(_) | Phase::Pending(_) => Vec::new(),
             Phase::Queued(t) => {
                 st.by_ticket.remove(&t);
                 st.scheduler.cancel(t)
@@ -674,9 +897,10 @@ impl Gate {
         }
     }
 
-    fn insert(st: &mut State, entry: Entry) -> u64 {
+    fn insert(st: &mut State, mut entry: Entry) -> u64 {
         let id = st.next_id;
         st.next_id += 1;
+        entry.id = id;
         st.entries.insert(id, entry);
         id
     }
@@ -710,6 +934,72 @@ impl Gate {
                 let _ = self.limiter.refund(key, entry.cost(i));
             }
         }
+        if std::mem::take(&mut entry.shared) {
+            let items: Vec<(String, f64)> = st
+                .shared_keys
+                .iter()
+                .enumerate()
+                .filter_map(|(i, k)| k.as_ref().map(|k| (k.to_string(), entry.cost(i))))
+                .collect();
+            let res = entry
+                .recorded
+                .then(|| self.shared.as_ref().map(|s| s.reservation_id(entry.id)))
+                .flatten();
+            self.refund_shared(&items, res);
+        }
+    }
+
+    /// Give a shared booking back (by its reservation when recorded: a
+    /// reconcile to zero, applied once), on the runtime.
+    fn refund_shared(&self, items: &[(String, f64)], res: Option<String>) {
+        let Some(lim) = self.shared.clone() else {
+            return;
+        };
+        let items = items.to_vec();
+        spawn_quiet(async move {
+            match res {
+                Some(id) => {
+                    let zeros: Vec<_> = items.into_iter().map(|(k, _)| (k, 0.0)).collect();
+                    let _ = lim.reconcile(&id, &zeros).await;
+                }
+                None => {
+                    let _ = lim.refund(&items).await;
+                }
+            }
+        });
+    }
+
+    fn reconcile_shared(&self, st: &State, id: u64, used_in: f64, used_out: f64) {
+        let Some(lim) = self.shared.clone() else {
+            return;
+        };
+        let items: Vec<(String, f64)> = [(1, used_in + used_out), (2, used_in), (3, used_out)]
+            .into_iter()
+            .filter_map(|(i, actual)| st.shared_keys[i].as_ref().map(|k| (k.to_string(), actual)))
+            .collect();
+        let res = lim.reservation_id(id);
+        spawn_quiet(async move {
+            let _ = lim.reconcile(&res, &items).await;
+        });
+    }
+
+    fn pause_shared(&self, st: &State, retry_after_s: f64) {
+        let (Some(lim), Some(key)) = (
+            self.shared.clone(),
+            st.shared_keys
+                .iter()
+                .flatten()
+                .next()
+                .map(|k| k.to_string()),
+        ) else {
+            return;
+        };
+        if !(retry_after_s.is_finite() && retry_after_s > 0.0) {
+            return;
+        }
+        spawn_quiet(async move {
+            let _ = lim.pause(&key, retry_after_s).await;
+        });
     }
 
     fn reconcile(&self, st: &State, entry: &Entry, used_in: f64, used_out: f64) {
@@ -792,6 +1082,16 @@ impl Gate {
             todo = next;
         }
         woken
+    }
+}
+
+/// Run `job` on the core's runtime, if there is one; nobody waits for it.
+fn spawn_quiet<F>(job: F)
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    if let Ok(rt) = crate::runtime::handle() {
+        rt.spawn(job);
     }
 }
 

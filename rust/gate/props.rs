@@ -121,6 +121,7 @@ impl Harness {
                 // a limiter delay may resume after its sleep; a queued entry when woken
                 self.held.insert(id, Held::Waiting(delay_s > 0.0));
             }
+            Ok(Admission::Shared(id)) => panic!("entry {id}: no shared limiter here"),
             Err(e) => {
                 assert!(
                     matches!(

@@ -385,3 +385,144 @@ fn after_fork_forgets_the_parents_attempts() {
     g.settle(b, Outcome::Success, 0.0, None).unwrap();
     assert_eq!(g.rate_keys().len(), 1, "cells kept");
 }
+
+// ---- shared limits, with Redis absent (a closed port): the policies decide ----
+
+fn shared_gate(policy: OnUnavailable, n: usize) -> Arc<Gate> {
+    use crate::shared::SharedLimiter;
+    let clock = ManualClock::new(0);
+    let shared_clock: crate::clock::SharedClock = Arc::new(clock);
+    let limiter = Arc::new(RateLimiter::new(f64::INFINITY, shared_clock.clone()).unwrap());
+    // port 1 on loopback: refused at once, so every check goes to the fallback
+    let lim = SharedLimiter::new("redis://127.0.0.1:1", "ns", policy, 0.02).unwrap();
+    let g = Gate::new("dep", slots(n, 10), limiter, shared_clock)
+        .unwrap()
+        .with_shared(Arc::new(lim));
+    g.configure_limit("rpm", 0.001, 3.0).unwrap();
+    g.configure_limit("tpm", 1000.0, 10_000.0).unwrap();
+    Arc::new(g)
+}
+
+fn check(g: &Arc<Gate>, id: u64) -> Result<(Admission, Source)> {
+    let rt = crate::runtime::handle().unwrap();
+    let g = g.clone();
+    rt.block_on(async move { g.check_shared(id, 100.0, 100.0).await })
+}
+
+fn shared_id(a: Admission) -> u64 {
+    match a {
+        Admission::Shared(id) => id,
+        other => panic!("expected a shared check, got {other:?}"),
+    }
+}
+
+use crate::shared::OnUnavailable;
+
+#[test]
+fn shared_limits_keep_the_cells_off_the_local_limiter() {
+    let g = shared_gate(OnUnavailable::Open, 1);
+    assert_eq!(g.rate_keys().len(), 2);
+    assert_eq!(g.limiter().available("dep:rpm"), f64::INFINITY);
+    let (outstanding, avail) = g.limiter_stats();
+    assert_eq!((outstanding, avail.len()), (0, 0));
+}
+
+#[test]
+fn a_shared_check_answers_like_admit_and_settles() {
+    let g = shared_gate(OnUnavailable::Open, 1);
+    let id = shared_id(admit(&g).unwrap());
+    assert_eq!(g.stats().outstanding, 0, "nothing booked before the answer");
+    let (a, source) = check(&g, id).unwrap();
+    assert_eq!((a, source), (Admission::Permit(id), Source::Open));
+    // handed out through a future: booked until settle says it was sent
+    assert_eq!(g.stats().outstanding, 1);
+    g.settle_with(id, Outcome::Success, 0.01, Some((5.0, 5.0)), None)
+        .unwrap();
+    assert_clean(&g);
+    let s = g.stats();
+    assert_eq!(
+        (s.permits, s.settled, s.shared_checks, s.shared_fallbacks),
+        (1, 1, 1, 1)
+    );
+}
+
+#[test]
+fn closed_refuses_with_a_throttle_naming_the_policy() {
+    let g = shared_gate(OnUnavailable::Closed, 1);
+    let id = shared_id(admit(&g).unwrap());
+    match check(&g, id) {
+        Err(Error::Throttled { detail, .. }) => assert!(detail.contains("closed"), "{detail}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert_clean(&g);
+    assert_eq!(g.stats().refused_throttled, 1);
+}
+
+#[test]
+fn local_share_admits_this_process_share_of_the_burst() {
+    let g = shared_gate(OnUnavailable::LocalShare, 8);
+    let mut sources = Vec::new();
+    let mut permits = Vec::new();
+    // burst 3 x 0.9 = 2.7: two go, the third would wait ~1000 s (rate 0.001/s)
+    for _ in 0..3 {
+        let id = shared_id(g.admit(5, 10.0, 5.0, 1.0, 1.0, true).unwrap());
+        match check(&g, id) {
+            Ok((Admission::Permit(id), s)) => {
+                permits.push(id);
+                sources.push(s);
+            }
+            Err(Error::Throttled { retry_after_s, .. }) => assert!(retry_after_s > 100.0),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(permits.len(), 2);
+    assert!(sources.iter().all(|s| *s == Source::LocalShare));
+    for id in permits {
+        g.settle(id, Outcome::Success, 0.0, None).unwrap();
+    }
+    assert_clean(&g);
+}
+
+#[test]
+fn cancelled_while_the_check_runs_leaves_nothing_behind() {
+    let g = shared_gate(OnUnavailable::Open, 1);
+    let id = shared_id(admit(&g).unwrap());
+    assert_eq!(
+        g.resume(id).unwrap(),
+        Admission::Shared(id),
+        "still pending"
+    );
+    assert!(g.cancel(id).is_empty());
+    assert!(
+        check(&g, id).is_err(),
+        "the answer finds no entry and gives its booking back"
+    );
+    assert_clean(&g);
+}
+
+#[test]
+fn a_permit_from_the_check_cancelled_before_sending_is_given_back() {
+    let g = shared_gate(OnUnavailable::Open, 1);
+    let id = shared_id(admit(&g).unwrap());
+    assert_eq!(check(&g, id).unwrap().0, Admission::Permit(id));
+    assert!(g.cancel(id).is_empty());
+    assert_clean(&g);
+}
+
+#[test]
+fn a_shared_check_queues_for_the_slot_and_is_woken_by_the_settle() {
+    let g = shared_gate(OnUnavailable::Open, 1);
+    let a = shared_id(admit(&g).unwrap());
+    assert_eq!(check(&g, a).unwrap().0, Admission::Permit(a));
+    let b = shared_id(admit(&g).unwrap());
+    let (wb, delay) = wait_id(check(&g, b).unwrap().0);
+    assert_eq!((wb, delay), (b, 0.0), "queued for the slot");
+    assert!(g.is_queued(b));
+    let woken = g
+        .settle_with(a, Outcome::Throttled, 0.0, None, Some(1.0))
+        .unwrap();
+    assert_eq!(woken, vec![b]);
+    assert_eq!(g.resume(b).unwrap(), Admission::Permit(b));
+    g.settle(b, Outcome::Success, 0.0, None).unwrap();
+    assert_clean(&g);
+}

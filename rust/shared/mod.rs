@@ -132,6 +132,36 @@ pub struct Stats {
     pub live_processes: u64,
     /// The longest Redis call so far (seconds, timed in the core).
     pub slowest_call_s: f64,
+    /// Reservations Redis admitted.
+    pub reservations: u64,
+    /// Reservations Redis refused (no room within the wait, or paused).
+    pub refusals: u64,
+    /// Refunds sent (a booking that sent nothing).
+    pub refunds: u64,
+    /// Reconciles Redis applied.
+    pub reconciles: u64,
+    /// Reconciles that found nothing to settle (a repeat, or expired).
+    pub reconcile_noops: u64,
+    /// 429 pauses published.
+    pub pauses: u64,
+    /// Header observations sent to Redis (one that could not tighten is not sent).
+    pub tightens: u64,
+}
+
+/// Counts of the limiter's operations (read by `stats`).
+#[derive(Debug, Default)]
+struct OpCounters {
+    reservations: AtomicU64,
+    refusals: AtomicU64,
+    refunds: AtomicU64,
+    reconciles: AtomicU64,
+    reconcile_noops: AtomicU64,
+    pauses: AtomicU64,
+    tightens: AtomicU64,
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
 }
 
 /// One configured cell: its rate and burst.
@@ -165,7 +195,8 @@ pub struct SharedLimiter {
     cells: RwLock<HashMap<String, CellConfig>>,
     local: RateLimiter,
     live: AtomicU64,
-    member: String,
+    nonce: u64,
+    ops: OpCounters,
     last_heartbeat: Mutex<Option<(u32, Instant)>>,
     degraded: AtomicBool,
     fallback_calls: AtomicU64,
@@ -259,7 +290,8 @@ impl SharedLimiter {
             cells: RwLock::new(HashMap::new()),
             local: RateLimiter::new(f64::INFINITY, clock::system())?,
             live: AtomicU64::new(1),
-            member: format!("{}:{nonce:016x}", std::process::id()),
+            nonce,
+            ops: OpCounters::default(),
             last_heartbeat: Mutex::new(None),
             degraded: AtomicBool::new(false),
             fallback_calls: AtomicU64::new(0),
@@ -279,6 +311,27 @@ impl SharedLimiter {
     /// What a call does when Redis is unavailable.
     pub fn on_unavailable(&self) -> OnUnavailable {
         self.on_unavailable
+    }
+
+    /// This process's name in Redis: its pid (read on every call, so a forked
+    /// child is a process of its own) and a random nonce.
+    pub fn member(&self) -> String {
+        format!("{}:{:016x}", std::process::id(), self.nonce)
+    }
+
+    /// A reservation id unique to entry `n` of this process, cluster-wide.
+    pub fn reservation_id(&self, n: u64) -> String {
+        format!("{}:{n}", self.member())
+    }
+
+    /// Whether `key` has a cell configured here.
+    pub fn is_configured(&self, key: &str) -> bool {
+        self.cells.read().contains_key(key)
+    }
+
+    /// The rate (per second) and burst configured for `key`.
+    pub fn cell_config(&self, key: &str) -> Option<(f64, f64)> {
+        self.cell(key).map(|c| (c.rate, c.burst))
     }
 
     fn cell_key(&self, key: &str) -> Result<String> {
@@ -377,7 +430,7 @@ impl SharedLimiter {
     /// Record this process in Redis and learn how many are live.
     pub async fn heartbeat(self: &Arc<Self>) -> Option<u64> {
         let keys = [format!("{}:procs", self.namespace)];
-        let args = [self.member.clone(), HEARTBEAT_TTL_MS.to_string()];
+        let args = [self.member(), HEARTBEAT_TTL_MS.to_string()];
         let reply = self
             .conn
             .eval(&self.scripts.heartbeat, &keys, &args)
@@ -442,6 +495,11 @@ impl SharedLimiter {
                 self.note(true);
                 let admitted = value_f64(&v[0]).unwrap_or(0.0) > 0.0;
                 let wait_s = value_f64(&v[1]).unwrap_or(0.0) / 1e6;
+                bump(if admitted {
+                    &self.ops.reservations
+                } else {
+                    &self.ops.refusals
+                });
                 Ok(Admission {
                     admitted,
                     wait_s,
@@ -489,6 +547,9 @@ impl SharedLimiter {
     pub async fn refund(self: &Arc<Self>, items: &[(String, f64)]) -> Result<Source> {
         let cells = self.configured(items)?;
         let deltas: Vec<_> = cells.iter().map(|(k, c, cell)| (*k, -*c, *cell)).collect();
+        if !deltas.is_empty() {
+            bump(&self.ops.refunds);
+        }
         self.adjust(&deltas).await
     }
 
@@ -557,7 +618,13 @@ impl SharedLimiter {
         match self.conn.eval(&self.scripts.reconcile, &keys, &args).await {
             Ok(v) => {
                 self.note(true);
-                Ok((value_f64(&v).unwrap_or(0.0) > 0.0, Source::Redis))
+                let applied = value_f64(&v).unwrap_or(0.0) > 0.0;
+                bump(if applied {
+                    &self.ops.reconciles
+                } else {
+                    &self.ops.reconcile_noops
+                });
+                Ok((applied, Source::Redis))
             }
             Err(_) => {
                 self.note(false);
@@ -592,6 +659,11 @@ impl SharedLimiter {
             return Ok(Source::Redis);
         };
         let capacity = remaining - reset_s * cell.rate;
+        if capacity >= cell.burst {
+            // the cell never holds more than a burst: nothing to tighten
+            return Ok(Source::Redis);
+        }
+        bump(&self.ops.tightens);
         let args = [
             format!("{:.6}", cell.interval_us()),
             cell.burst.to_string(),
@@ -626,6 +698,7 @@ impl SharedLimiter {
         let retry_after_s = check_cost("retry_after_s", retry_after_s)?;
         let keys = [self.scope_key(key, "pause")?];
         let args = [format!("{:.3}", retry_after_s * 1e6)];
+        bump(&self.ops.pauses);
         match self.conn.eval(&self.scripts.pause, &keys, &args).await {
             Ok(v) => {
                 self.note(true);
@@ -677,6 +750,13 @@ impl SharedLimiter {
             degraded_episodes: self.episodes.load(Ordering::Relaxed),
             live_processes: self.live.load(Ordering::Relaxed),
             slowest_call_s: c.slowest_us.load(Ordering::Relaxed) as f64 / 1e6,
+            reservations: self.ops.reservations.load(Ordering::Relaxed),
+            refusals: self.ops.refusals.load(Ordering::Relaxed),
+            refunds: self.ops.refunds.load(Ordering::Relaxed),
+            reconciles: self.ops.reconciles.load(Ordering::Relaxed),
+            reconcile_noops: self.ops.reconcile_noops.load(Ordering::Relaxed),
+            pauses: self.ops.pauses.load(Ordering::Relaxed),
+            tightens: self.ops.tightens.load(Ordering::Relaxed),
         }
     }
 
