@@ -559,8 +559,10 @@ class RequestOrchestrator:
         if last is None:
             return DeadlineExceededError("total timeout exceeded before any attempt")
         if len({(a.provider, a.model) for a in ctx.attempts}) <= 1:
-            if next_cand is not None and isinstance(last, QueueTimeoutError | ClientThrottledError):
-                # it gave up waiting to try the next candidate, but the time ran out first
+            if next_cand is not None:
+                # it moved on to the next candidate (a bounded wait given up, an open
+                # circuit, a spent retry), but the time ran out before that one was tried:
+                # the caller's deadline is what failed, not the first candidate's refusal
                 return DeadlineExceededError(
                     f"total timeout exceeded before {next_cand.label} could be tried"
                     f" (after: {last})",

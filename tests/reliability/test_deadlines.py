@@ -16,7 +16,8 @@ from llmrelay import (
     ModelSelectionStrategy,
     RequestTimeouts,
 )
-from llmrelay.errors import DeadlineExceededError, LLMRelayError
+from llmrelay._orchestrator import CallContext
+from llmrelay.errors import Attempt, CircuitOpenError, DeadlineExceededError, LLMRelayError
 from service_helpers import ConfigFactory
 from soak_helpers import count, report
 
@@ -156,3 +157,24 @@ async def test_callers_queued_behind_a_slow_primary_move_on_to_the_fallback(
         snap = svc.metrics.snapshot()
         assert snap.total("queue_timeouts") >= 10
         assert snap.total("requests") == snap.total("successes")  # nothing refused counted
+
+
+async def test_deadline_before_the_fallback_is_tried_names_the_deadline(
+    make_config: ConfigFactory, fakes: dict[str, Any]
+) -> None:
+    """The primary refused (an open circuit) and the time ran out before the fallback
+    could be tried: the caller's deadline failed, so the error says so (it surfaced as the
+    primary's bare CircuitOpenError once, under load, as if no fallback existed)."""
+    config = make_config(selection=ModelSelectionStrategy(fallbacks=FALLBACK))
+    async with LLMService(config) as svc:
+        eng = svc._engine
+        p = eng.prepare("late", None, 5, None, {}, stream=False)
+        primary, fallback = p.cands[:2]
+        ctx = CallContext(p.priority, 0.0, p.est_in, p.est_out)
+        refused = CircuitOpenError("circuit open for openai", deployment="openai")
+        ctx.attempts.append(Attempt("openai", primary.model, refused))
+        err = eng.orchestrator._final_error(ctx, refused, fallback)
+    assert isinstance(err, DeadlineExceededError)
+    assert "before claude/claude-haiku-4-5 could be tried" in str(err)
+    assert "circuit open for openai" in str(err)
+    assert err.provider == "claude"
