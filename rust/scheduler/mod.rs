@@ -34,7 +34,6 @@ use parking_lot::Mutex;
 use crate::clock::{self, SharedClock};
 use crate::error::{positive, Error, Result};
 
-#[path = "scheduler_config.rs"]
 mod config;
 
 pub use config::{Outcome, SchedulerConfig, SchedulerStats};
@@ -394,9 +393,7 @@ impl State {
 }
 
 #[cfg(test)]
-#[path = "scheduler_tests.rs"]
 mod tests;
 
 #[cfg(test)]
-#[path = "scheduler_props.rs"]
 mod props;

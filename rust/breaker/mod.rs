@@ -27,7 +27,6 @@ use parking_lot::Mutex;
 use crate::clock::{self, SharedClock};
 use crate::error::{Error, Result};
 
-#[path = "breaker_config.rs"]
 mod config;
 pub use config::{Config, MAX_WINDOW};
 
@@ -432,9 +431,7 @@ impl CircuitBreaker {
 }
 
 #[cfg(test)]
-#[path = "breaker_tests.rs"]
 mod tests;
 
 #[cfg(test)]
-#[path = "breaker_props.rs"]
 mod props;

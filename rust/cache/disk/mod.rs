@@ -183,7 +183,6 @@ fn seq_key(seq: u64) -> [u8; 8] {
     seq.to_be_bytes()
 }
 
-#[path = "disk_open.rs"]
 mod open;
 use open::{check_writable, try_open, OpenFailure};
 
@@ -521,5 +520,4 @@ impl std::fmt::Debug for DiskCache {
 }
 
 #[cfg(test)]
-#[path = "disk_tests.rs"]
 mod tests;

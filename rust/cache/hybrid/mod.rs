@@ -417,5 +417,4 @@ impl std::fmt::Debug for HybridCache {
 }
 
 #[cfg(test)]
-#[path = "hybrid_tests.rs"]
 mod tests;

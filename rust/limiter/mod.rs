@@ -399,9 +399,7 @@ impl RateLimiter {
 }
 
 #[cfg(test)]
-#[path = "limiter_tests.rs"]
 mod tests;
 
 #[cfg(test)]
-#[path = "limiter_props.rs"]
 mod props;
