@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 import msgspec
 
+from llmrelay._outputspec import output_spec
 from llmrelay.errors import InvalidRequestError
 
 if TYPE_CHECKING:
@@ -171,8 +172,6 @@ def _response_format(field: str, v: Any) -> dict[str, Any]:
     """OpenAI's ``text``/``json_object`` dicts as they are; a model (msgspec Struct type,
     pydantic class, JSON-schema dict, or OpenAI's ``json_schema`` dict) normalised to
     OpenAI's ``json_schema`` shape (see :mod:`llmrelay._structured`)."""
-    from llmrelay._structured import output_spec  # lazy: _structured imports _types
-
     if isinstance(v, dict) and v.get("type") in ("text", "json_object"):
         return v
     spec = output_spec(v)

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from llmrelay._structured import OutputSpec, StreamTail, repair_messages
+from llmrelay._structured import OutputSpec, StreamTail, repair_messages, unwrap
 from llmrelay._types import ChatChunk, ChatRequest, ChatResponse
 from llmrelay.errors import StructuredOutputError
 
@@ -38,7 +38,7 @@ def with_parsed(spec: OutputSpec, req: ChatRequest, resp: ChatResponse) -> ChatR
 def _validated(
     spec: OutputSpec, req: ChatRequest, resp: ChatResponse
 ) -> tuple[ChatResponse, str | None]:
-    resp = spec.unwrap(resp, bool(req.tools))
+    resp = unwrap(spec, resp, bool(req.tools))
     value, error = spec.try_parse(resp.text)
     if error is not None:
         return resp, error

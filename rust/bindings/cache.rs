@@ -198,7 +198,6 @@ fn cache_key<'py>(py: Python<'py>, data: &[u8], scope: &str) -> PyResult<Bound<'
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyMemoryCache>()?;
     m.add_class::<PyDiskCache>()?;
-    m.add_class::<super::hybrid_cache::PyHybridCache>()?;
     m.add_function(wrap_pyfunction!(cache_key, m)?)?;
     Ok(())
 }

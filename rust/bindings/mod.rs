@@ -33,6 +33,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     gate::register(m)?;
     dedup::register(m)?;
     cache::register(m)?;
+    m.add_class::<hybrid_cache::PyHybridCache>()?;
     m.add_class::<http::PyHttpClient>()?;
     m.add_class::<http::PyHttpRequest>()?;
     m.add_class::<http::PyHttpBody>()?;

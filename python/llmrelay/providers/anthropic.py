@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 import httpx
 import msgspec
 
-from llmrelay._structured import instruction, is_object_schema, schema_of
+from llmrelay._outputspec import instruction, is_object_schema, schema_of
 from llmrelay._transport import Events
 from llmrelay._types import (
     ChatChunk,

@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 import httpx
 import msgspec
 
-from llmrelay._structured import instruction, schema_of, with_instruction
+from llmrelay._outputspec import instruction, schema_of, with_instruction
 from llmrelay._transport import Events
 from llmrelay._types import (
     ChatChunk,

@@ -18,7 +18,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar
+from typing import Any, Literal, Self, TypeVar
 
 import msgspec
 
@@ -31,6 +31,7 @@ from llmrelay.testing._faults import FaultKind, FaultPlan
 from llmrelay.testing._ollama import OllamaDialect
 from llmrelay.testing._openai import OpenAIDialect
 from llmrelay.testing._ratelimit import RateLimitInfo, WindowLimit
+from llmrelay.testing._recorded import RecordedRequest
 from llmrelay.testing._script import (
     BodyPredicate,
     EmbeddingScript,
@@ -40,9 +41,7 @@ from llmrelay.testing._script import (
     pick_script,
 )
 from llmrelay.testing._server import HttpRequest, HttpServer, Responder
-
-if TYPE_CHECKING:
-    from llmrelay.testing._spawn import SpawnedFake
+from llmrelay.testing._spawn import SpawnedFake, spawn
 
 __all__ = ["FakeProvider", "Protocol", "RecordedRequest"]
 
@@ -59,20 +58,6 @@ _decode = msgspec.json.decode
 _ERROR_FAULTS = frozenset(
     {"rate_limit", "server_error", "unavailable", "overloaded", "context_length", "auth"}
 )
-
-
-class RecordedRequest(msgspec.Struct, frozen=True):
-    """A request a fake received; ``json`` is None when the body was empty or not JSON.
-
-    ``headers`` has lower-cased names; ``time`` is the fake's clock at arrival.
-    """
-
-    method: str
-    path: str
-    headers: dict[str, str]
-    json: Any | None
-    time: float
-    body: bytes = b""
 
 
 def _non_negative(name: str, value: float) -> float:
@@ -215,8 +200,6 @@ class FakeProvider:
         timeout_s: float = 30.0,
     ) -> SpawnedFake:
         """Run a fake in a subprocess (``python -m llmrelay.testing``); close() the handle."""
-        from llmrelay.testing._spawn import spawn
-
         return spawn(
             protocol,
             port=port,

@@ -13,16 +13,14 @@ import selectors
 import subprocess
 import sys
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import Any, Self
 
 import httpx
 import msgspec
 
 from llmrelay.errors import ConfigError
 from llmrelay.testing._control import CONTROL_PATH
-
-if TYPE_CHECKING:
-    from llmrelay.testing._fake import RecordedRequest
+from llmrelay.testing._recorded import RecordedRequest
 
 __all__ = ["SpawnedFake", "spawn"]
 
@@ -84,7 +82,6 @@ class SpawnedFake:
     @property
     def requests(self) -> list[RecordedRequest]:
         """A copy of the child's log of requests received, oldest first."""
-        from llmrelay.testing._fake import RecordedRequest
 
         raw = self._control("requests")
         return msgspec.convert(raw, list[RecordedRequest])
