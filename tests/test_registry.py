@@ -203,3 +203,22 @@ def test_unknown_kind_triggers_discovery(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setattr(_registry, "_started", False)
     monkeypatch.setattr(_registry, "_done", False)
     assert get_provider("testlate") is late
+
+
+def test_a_factory_that_builds_no_adapter_is_a_config_error() -> None:
+    class NotAnAdapter:
+        def __init__(self, **_: Any) -> None:
+            pass
+
+    register_provider(
+        ProviderRegistration(
+            kind="testnotadapter", adapter_factory=NotAnAdapter, default_base_url="http://x"
+        )
+    )
+    cfg = llmrelay.LLMServiceConfig(
+        providers=[llmrelay.ProviderConfig(name="d1", kind="testnotadapter")]
+    )
+    with pytest.raises(
+        ConfigError, match=r"providers\['d1'\].*NotAnAdapter, not a ProviderAdapter"
+    ):
+        llmrelay.LLMService(cfg)

@@ -67,7 +67,7 @@ from llmrelay.errors import (
     InvalidRequestError,
     LLMRelayError,
 )
-from llmrelay.providers import get_provider
+from llmrelay.providers import ProviderAdapter, get_provider
 
 __all__ = ["Engine", "Middleware"]
 
@@ -173,7 +173,7 @@ class Engine:
         cc = config.cache
         self._disk_configured = bool(cc.enabled and cc.disk_path)
         self._told_nondeterministic = False
-        self.cache: Any = None
+        self.cache: _core.HybridCache | None = None
         if cc.enabled:
             self.cache = _core.HybridCache(
                 memory_max_entries=cc.memory_max_entries,
@@ -255,11 +255,17 @@ class Engine:
     # ---- construction helpers --------------------------------------------------------------
 
     @staticmethod
-    def _adapter_for(p: ProviderConfig, base_url: str, api_key: str | None) -> Any:
+    def _adapter_for(p: ProviderConfig, base_url: str, api_key: str | None) -> ProviderAdapter:
         reg = get_provider(p.provider_kind)
-        return reg.adapter_factory(
+        adapter = reg.adapter_factory(
             deployment=p.name, base_url=base_url, api_key=api_key, headers=dict(p.headers)
         )
+        if not isinstance(adapter, ProviderAdapter):
+            raise ConfigError(
+                f"providers[{p.name!r}]: the adapter_factory of provider kind "
+                f"{p.provider_kind!r} returned {type(adapter).__name__}, not a ProviderAdapter"
+            )
+        return adapter
 
     def _listener_failed(self) -> None:
         self.metrics.core.incr("", "", "", "listener_errors")
@@ -401,10 +407,11 @@ class Engine:
 
     def memory_hit(self, p: Prepared) -> ChatResponse | None:
         """The memory tier's answer, if any (no loop needed: sync callers use it directly)."""
-        if p.key is None or p.cc.refresh or p.mode == "write_only":
+        cache = self.cache
+        if cache is None or p.key is None or p.cc.refresh or p.mode == "write_only":
             return None
         # with a disk tier the lookup goes on there: count its miss once, at the disk
-        raw = (self.cache.get_hot if self._disk_configured else self.cache.get_memory)(p.key)
+        raw = (cache.get_hot if self._disk_configured else cache.get_memory)(p.key)
         if raw is None:
             return None
         resp: ChatResponse | None = self._decoded_hit(p, raw)
@@ -415,9 +422,12 @@ class Engine:
         return resp
 
     def _disk_hit(self, p: Prepared) -> ChatResponse | None:
-        if p.key is None or p.cc.refresh or p.mode == "write_only" or not self._disk_configured:
+        cache = self.cache
+        if cache is None or p.key is None or p.cc.refresh or p.mode == "write_only":
             return None
-        raw = self.cache.get_disk(p.key)
+        if not self._disk_configured:
+            return None
+        raw = cache.get_disk(p.key)
         if raw is None:
             return None
         resp: ChatResponse | None = self._decoded_hit(p, raw)
@@ -439,8 +449,10 @@ class Engine:
     async def shared_hit(self, p: Prepared) -> ChatResponse | None:
         """The shared tier's answer (below memory and disk), filling the memory tier.
         Redis away, slow, or a bad entry: a miss, within ``op_timeout_s``."""
-        tier = self.shared_cache
-        if tier is None or p.key is None or p.cc.refresh or p.mode == "write_only":
+        tier, cache = self.shared_cache, self.cache
+        if tier is None or cache is None or p.key is None or p.cc.refresh:
+            return None
+        if p.mode == "write_only":
             return None
         got = await tier.get(p.key)
         if got is None:
@@ -457,12 +469,12 @@ class Engine:
         self.metrics.core.incr(*self._series(p), "cache_hits.shared")
         if p.trace is not None:
             p.trace.cache_hit("shared", resp)
-        self.cache.set(p.key, raw, ttl_s)
+        cache.set(p.key, raw, ttl_s)
         return resp
 
     def _count_miss(self, p: Prepared) -> None:
         tiers = [("cache_misses.memory", 1)]
-        if self.cache.disk_enabled and not p.cc.refresh:
+        if self.cache is not None and self.cache.disk_enabled and not p.cc.refresh:
             tiers.append(("cache_misses.disk", 1))
         if self.shared_cache is not None and not p.cc.refresh:
             tiers.append(("cache_misses.shared", 1))
@@ -486,7 +498,8 @@ class Engine:
         )
 
     def _store(self, p: Prepared, resp: ChatResponse, *, shared: bool = True) -> None:
-        if p.key is None or p.mode == "read_only" or p.mode == "replay":
+        cache = self.cache
+        if cache is None or p.key is None or p.mode == "read_only" or p.mode == "replay":
             return
         if p.structured is not None and resp.parsed is None:
             return  # a reply that does not validate is not kept (its repair may be)
@@ -504,7 +517,7 @@ class Engine:
             cost=zero_cost(resp.cost),
         )  # ``parsed`` is rebuilt from the text on a hit, into the caller's own model
         raw = self._encoder.encode(stored)
-        self.cache.set(p.key, raw, p.cc.ttl_s)
+        cache.set(p.key, raw, p.cc.ttl_s)
         # queued on the core's runtime: the reply does not wait for Redis
         if (
             shared
@@ -744,7 +757,7 @@ class Engine:
             dep = cand.deployment
             remaining = ctx.deadline - asyncio.get_running_loop().time()
             t0 = time.perf_counter()
-            if getattr(dep.adapter, "in_process", False):
+            if dep.adapter.in_process:
                 client, transport = None, None
             else:
                 client, transport = self.pool.route(dep)
@@ -897,7 +910,7 @@ class Engine:
         async def send(cand: Candidate) -> EmbeddingResponse:
             dep = cand.deployment
             remaining = ctx.deadline - asyncio.get_running_loop().time()
-            if getattr(dep.adapter, "in_process", False):
+            if dep.adapter.in_process:
                 client, transport = None, None
             else:
                 client, transport = self.pool.route(dep)

@@ -54,7 +54,14 @@ from llmrelay.errors import (
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from llmrelay._metrics import ServiceMetrics
+    from llmrelay._pool import DeploymentHealth
     from llmrelay._telemetry import CallTrace
+    from llmrelay._wire import HeaderPairs
+    from llmrelay.providers import ProviderAdapter
+    from llmrelay.providers._ratelimit import RateLimitInfo
 
 __all__ = ["CallContext", "DeploymentRuntime", "Lease", "RequestOrchestrator", "outcome_of"]
 
@@ -151,7 +158,11 @@ class Lease:
     __slots__ = ("_done", "_health", "_rt", "_started", "_trace", "id")
 
     def __init__(
-        self, rt: DeploymentRuntime, entry: int, health: Any, trace: CallTrace | None = None
+        self,
+        rt: DeploymentRuntime,
+        entry: int,
+        health: DeploymentHealth,
+        trace: CallTrace | None = None,
     ) -> None:
         self._rt = rt
         self.id = entry
@@ -209,8 +220,8 @@ class RequestOrchestrator:
         config: LLMServiceConfig,
         deployments: list[Deployment],
         *,
-        metrics: Any,
-        clock: Any = None,
+        metrics: ServiceMetrics,
+        clock: _core.ManualClock | None = None,
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
         shared: _core.SharedLimiter | None = None,
@@ -290,7 +301,9 @@ class RequestOrchestrator:
         """Whether the deployment's breaker would refuse a call now."""
         return self.runtimes[dep.name].gate.is_open()
 
-    def observe_reply_headers(self, dep: Deployment, adapter: Any, headers: Any) -> None:
+    def observe_reply_headers(
+        self, dep: Deployment, adapter: ProviderAdapter, headers: HeaderPairs | Mapping[str, str]
+    ) -> None:
         """Learn from a reply's rate-limit headers. A header that cannot be used is
         ignored, logged and counted (``rate_headers_ignored``): it never costs the reply."""
         try:
@@ -303,7 +316,7 @@ class RequestOrchestrator:
             )
             self._metrics.core.incr(dep.kind, "", dep.name, "rate_headers_ignored")
 
-    def observe_rate_headers(self, dep: Deployment, info: Any) -> None:
+    def observe_rate_headers(self, dep: Deployment, info: RateLimitInfo) -> None:
         """Pace from the provider's remaining/limit/reset figures, before a 429 happens.
 
         A dimension with no client-side limit configured gets a cell learned from

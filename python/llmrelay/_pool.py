@@ -16,12 +16,15 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from llmrelay._config import LLMServiceConfig, ProviderConfig, RequestTimeouts
 from llmrelay.errors import ConfigError
+
+if TYPE_CHECKING:
+    from llmrelay.providers import ProviderAdapter
 
 __all__ = ["Deployment", "DeploymentHealth", "ProviderPool"]
 
@@ -66,7 +69,7 @@ class Deployment:
     base_url: str
     timeouts: RequestTimeouts
     api_key: str | None = field(repr=False)
-    adapter: Any = field(repr=False)
+    adapter: ProviderAdapter = field(repr=False)
     health: DeploymentHealth = field(default_factory=DeploymentHealth)
     _clients: dict[asyncio.AbstractEventLoop, httpx.AsyncClient] = field(
         default_factory=dict, repr=False

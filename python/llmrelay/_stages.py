@@ -31,6 +31,7 @@ from llmrelay.errors import (
     ProviderUnavailableError,
 )
 from llmrelay.providers import ProviderAdapter, capabilities
+from llmrelay.providers._inprocess import InProcessAdapter
 
 
 def estimate_input_tokens(req: ChatRequest) -> int:
@@ -189,9 +190,8 @@ async def send_chat(
     """The execute stage of a chat call: one HTTP exchange, errors typed, rate headers
     observed (see :func:`exchange`)."""
     adapter = dep.adapter
-    if getattr(adapter, "in_process", False):
-        direct: ChatResponse = await adapter.chat(None, req, model)
-        return direct
+    if isinstance(adapter, InProcessAdapter):
+        return await adapter.chat(None, req, model)
     wire = adapter.wire_chat(req, model, stream=False)
     status, headers, body = await exchange(client, transport, dep, model, wire, remaining)
     observe(dep, adapter, headers)
@@ -217,9 +217,11 @@ async def send_embed(
     (a plug-in written that way), and in-process adapters, are called as they are.
     """
     adapter = dep.adapter
-    if getattr(adapter, "in_process", False) or not _speaks_embed_bytes(adapter):
-        got: EmbeddingResponse = await adapter.embed(client, inputs, model, **params)
-        return got
+    if isinstance(adapter, InProcessAdapter):
+        return await adapter.embed(None, inputs, model, **params)
+    if not _speaks_embed_bytes(adapter):
+        assert client is not None  # the pool routes every HTTP deployment through a client
+        return await adapter.embed(client, inputs, model, **params)
     wire = adapter.wire_embed(inputs, model, params)
     status, headers, body = await exchange(client, transport, dep, model, wire, remaining)
     observe(dep, adapter, headers)
@@ -229,7 +231,7 @@ async def send_embed(
     return out
 
 
-def _speaks_embed_bytes(adapter: Any) -> bool:
+def _speaks_embed_bytes(adapter: ProviderAdapter) -> bool:
     return type(adapter).wire_embed is not ProviderAdapter.wire_embed
 
 

@@ -155,7 +155,7 @@ async def _pipeline(
         until then nothing has reached the caller, so a failure or a stall here is an
         attempt that is retried or falls back like a plain call's."""
         dep = cand.deployment
-        in_proc = getattr(dep.adapter, "in_process", False)
+        in_proc = dep.adapter.in_process
         loop = asyncio.get_running_loop()
         remaining = ctx.deadline - loop.time()
         first_token_s = getattr(dep.timeouts, "first_token_s", None) or remaining

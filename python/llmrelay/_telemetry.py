@@ -19,9 +19,10 @@ import inspect
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
+from llmrelay._types import ChatResponse, EmbeddingResponse
 from llmrelay.errors import InvalidRequestError
 from llmrelay.events import (
     Attempt,
@@ -164,7 +165,7 @@ class Emitter:
         )
         return tr
 
-    def watch(self, runtimes: Any) -> None:
+    def watch(self, runtimes: Mapping[str, DeploymentRuntime]) -> None:
         """Remember each gate's breaker state and limit as they are at start."""
         for name, rt in runtimes.items():
             self._gates[name] = (rt.breaker.state, int(rt.scheduler.limit))
@@ -252,7 +253,7 @@ class CallTrace:
         self.cache_tier: str | None = None
         self.dedup_role: str | None = None
         self.deployment: Candidate | None = None
-        self.response: Any = None
+        self.response: ChatResponse | EmbeddingResponse | None = None
         self._ended = False
         self.wrapped = False  # the call runs inside :meth:`wrap`
 
@@ -324,7 +325,9 @@ class CallTrace:
             )
         )
 
-    def throttled(self, cand: Candidate, reason: Any, wait_s: float) -> None:
+    def throttled(
+        self, cand: Candidate, reason: Literal["rate_limit", "queued", "refused"], wait_s: float
+    ) -> None:
         self.emitter.emit(
             Throttled(
                 call_id=self.id,
@@ -339,7 +342,7 @@ class CallTrace:
     def gate(self, rt: DeploymentRuntime) -> None:
         self.emitter.gate(self.id, rt)
 
-    def cache_hit(self, tier: Any, resp: Any) -> None:
+    def cache_hit(self, tier: Literal["memory", "disk", "shared"], resp: ChatResponse) -> None:
         self.cache_tier = tier
         self.response = resp
         self.emitter.emit(
@@ -351,13 +354,13 @@ class CallTrace:
             CacheStored(call_id=self.id, time_ns=time.time_ns(), model=self.model, ttl_s=ttl_s)
         )
 
-    def dedup(self, role: Any) -> None:
+    def dedup(self, role: Literal["follower", "window"]) -> None:
         self.dedup_role = role
         self.emitter.emit(
             DedupJoined(call_id=self.id, time_ns=time.time_ns(), role=role, model=self.model)
         )
 
-    def processed(self, resp: Any) -> None:
+    def processed(self, resp: ChatResponse | EmbeddingResponse) -> None:
         """The response as the pipeline made it (a stream's accumulated reply)."""
         self.response = resp
 
@@ -371,7 +374,8 @@ class CallTrace:
         except BaseException as e:
             self.end(None, e)
             raise
-        self.end(result[0] if isinstance(result, tuple) else result, None)
+        got = result[0] if isinstance(result, tuple) else result
+        self.end(got if isinstance(got, ChatResponse | EmbeddingResponse) else None, None)
         return result
 
     async def wrap_stream(self, chunks: AsyncIterator[ChatChunk]) -> AsyncIterator[ChatChunk]:
@@ -392,7 +396,10 @@ class CallTrace:
         self.end(self.response, None, last)
 
     def end(
-        self, resp: Any, err: BaseException | None, summary: dict[str, Any] | None = None
+        self,
+        resp: ChatResponse | EmbeddingResponse | None,
+        err: BaseException | None,
+        summary: dict[str, Any] | None = None,
     ) -> None:
         """Emit ``CallEnded`` (once)."""
         if self._ended:

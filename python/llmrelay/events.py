@@ -171,7 +171,7 @@ class Fallback(Event, frozen=True, kw_only=True, tag="fallback"):
 class CacheHit(Event, frozen=True, kw_only=True, tag="cache_hit"):
     """The cache answered the call (no provider call)."""
 
-    tier: Literal["memory", "disk"]
+    tier: Literal["memory", "disk", "shared"]
     model: str
 
 

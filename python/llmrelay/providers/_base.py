@@ -90,6 +90,9 @@ class ProviderAdapter:
     kind: ClassVar[str] = "base"
     #: Whether a call with ``n`` > 1 gets its alternatives (``ChatResponse.alternatives``).
     supports_n: ClassVar[bool] = False
+    #: Whether the adapter answers in this process (no HTTP; ``chat``/``stream``/``embed``
+    #: are called directly, with no client).
+    in_process: ClassVar[bool] = False
     #: Content types a streamed reply may have.
     stream_content_types: ClassVar[tuple[str, ...]] = ("text/event-stream",)
 

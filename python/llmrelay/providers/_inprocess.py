@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator
 from typing import Any, ClassVar
 
-from llmrelay._types import ChatChunk, ChatRequest, ChatResponse, Message, Usage
+from llmrelay._types import ChatChunk, ChatRequest, ChatResponse, EmbeddingResponse, Message, Usage
 from llmrelay.providers._base import ProviderAdapter
 
 __all__ = ["EchoAdapter", "InProcessAdapter"]
@@ -37,6 +37,12 @@ class InProcessAdapter(ProviderAdapter):
 
     async def chat(self, client: Any, req: ChatRequest, model: str, **_: Any) -> ChatResponse:
         return await self.complete(req, model)
+
+    async def embed(
+        self, client: Any, inputs: list[str], model: str, **params: Any
+    ) -> EmbeddingResponse:
+        """In-process adapters have embeddings only where they implement this."""
+        raise NotImplementedError(f"{self.kind} adapter has no embeddings")
 
     async def stream(
         self, client: Any, req: ChatRequest, model: str, **_: Any
