@@ -1,69 +1,58 @@
-"""The engine behind every LLMService view: the pipeline's stages and shared state.
+"""The engine behind every LLMService view: the state its calls share, and the
+compositions of the pipeline's stages (one module each, in :mod:`llmrelay._pipeline`)::
 
     validate -> select -> cache -> dedup -> orchestrate -> execute -> process
 
-Each stage is a small method. Middleware (``async def mw(request, call_next)``)
-wraps everything after validation, so a user stage sees each call before and
-after it runs, cache hits included.
+:meth:`Engine.chat` runs them in that order, :meth:`Engine.stream` composes the same
+stages for a stream (:mod:`llmrelay._pipeline.stream`), :meth:`Engine.embed` runs
+validate, orchestrate and execute. Middleware (``async def mw(request, call_next)``)
+wraps everything after validation, so a user stage sees each call before and after
+it runs, cache hits included.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import httpx
 import msgspec
 
 from llmrelay import _core
-from llmrelay._budget import Budget, Reservation
-from llmrelay._cachekey import CacheControl, cache_key, is_cacheable, is_complete
+from llmrelay._budget import Budget
 from llmrelay._config import LLMServiceConfig, ProviderConfig
-from llmrelay._metrics import COST_COUNTER, ServiceMetrics
+from llmrelay._metrics import ServiceMetrics
 from llmrelay._middleware import Middleware, chain
 from llmrelay._orchestrator import AttemptHook, CallContext, RequestOrchestrator
+from llmrelay._pipeline import cache as cache_stage
+from llmrelay._pipeline import validate
+from llmrelay._pipeline.call import Prepared
+from llmrelay._pipeline.dedup import deduped
+from llmrelay._pipeline.execute import send_embed, transport_factory
+from llmrelay._pipeline.orchestrate import deadline, orchestrated, record_attempt
+from llmrelay._pipeline.stream import stream_call
 from llmrelay._pool import ProviderPool
-from llmrelay._pricing import PriceBook, zero_cost
-from llmrelay._selection import Candidate, Selector, honouring
+from llmrelay._pricing import PriceBook
+from llmrelay._selection import Candidate, Selector, model_facts
 from llmrelay._shared import SharedLimiter, shared_limiter, shared_state
 from llmrelay._shared_tiers import SharedCacheTier, SharedDedupTier
-from llmrelay._stages import (
-    cache_control,
-    cancel_task,
-    estimate_input_tokens,
-    model_facts,
-    needs_of,
-    send_chat,
-    send_embed,
-    transport_factory,
-)
-from llmrelay._streaming import stream_call
-from llmrelay._structured import OutputSpec, output_spec
-from llmrelay._structured_call import structured_chat, with_parsed
+from llmrelay._structured_call import structured_chat
 from llmrelay._sync import LoopThread
-from llmrelay._telemetry import INFO, CallTrace, Emitter, log_enabled
-from llmrelay._transport import _completions
+from llmrelay._telemetry import Emitter
 from llmrelay._types import (
     ChatChunk,
     ChatRequest,
     ChatResponse,
     EmbeddingResponse,
-    Usage,
-    build_request,
 )
 from llmrelay.errors import (
-    BudgetExceededError,
-    CacheMissError,
-    CircuitOpenError,
-    ClientThrottledError,
     ConfigError,
-    DeadlineExceededError,
     InvalidRequestError,
     LLMRelayError,
 )
@@ -87,35 +76,17 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 _T = TypeVar("_T")
 
 
-def _chat_usage(result: tuple[ChatResponse, float]) -> tuple[int, int]:
-    """The real usage of a chat attempt's result, settled with the attempt in its gate."""
-    u = result[0].usage
-    return u.prompt_tokens, u.completion_tokens
-
-
-_DEFAULT_OUTPUT_ESTIMATE = 512
-
-
-@dataclass(slots=True)
-class Prepared:
-    """A validated call: the request, its candidates and its cache key."""
-
-    req: ChatRequest
-    model: str
-    priority: int
-    cands: list[Candidate]
-    key: bytes | None
-    cc: CacheControl
-    est_in: int
-    est_out: int
-    #: the cache mode: the call's ``CacheControl.mode``, else ``CacheConfig.mode``
-    mode: str = "read_write"
-    #: what a ``response_format`` model asks for (None: no structured output)
-    structured: OutputSpec | None = None
-    #: the call's events (None: nobody listens)
-    trace: CallTrace | None = None
-    #: the USD budgets of the views the call was made through (innermost last)
-    budgets: tuple[Budget, ...] = ()
+def cancel_task(task: asyncio.Task[Any]) -> None:
+    """Cancel a task of any loop (a sync call's task lives on the loop thread)."""
+    loop = task.get_loop()
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if loop is running:
+        task.cancel()
+    else:
+        loop.call_soon_threadsafe(task.cancel)
 
 
 class Engine:
@@ -171,8 +142,8 @@ class Engine:
             aliases=config.aliases,
         )
         cc = config.cache
-        self._disk_configured = bool(cc.enabled and cc.disk_path)
-        self._told_nondeterministic = False
+        self.disk_configured = bool(cc.enabled and cc.disk_path)
+        self.told_nondeterministic = False
         self.cache: _core.HybridCache | None = None
         if cc.enabled:
             self.cache = _core.HybridCache(
@@ -216,12 +187,14 @@ class Engine:
         self.dedup: _core.RequestDeduplicator | None = None
         if config.dedup.enabled:
             self.dedup = _core.RequestDeduplicator(window_s=config.dedup.window_s, clock=clock)
-        self._decoder = msgspec.msgpack.Decoder(ChatResponse)
-        self._encoder = msgspec.msgpack.Encoder()
+        self.decoder = msgspec.msgpack.Decoder(ChatResponse)
+        self.encoder = msgspec.msgpack.Encoder()
+        #: the orchestrate stage's hook for every attempt (bound once, not per call)
+        self.attempt_hook: AttemptHook = functools.partial(record_attempt, self)
         self._in_flight: set[asyncio.Task[Any]] = set()
         self._stopped_by_close: set[asyncio.Task[Any]] = set()
-        self._open_streams: set[object] = set()  # streams not yet ended (aclose drains them)
-        self._stop_streams = False  # set when the drain ran out: streams end at their next chunk
+        self.open_streams: set[object] = set()  # streams not yet ended (aclose drains them)
+        self.stop_streams = False  # set when the drain ran out: streams end at their next chunk
         self.events = Emitter(self._listener_failed, log_content=config.telemetry.log_content)
         self.events.watch(self.orchestrator.runtimes)
         _ENGINES.add(self)
@@ -236,7 +209,7 @@ class Engine:
         self.orchestrator.after_fork_in_child()
         self._in_flight = set()
         self._stopped_by_close = set()
-        self._open_streams = set()
+        self.open_streams = set()
         if self.dedup is not None:
             self.dedup = _core.RequestDeduplicator(
                 window_s=self.config.dedup.window_s, clock=self._clock
@@ -329,204 +302,7 @@ class Engine:
         if self.closed:
             raise LLMRelayError("the service is closed")
 
-    @staticmethod
-    def check_priority(priority: Any) -> int:
-        """A valid priority (0..=9) or InvalidRequestError naming it."""
-        if isinstance(priority, bool) or not isinstance(priority, int) or not 0 <= priority <= 9:
-            raise InvalidRequestError(
-                f"invalid priority={priority!r}: must be an int in 0..9", field="priority"
-            )
-        return int(priority)
-
     # ---- validate, select, cache key -------------------------------------------------------
-
-    def prepare(
-        self,
-        messages: Any,
-        model: str | None,
-        priority: Any,
-        cache: Any,
-        params: dict[str, Any],
-        *,
-        stream: bool,
-        budgets: tuple[Budget, ...] = (),
-    ) -> Prepared:
-        """The validate and select stages, and the cache key."""
-        self.check_open()
-        prio = self.check_priority(priority)
-        cc = cache_control(cache)
-        req = build_request(messages, model, params)
-        fmt = params.get("response_format")
-        spec = output_spec(fmt) if fmt is not None else None
-        asked = req.model or self.selector.default_model
-        name = self.selector.canonical(asked)  # an alias and its model share cache entries
-        est_in = estimate_input_tokens(req)
-        est_out = req.max_tokens or _DEFAULT_OUTPUT_ESTIMATE
-        cands = self.selector.candidates(
-            asked, needs=needs_of(req, stream), est_tokens=est_in + (req.max_tokens or 0)
-        )
-        cands = honouring(cands, req, stream=stream)
-        key = None
-        mode = cc.mode or self.config.cache.mode
-        if mode == "replay" and cc.refresh:
-            raise InvalidRequestError(
-                "invalid cache: refresh=True with the service's mode='replay'",
-                field="cache.refresh",
-            )
-        if self.cache is not None:
-            if cc.skip:
-                self._skipped(cands[0], "requested")
-            elif not is_cacheable(req, self.config.cache.cache_nondeterministic, cc.sample):
-                self._skipped(cands[0], "nondeterministic")
-            else:
-                ns = cc.namespace if cc.namespace is not None else self.config.namespace
-                key = cache_key(req, name, ns, cands[0].deployment.credential_scope, cc.sample)
-        tr = None
-        if self.events.listeners or log_enabled(INFO):  # Emitter.live(), inlined
-            dedup = key is not None and self.dedup is not None and not stream
-            tr = self.events.start("chat", name, prio, cands, req, stream=stream, dedup=dedup)
-        return Prepared(req, name, prio, cands, key, cc, est_in, est_out, mode, spec, tr, budgets)
-
-    def _skipped(self, cand: Candidate, reason: str) -> None:
-        """Count a request the cache did not look up, and say once why it happens."""
-        dep = cand.deployment
-        self.metrics.core.incr(dep.kind, cand.model, dep.name, f"cache_skipped.{reason}")
-        if reason == "nondeterministic" and not self._told_nondeterministic:
-            self._told_nondeterministic = True
-            log.info(
-                "llmrelay: the cache is on but this request is not cached: only requests with"
-                " temperature=0 or a seed are (their answers should repeat). Pass"
-                " temperature=0, seed=... or a sample index (cache=CacheControl(sample=i)), or set"
-                " CacheConfig(cache_nondeterministic=True);"
-                " metrics count such requests as cache_skipped.nondeterministic"
-            )
-
-    def _series(self, p: Prepared) -> tuple[str, str, str]:
-        c = p.cands[0]
-        return c.deployment.kind, c.model, c.deployment.name
-
-    def memory_hit(self, p: Prepared) -> ChatResponse | None:
-        """The memory tier's answer, if any (no loop needed: sync callers use it directly)."""
-        cache = self.cache
-        if cache is None or p.key is None or p.cc.refresh or p.mode == "write_only":
-            return None
-        # with a disk tier the lookup goes on there: count its miss once, at the disk
-        raw = (cache.get_hot if self._disk_configured else cache.get_memory)(p.key)
-        if raw is None:
-            return None
-        resp: ChatResponse | None = self._decoded_hit(p, raw)
-        if resp is not None:
-            self.metrics.core.incr(*self._series(p), "cache_hits.memory")
-            if p.trace is not None:
-                p.trace.cache_hit("memory", resp)
-        return resp
-
-    def _disk_hit(self, p: Prepared) -> ChatResponse | None:
-        cache = self.cache
-        if cache is None or p.key is None or p.cc.refresh or p.mode == "write_only":
-            return None
-        if not self._disk_configured:
-            return None
-        raw = cache.get_disk(p.key)
-        if raw is None:
-            return None
-        resp: ChatResponse | None = self._decoded_hit(p, raw)
-        if resp is not None:
-            self.metrics.core.incr(*self._series(p), "cache_hits.disk")
-            if p.trace is not None:
-                p.trace.cache_hit("disk", resp)
-        return resp
-
-    def _decoded_hit(self, p: Prepared, raw: bytes) -> ChatResponse | None:
-        """A cached answer, with ``parsed`` for a structured call (an answer that does
-        not validate into this call's model is no answer: a miss)."""
-        resp: ChatResponse = self._decoder.decode(raw)
-        if p.structured is None:
-            return resp
-        value, error = p.structured.try_parse(resp.text)
-        return None if error is not None else msgspec.structs.replace(resp, parsed=value)
-
-    async def shared_hit(self, p: Prepared) -> ChatResponse | None:
-        """The shared tier's answer (below memory and disk), filling the memory tier.
-        Redis away, slow, or a bad entry: a miss, within ``op_timeout_s``."""
-        tier, cache = self.shared_cache, self.cache
-        if tier is None or cache is None or p.key is None or p.cc.refresh:
-            return None
-        if p.mode == "write_only":
-            return None
-        got = await tier.get(p.key)
-        if got is None:
-            return None
-        raw, ttl_s = got
-        try:
-            resp = self._decoded_hit(p, raw)
-        except msgspec.DecodeError:
-            # sealed by us for this key, yet not a reply this version reads: a miss
-            self.metrics.core.incr(*self._series(p), "cache_undecodable.shared")
-            return None
-        if resp is None:  # does not validate into this structured call's model
-            return None
-        self.metrics.core.incr(*self._series(p), "cache_hits.shared")
-        if p.trace is not None:
-            p.trace.cache_hit("shared", resp)
-        cache.set(p.key, raw, ttl_s)
-        return resp
-
-    def _count_miss(self, p: Prepared) -> None:
-        tiers = [("cache_misses.memory", 1)]
-        if self.cache is not None and self.cache.disk_enabled and not p.cc.refresh:
-            tiers.append(("cache_misses.disk", 1))
-        if self.shared_cache is not None and not p.cc.refresh:
-            tiers.append(("cache_misses.shared", 1))
-        self.metrics.core.record(*self._series(p), tiers, [])
-
-    def replay_miss(self, p: Prepared) -> CacheMissError:
-        """The error of a ``replay`` call the cache could not answer (nothing was sent)."""
-        if self.cache is None:
-            why, detail = "disabled", "the service has no cache (CacheConfig.enabled=False)"
-        elif p.key is not None:
-            why, detail = "miss", "no cached answer for this request"
-        elif p.cc.skip or not is_cacheable(
-            p.req, self.config.cache.cache_nondeterministic, p.cc.sample
-        ):
-            why = "not_cacheable"
-            detail = "the request is not cached (temperature > 0 with no seed and no sample)"
-        else:
-            why, detail = "changed", "a middleware changed the request, so it has no cache key"
-        return CacheMissError(
-            f"cache mode 'replay': {detail} (model {p.model})", model=p.model, reason=why
-        )
-
-    def _store(self, p: Prepared, resp: ChatResponse, *, shared: bool = True) -> None:
-        cache = self.cache
-        if cache is None or p.key is None or p.mode == "read_only" or p.mode == "replay":
-            return
-        if p.structured is not None and resp.parsed is None:
-            return  # a reply that does not validate is not kept (its repair may be)
-        if not is_complete(resp):
-            incomplete = p.cc.cache_incomplete
-            if not (self.config.cache.cache_incomplete if incomplete is None else incomplete):
-                self.metrics.core.incr(*self._series(p), "cache_skipped.incomplete")
-                return
-        stored = msgspec.structs.replace(
-            resp,
-            cached=True,
-            latency_s=0.0,
-            attempts=0,
-            parsed=None,
-            cost=zero_cost(resp.cost),
-        )  # ``parsed`` is rebuilt from the text on a hit, into the caller's own model
-        raw = self._encoder.encode(stored)
-        cache.set(p.key, raw, p.cc.ttl_s)
-        # queued on the core's runtime: the reply does not wait for Redis
-        if (
-            shared
-            and self.shared_cache is not None
-            and not self.shared_cache.set(p.key, raw, p.cc.ttl_s)
-        ):
-            self.metrics.core.incr(*self._series(p), "cache_writes_dropped.shared")
-        if p.trace is not None:
-            p.trace.cache_stored(p.cc.ttl_s)
 
     # ---- chat ------------------------------------------------------------------------------
 
@@ -544,6 +320,28 @@ class Engine:
         """The whole pipeline for one non-streamed call."""
         p = self.prepare(messages, model, priority, cache, params, stream=False, budgets=budgets)
         return await self.chat_prepared(p, timeout, memory_checked=False)
+
+    def prepare(
+        self,
+        messages: Any,
+        model: str | None,
+        priority: Any,
+        cache: Any,
+        params: dict[str, Any],
+        *,
+        stream: bool,
+        budgets: tuple[Budget, ...] = (),
+    ) -> Prepared:
+        """The validate stage (see :func:`llmrelay._pipeline.validate.prepare`)."""
+        return validate.prepare(
+            self, messages, model, priority, cache, params, stream=stream, budgets=budgets
+        )
+
+    def memory_hit(self, p: Prepared) -> ChatResponse | None:
+        """The memory tier's answer, if any (sync callers use it with no loop)."""
+        return cache_stage.memory_hit(self, p)
+
+    check_priority = staticmethod(validate.check_priority)
 
     async def chat_prepared(
         self, p: Prepared, timeout: float | None, *, memory_checked: bool
@@ -574,22 +372,15 @@ class Engine:
     async def _cached(
         self, p: Prepared, timeout: float | None, memory_checked: bool
     ) -> ChatResponse:
-        if p.key is not None and p.mode != "write_only":
-            hit = None if memory_checked else self.memory_hit(p)
-            if hit is None:
-                hit = self._disk_hit(p)
-            if hit is None:
-                hit = await self.shared_hit(p)
-            if hit is not None:
-                return hit
-            self._count_miss(p)
-        if p.mode == "replay":
-            raise self.replay_miss(p)
+        """The cache stage, then dedup and orchestrate on a miss."""
+        hit = await cache_stage.lookup(self, p, memory_checked)
+        if hit is not None:
+            return hit
         if p.key is not None and self.dedup is not None:
-            return await self._guarded(self._deduped(self.dedup, p, timeout))
-        return await self._guarded(self._orchestrated(p, timeout))
+            return await self.guarded(deduped(self, self.dedup, p, timeout))
+        return await self.guarded(orchestrated(self, p, timeout))
 
-    async def _guarded(self, aw: Awaitable[_T]) -> _T:
+    async def guarded(self, aw: Awaitable[_T]) -> _T:
         """Await ``aw`` as in-flight work that ``aclose`` drains, or stops with a typed error."""
         task = asyncio.current_task()
         if task is not None:
@@ -608,259 +399,6 @@ class Engine:
                 self._in_flight.discard(task)
                 self._stopped_by_close.discard(task)
 
-    async def _deduped(
-        self, dedup: _core.RequestDeduplicator, p: Prepared, timeout: float | None
-    ) -> ChatResponse:
-        """The dedup stage. A follower's future is parked in the core by its ``join``; the
-        leader's ``complete`` / ``fail`` / ``cancel`` settles it on this loop: with
-        ``(DEDUP_DONE, response)``, the leader's error, or ``(DEDUP_LEADER, None)`` when
-        the core promoted it to run the request itself."""
-        assert p.key is not None
-        hexkey = p.key.hex()
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[tuple[int, object]] = loop.create_future()
-        role, ticket, value = dedup.join(hexkey, fut, _completions(loop))
-        if role == _core.DEDUP_DONE:
-            self.metrics.core.incr(*self._series(p), "dedup_window_hits")
-            if p.trace is not None:
-                p.trace.dedup("window")
-            return cast(ChatResponse, value)  # the core hands back what complete stored
-        if role == _core.DEDUP_FOLLOWER:
-            self.metrics.core.incr(*self._series(p), "dedup_joins")
-            if p.trace is not None:
-                p.trace.dedup("follower")
-            try:
-                role, value = await fut
-            except asyncio.CancelledError:
-                # gone before the leader's outcome, or just after a promotion: the core
-                # forgets it, or passes the lead on
-                dedup.cancel(hexkey, ticket)
-                raise
-            if role == _core.DEDUP_DONE:
-                return msgspec.structs.replace(cast(ChatResponse, value), attempts=0)
-            # promoted: the leader gave up; this call leads now
-        try:
-            resp = await self._led(p, timeout)
-        except asyncio.CancelledError:
-            dedup.cancel(hexkey, ticket)
-            raise
-        except BaseException as e:
-            if isinstance(e, LLMRelayError) and e.retryable:
-                dedup.fail(hexkey, ticket, True)
-            else:
-                exc = e if isinstance(e, Exception) else LLMRelayError("request abandoned")
-                dedup.fail(hexkey, ticket, False, exc)
-            raise
-        dedup.complete(hexkey, ticket, resp)
-        return resp
-
-    async def _led(self, p: Prepared, timeout: float | None) -> ChatResponse:
-        """The local dedup leader's call: with cross-process dedup, one process of the
-        cluster calls the provider and the others take its result (see docs/scaleout.md).
-        Redis away: this process calls alone. A dead leader elsewhere is taken over when
-        its lease runs out; the wait is bounded by this call's deadline."""
-        tier = self.shared_dedup
-        if tier is None or p.key is None:
-            return await self._orchestrated(p, timeout)
-        key = p.key
-        loop = asyncio.get_running_loop()
-        deadline = self._deadline(timeout)
-        outcome, value = await tier.join(key, max(0.0, deadline - loop.time()))
-        lease = value if outcome == "lead" else None
-        if outcome == "done":
-            joined = self._joined_elsewhere(p, value)
-            if joined is not None:
-                return joined
-        left = deadline - loop.time()
-        if outcome == "timeout" or left <= 0:
-            raise DeadlineExceededError(
-                "total timeout exceeded while another process made the same call",
-                model=p.model,
-            )
-        try:
-            resp = await self._orchestrated(p, left)
-        except BaseException:
-            if lease is not None:
-                lease.abandon()
-            raise
-        if lease is not None:
-            lease.complete(key, self._encoder.encode(resp))
-        return resp
-
-    def _joined_elsewhere(self, p: Prepared, raw: bytes) -> ChatResponse | None:
-        """Another process's result for this call (None if this version cannot read it)."""
-        try:
-            got: ChatResponse = self._decoder.decode(raw)
-        except msgspec.DecodeError:
-            return None
-        self.metrics.core.incr(*self._series(p), "dedup_shared_joins")
-        resp: ChatResponse = msgspec.structs.replace(got, attempts=0)
-        self._store(p, resp, shared=False)  # the leader's process wrote the shared tier
-        return resp
-
-    def _deadline(self, timeout: float | None) -> float:
-        total = self.config.timeouts.total_s if timeout is None else timeout
-        if isinstance(total, bool) or not isinstance(total, int | float) or not total > 0:
-            raise InvalidRequestError(f"invalid timeout={timeout!r}: must be > 0", field="timeout")
-        return asyncio.get_running_loop().time() + float(total)
-
-    def _record_attempt(
-        self, cand: Candidate, err: BaseException | None, latency: float, sent: bool
-    ) -> None:
-        dep = cand.deployment
-        if err is None:
-            return  # successes are recorded with their usage in _process
-        if isinstance(err, BudgetExceededError):
-            # refused by a USD budget before sending: not the deployment's failure
-            self.metrics.core.incr(dep.kind, cand.model, dep.name, "budget_refused")
-            return
-        if not sent and not isinstance(err, CircuitOpenError):
-            # refused before anything went out: its own outcome, no latency, no request
-            name = "throttled" if isinstance(err, ClientThrottledError) else "queue_timeouts"
-            self.metrics.core.incr(dep.kind, cand.model, dep.name, name)
-            return
-        if isinstance(err, DeadlineExceededError):
-            name = "DeadlineExceeded"  # the caller's budget, not the deployment's fault
-        elif isinstance(err, LLMRelayError):
-            name = type(err).__name__
-        else:
-            name = "Cancelled"
-        self.metrics.core.record(
-            dep.kind,
-            cand.model,
-            dep.name,
-            [("requests", 1), (f"failures.{name}", 1)],
-            [("latency", latency)],
-        )
-        if not isinstance(err, DeadlineExceededError | asyncio.CancelledError):
-            dep.health.observe(latency, 0, ok=False)
-
-    async def _orchestrated(self, p: Prepared, timeout: float | None) -> ChatResponse:
-        self.pool.maybe_sweep()
-        ctx = CallContext(p.priority, self._deadline(timeout), p.est_in, p.est_out)
-        started = time.perf_counter()
-        send = self._sender(p, ctx)
-        hook: AttemptHook = self._record_attempt
-        if p.trace is not None:
-            hook = p.trace.hooked(ctx, hook)
-        resp, cand, _ = await self.orchestrator.run(
-            self.selector.usable(p.cands) or p.cands,
-            ctx,
-            send,
-            hook,
-            usage_of=_chat_usage,
-        )
-        return self._process(p, ctx, cand, resp, started)
-
-    def _sender(self, p: Prepared, ctx: CallContext) -> Callable[[Candidate], Awaitable[Any]]:
-        async def send(cand: Candidate) -> tuple[ChatResponse, float]:
-            dep = cand.deployment
-            remaining = ctx.deadline - asyncio.get_running_loop().time()
-            t0 = time.perf_counter()
-            if dep.adapter.in_process:
-                client, transport = None, None
-            else:
-                client, transport = self.pool.route(dep)
-            hold = self.reserve_budgets(p, cand)
-            try:
-                resp = await send_chat(
-                    client,
-                    transport,
-                    dep,
-                    cand.model,
-                    p.req,
-                    remaining,
-                    self.orchestrator.observe_reply_headers,
-                )
-            except BaseException:
-                if hold is not None:
-                    hold.refund()
-                raise
-            resp = self.priced(cand, resp)
-            if hold is not None:
-                hold.settle(resp.cost.total_usd if resp.cost is not None else None)
-            return resp, time.perf_counter() - t0
-
-        return send
-
-    def reserve_budgets(self, p: Prepared, cand: Candidate) -> Reservation | None:
-        """Reserve the most the call can cost in the deployment's and the views' budgets;
-        BudgetExceededError when one has no room (nothing is sent)."""
-        dep = cand.deployment
-        own = self.budgets.get(dep.name)
-        budgets = [own, *p.budgets] if own is not None else list(p.budgets)
-        if not budgets:
-            return None
-        est = self.prices.estimate_usd(dep.kind, dep.name, cand.model, p.est_in, p.est_out)
-        if est is None:
-            raise ConfigError(
-                f"invalid pricing: a USD budget applies to {dep.name}/{cand.model} but its price"
-                " is unknown; add it to LLMServiceConfig.pricing",
-                field="pricing",
-            )
-        return Budget.reserve_all(budgets, est, cand.model)
-
-    def priced(self, cand: Candidate, resp: ChatResponse) -> ChatResponse:
-        """``resp`` with its cost (None when a price it needs is unknown)."""
-        if resp.cost is not None:
-            return resp
-        dep = cand.deployment
-        cost = self.prices.cost(dep.kind, dep.name, cand.model or resp.model, resp.usage)
-        if cost is None and resp.model and resp.model != cand.model:
-            cost = self.prices.cost(dep.kind, dep.name, resp.model, resp.usage)
-        if cost is None:
-            return resp
-        return msgspec.structs.replace(resp, cost=cost)
-
-    def _process(
-        self, p: Prepared, ctx: CallContext, cand: Candidate, result: Any, started: float
-    ) -> ChatResponse:
-        resp, attempt_latency = result
-        resp = self.priced(cand, resp)
-        dep = cand.deployment
-        u: Usage = resp.usage
-        counters = [
-            ("requests", 1),
-            ("successes", 1),
-            ("tokens_in", u.prompt_tokens),
-            ("tokens_out", u.completion_tokens),
-        ]
-        if u.cached_tokens:
-            counters.append(("tokens_cached", u.cached_tokens))
-        if u.cache_write_tokens:
-            counters.append(("tokens_cache_write", u.cache_write_tokens))
-        if u.reasoning_tokens:
-            counters.append(("tokens_reasoning", u.reasoning_tokens))
-        if resp.cost is not None:
-            counters.append((COST_COUNTER, round(resp.cost.total_usd * 1e9)))
-        else:
-            counters.append(("cost_unknown", 1))
-        if ctx.retries:
-            counters.append(("retries", ctx.retries))
-        if ctx.fallbacks:
-            counters.append(("fallbacks", ctx.fallbacks))
-        self.metrics.core.record(
-            dep.kind,
-            cand.model,
-            dep.name,
-            counters,
-            [("latency", attempt_latency), ("queue_wait", ctx.queue_wait_s)],
-        )
-        dep.health.observe(attempt_latency, u.completion_tokens, ok=True)
-        out: ChatResponse = msgspec.structs.replace(
-            resp,
-            provider=dep.name,
-            latency_s=time.perf_counter() - started,
-            attempts=len(ctx.attempts) + 1,
-            cached=False,
-        )
-        if p.structured is not None:
-            out = with_parsed(p.structured, p.req, out)
-        if p.trace is not None:
-            p.trace.processed(out)
-        self._store(p, out)
-        return out
-
     # ---- streams ---------------------------------------------------------------------------
 
     def stream(
@@ -874,7 +412,7 @@ class Engine:
         *,
         budgets: tuple[Budget, ...] = (),
     ) -> AsyncIterator[ChatChunk]:
-        """The pipeline for a streamed call (see :mod:`llmrelay._streaming`)."""
+        """The pipeline for a streamed call (see :mod:`llmrelay._pipeline.stream`)."""
         return stream_call(self, messages, model, priority, timeout, cache, params, budgets)
 
     # ---- embeddings ------------------------------------------------------------------------
@@ -889,7 +427,7 @@ class Engine:
     ) -> EmbeddingResponse:
         """Embeddings through selection and orchestration (not cached)."""
         self.check_open()
-        prio = self.check_priority(priority)
+        prio = validate.check_priority(priority)
         texts = [inputs] if isinstance(inputs, str) else inputs
         if (
             not isinstance(texts, Sequence)
@@ -902,7 +440,7 @@ class Engine:
         name = model or self.selector.default_model
         cands = self.selector.candidates(name)
         est = sum(len(t) for t in texts) // 4 + 1
-        ctx = CallContext(prio, self._deadline(timeout), est, 0)
+        ctx = CallContext(prio, deadline(self, timeout), est, 0)
         tr = None
         if self.events.live():
             tr = self.events.start("embeddings", name, prio, cands, None)
@@ -931,7 +469,7 @@ class Engine:
                 ) from None
             return r
 
-        hook = self._record_attempt if tr is None else tr.hooked(ctx, self._record_attempt)
+        hook = self.attempt_hook if tr is None else tr.hooked(ctx, self.attempt_hook)
         run = self.orchestrator.run(self.selector.usable(cands) or cands, ctx, send, hook)
         resp, cand, _ = await (run if tr is None else tr.wrap(run))
         dep = cand.deployment
@@ -954,7 +492,7 @@ class Engine:
         current = asyncio.current_task()
         if await self._drained(current, drain_s):
             return await self._close_resources()
-        self._stop_streams = True
+        self.stop_streams = True
         for t in list(self._in_flight):
             if t is not current and not t.done():
                 self._stopped_by_close.add(t)
@@ -966,7 +504,7 @@ class Engine:
         """Wait (bounded) until no call but the current one is in flight; whether none is."""
         loop = asyncio.get_running_loop()
         end = loop.time() + limit_s
-        while self._open_streams or any(
+        while self.open_streams or any(
             t is not current and not t.done() for t in list(self._in_flight)
         ):
             if loop.time() >= end:

@@ -3,7 +3,7 @@
 A middleware sees each call after validation, cache hits included, and may change
 the request, answer it itself, or wrap what ``call_next`` returns. For a stream,
 ``call_next`` returns the finished stream as one response once the caller has read
-it to the end (see ``llmrelay._streaming``).
+it to the end (see ``llmrelay._pipeline.stream``).
 """
 
 from __future__ import annotations

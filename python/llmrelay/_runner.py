@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from llmrelay._cachekey import CacheControl
-from llmrelay._stages import cache_control
+from llmrelay._pipeline.validate import cache_control
 from llmrelay._structured import parsed_builtins
 from llmrelay._types import ChatResponse
 from llmrelay.errors import InvalidRequestError, LLMRelayError

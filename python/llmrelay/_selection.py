@@ -21,6 +21,7 @@ from llmrelay._config import ModelSelectionStrategy, ProviderConfig
 from llmrelay._pool import Deployment, ProviderPool
 from llmrelay._types import ChatRequest
 from llmrelay.errors import InvalidRequestError
+from llmrelay.providers import capabilities
 from llmrelay.providers._registry import get_provider
 
 __all__ = ["Candidate", "Selector", "honouring", "route"]
@@ -316,3 +317,17 @@ class Selector:
                 rest.remove(pick[0])
             return ordered
         return cands  # "priority": configured order
+
+
+def model_facts(kind: str, model: str) -> ModelFacts:
+    info = capabilities(kind, model)
+    cin = info.input_price_per_mtok
+    cout = info.output_price_per_mtok
+    return ModelFacts(
+        tools=info.tools,
+        vision=info.vision,
+        json_mode=info.json_mode,
+        streaming=info.streaming,
+        context_window=info.context_window,
+        cost_per_mtok=(cin + cout) if cin is not None and cout is not None else None,
+    )

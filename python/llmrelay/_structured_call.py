@@ -19,12 +19,14 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
+from llmrelay._pipeline import cache
 from llmrelay._structured import OutputSpec, StreamTail, repair_messages, unwrap
 from llmrelay._types import ChatChunk, ChatRequest, ChatResponse
 from llmrelay.errors import StructuredOutputError
 
 if TYPE_CHECKING:
-    from llmrelay._engine import Engine, Prepared
+    from llmrelay._engine import Engine
+    from llmrelay._pipeline.call import Prepared
 
 __all__ = ["structured_chat", "structured_stream", "with_parsed"]
 
@@ -58,7 +60,7 @@ async def structured_chat(
     first, error = _validated(spec, p.req, first)
     if error is None:
         return first
-    series = eng._series(p)
+    series = cache.series(p)
     eng.metrics.core.incr(*series, "structured_repairs")
     budget = eng.config.timeouts.total_s if timeout is None else timeout
     left = budget - (loop.time() - started)
@@ -74,7 +76,7 @@ async def structured_chat(
     second, error = _validated(spec, req, second)
     out = _combined(first, second)
     if error is None:
-        eng._store(p, out)  # the next identical call is answered by the valid reply
+        cache.store(eng, p, out)  # the next identical call is answered by the valid reply
         return out
     eng.metrics.core.incr(*series, "structured_failures")
     raise _failure(spec, out, error, "after one repair attempt")

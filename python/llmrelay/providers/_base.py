@@ -389,7 +389,7 @@ class ProviderAdapter:
     ) -> ChatResponse:
         """Send a chat request through ``client`` and decode its answer; failures raise
         typed ProviderErrors. (The service sends ``wire_chat``'s bytes on its own
-        transport instead: see ``llmrelay._stages.send_chat``.)"""
+        transport instead: see ``llmrelay._pipeline.execute.send_chat``.)"""
         wire = self.wire_chat(req, model, stream=False)
         status, headers, body = await self._exchange(client, wire, model, timeout)
         return self.decode_chat(status, headers, body, model)

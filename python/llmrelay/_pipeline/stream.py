@@ -1,5 +1,7 @@
-"""The streamed call: cache replay, orchestration that holds its slot until the
-stream ends, per-chunk deadline, and the finished stream processed like a reply.
+"""The streamed call, a second composition of the same stages: validate, the cache
+lookup (a hit replayed as chunks), orchestrate with a head-of-stream attempt that holds
+its slot until the stream ends, a per-chunk deadline, and the finished stream processed
+and stored like a reply.
 
 A streamed call never joins an in-flight call (see docs/decisions.md).
 """
@@ -15,8 +17,8 @@ import msgspec
 
 from llmrelay._middleware import chain
 from llmrelay._orchestrator import CallContext
+from llmrelay._pipeline import cache, orchestrate, process
 from llmrelay._selection import Candidate
-from llmrelay._stages import replay
 from llmrelay._structured_call import structured_stream
 from llmrelay._types import ChatChunk, ChatRequest, ChatResponse
 from llmrelay.errors import DeadlineExceededError, LLMRelayError, ProviderTimeoutError
@@ -24,7 +26,8 @@ from llmrelay.providers import ProviderAdapter, accumulate_chunks
 
 if TYPE_CHECKING:
     from llmrelay._budget import Budget, Reservation
-    from llmrelay._engine import Engine, Prepared
+    from llmrelay._engine import Engine
+    from llmrelay._pipeline.call import Prepared
 
 __all__ = ["stream_call"]
 
@@ -80,7 +83,7 @@ async def _with_middleware(
     try:
         await asyncio.wait((asked, mw), return_when=asyncio.FIRST_COMPLETED)
         if not asked.done():  # answered (or failed) without calling call_next
-            for chunk in replay(mw.result()):
+            for chunk in cache.replay(mw.result()):
                 yield chunk
             return
         req = asked.result()
@@ -100,7 +103,7 @@ async def _with_middleware(
                 raise mw.exception() from None  # type: ignore[misc]
             if yielded:
                 raise  # chunks already delivered: its answer cannot replace them
-            for chunk in replay(mw.result()):  # recovered before anything was delivered
+            for chunk in cache.replay(mw.result()):  # recovered before anything was delivered
                 yield chunk
             return
         ended.set_result(final[0])
@@ -121,25 +124,21 @@ async def _pipeline(
     eng: Engine, p: Prepared, timeout: float | None, final: list[ChatResponse]
 ) -> AsyncIterator[ChatChunk]:
     """Cache replay, or the orchestrated stream; the whole response lands in ``final``."""
-    if p.key is not None and p.mode != "write_only":
-        hit = eng.memory_hit(p) or eng._disk_hit(p) or await eng.shared_hit(p)
-        if hit is not None:
-            for chunk in replay(hit):
-                yield chunk
-            final.append(hit)
-            return
-        eng._count_miss(p)
-    if p.mode == "replay":
-        raise eng.replay_miss(p)
-    ctx = CallContext(p.priority, eng._deadline(timeout), p.est_in, p.est_out)
+    hit = await cache.lookup(eng, p, memory_checked=False)
+    if hit is not None:
+        for chunk in cache.replay(hit):
+            yield chunk
+        final.append(hit)
+        return
+    ctx = CallContext(p.priority, orchestrate.deadline(eng, timeout), p.est_in, p.est_out)
     started = time.perf_counter()
     idle = eng.config.timeouts.stream_idle_s
-    hook = eng._record_attempt if p.trace is None else p.trace.hooked(ctx, eng._record_attempt)
+    hook = eng.attempt_hook if p.trace is None else p.trace.hooked(ctx, eng.attempt_hook)
     # the budget reservation of the attempt being opened, held until the stream ends
     holds: list[Reservation] = []
 
     async def open_stream(cand: Candidate) -> tuple[list[ChatChunk], Any]:
-        hold = eng.reserve_budgets(p, cand)
+        hold = orchestrate.reserve_budgets(eng, p, cand)
         try:
             opened = await _open(cand)
         except BaseException:
@@ -215,7 +214,7 @@ async def _pipeline(
             raise
         return head, agen
 
-    (head, agen), cand, lease = await eng._guarded(
+    (head, agen), cand, lease = await eng.guarded(
         eng.orchestrator.run(
             eng.selector.usable(p.cands) or p.cands,
             ctx,
@@ -226,7 +225,7 @@ async def _pipeline(
     )
     assert lease is not None
     token = object()
-    eng._open_streams.add(token)
+    eng.open_streams.add(token)
     chunks: list[ChatChunk] = []
     err: BaseException | None = None
     opened = time.perf_counter()
@@ -239,12 +238,12 @@ async def _pipeline(
             chunks.append(chunk)
             yield chunk
         while True:
-            if eng._stop_streams:
+            if eng.stop_streams:
                 raise LLMRelayError("the service was closed while the stream was in flight")
             asked = time.perf_counter()
             try:
                 async with asyncio.timeout_at(ctx.deadline):
-                    chunk = await eng._guarded(agen.__anext__())
+                    chunk = await eng.guarded(agen.__anext__())
             except StopAsyncIteration:
                 break
             except TimeoutError as e:
@@ -263,7 +262,7 @@ async def _pipeline(
         err = e
         raise
     finally:
-        eng._open_streams.discard(token)
+        eng.open_streams.discard(token)
         await agen.aclose()
         lease.finish(err, provider_s)
         if err is None:
@@ -277,7 +276,7 @@ async def _pipeline(
                     hold.settle(None)
                 else:
                     hold.refund()
-            eng._record_attempt(cand, err, time.perf_counter() - started, True)
+            orchestrate.record_attempt(eng, cand, err, time.perf_counter() - started, True)
 
 
 def _has_content(chunk: ChatChunk) -> bool:
@@ -298,7 +297,7 @@ def _finish_stream(
 ) -> ChatResponse:
     resp = accumulate_chunks(chunks)
     resp = msgspec.structs.replace(resp, model=resp.model or cand.model)
-    out = eng._process(p, ctx, cand, (resp, time.perf_counter() - started), started)
+    out = process.process(eng, p, ctx, cand, (resp, time.perf_counter() - started), started)
     dep = cand.deployment
     eng.metrics.core.observe(dep.kind, cand.model, dep.name, "ttft", ttft)
     return out

@@ -1,26 +1,25 @@
-"""The pipeline's helper stages: estimates, capability needs, cross-loop wake-ups,
-cache controls, the execute stage (one HTTP exchange of bytes) and the transport choice.
+"""The execute stage: one attempt's HTTP exchange, as bytes.
 
-Plain functions, so the :class:`~llmrelay._engine.Engine` stays a readable table
-of stages.
+The adapter builds the request's bytes (:meth:`ProviderAdapter.wire_chat`), the
+transport sends them (the core's client by default, in one crossing; any httpx
+transport through the shim), and the adapter decodes the reply's bytes in one
+step. Transport failures and error statuses are typed here, once. In-process
+adapters are called directly.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, TypeAlias, cast
 
 import httpx
-import msgspec
 
 from llmrelay import _core
-from llmrelay._cachekey import CacheControl
 from llmrelay._config import ProviderConfig
 from llmrelay._pool import Deployment
-from llmrelay._selection import ModelFacts
 from llmrelay._transport import RustTransport, error_class, httpx_exchange, read_body
-from llmrelay._types import ChatChunk, ChatRequest, ChatResponse, EmbeddingResponse
+from llmrelay._types import ChatRequest, ChatResponse, EmbeddingResponse
 from llmrelay._wire import HeaderPairs, WireReply, WireRequest
 from llmrelay.errors import (
     ConfigError,
@@ -30,152 +29,8 @@ from llmrelay.errors import (
     ProviderTimeoutError,
     ProviderUnavailableError,
 )
-from llmrelay.providers import ProviderAdapter, capabilities
+from llmrelay.providers import ProviderAdapter
 from llmrelay.providers._inprocess import InProcessAdapter
-
-
-def estimate_input_tokens(req: ChatRequest) -> int:
-    chars = 0
-    for m in req.messages:
-        c = m.content
-        if isinstance(c, str):
-            chars += len(c)
-        elif c:
-            for part in c:
-                chars += len(getattr(part, "text", None) or "") + 1000 * (
-                    getattr(part, "type", "") == "image_url"
-                )
-        chars += 16
-    if req.tools:
-        chars += len(msgspec.json.encode(req.tools))
-    return chars // 4 + 1
-
-
-def needs_of(req: ChatRequest, stream: bool) -> list[str]:
-    needs = []
-    if req.tools:
-        needs.append("tools")
-    # response_format needs no capability: every adapter honours it natively or by
-    # JSON mode or instructions (see llmrelay._structured); ``json_mode`` stays a
-    # capability a config may require
-    if stream:
-        needs.append("streaming")
-    for m in req.messages:
-        if isinstance(m.content, list) and any(
-            getattr(p, "type", "") == "image_url" for p in m.content
-        ):
-            needs.append("vision")
-            break
-    return needs
-
-
-def _wake_future(fut: asyncio.Future[Any], value: Any, exc: BaseException | None) -> None:
-    if fut.done():
-        return
-    if exc is not None:
-        fut.set_exception(exc)
-    else:
-        fut.set_result(value)
-
-
-def deliver(fut: asyncio.Future[Any], value: Any, exc: BaseException | None = None) -> None:
-    loop = fut.get_loop()
-    try:
-        running = asyncio.get_running_loop()
-    except RuntimeError:
-        running = None
-    if loop is running:
-        _wake_future(fut, value, exc)
-    else:
-        loop.call_soon_threadsafe(_wake_future, fut, value, exc)
-
-
-def cancel_task(task: asyncio.Task[Any]) -> None:
-    """Cancel a task of any loop (a sync call's task lives on the loop thread)."""
-    loop = task.get_loop()
-    try:
-        running = asyncio.get_running_loop()
-    except RuntimeError:
-        running = None
-    if loop is running:
-        task.cancel()
-    else:
-        loop.call_soon_threadsafe(task.cancel)
-
-
-def replay(resp: ChatResponse) -> list[ChatChunk]:
-    """A cached response as a stream: its reasoning (and blocks), text, whole tool calls,
-    then finish and usage."""
-    from llmrelay._types import ToolCallDelta
-
-    out = []
-    blocks = resp.message.reasoning_blocks
-    if resp.reasoning or blocks:
-        out.append(
-            ChatChunk(
-                reasoning=resp.reasoning,
-                reasoning_blocks=blocks,
-                model=resp.model,
-                provider=resp.provider,
-            )
-        )
-    if resp.text:
-        out.append(ChatChunk(text=resp.text, model=resp.model, provider=resp.provider))
-    if resp.tool_calls:
-        deltas = [
-            ToolCallDelta(
-                index=i,
-                id=tc.id,
-                name=tc.name,
-                arguments_delta=msgspec.json.encode(tc.arguments).decode(),
-            )
-            for i, tc in enumerate(resp.tool_calls)
-        ]
-        out.append(ChatChunk(tool_calls=deltas, model=resp.model, provider=resp.provider))
-    out.append(
-        ChatChunk(
-            finish_reason=resp.finish_reason,
-            usage=resp.usage,
-            model=resp.model,
-            provider=resp.provider,
-        )
-    )
-    return out
-
-
-def cache_control(cache: Any) -> CacheControl:
-    if cache is None or cache is True:
-        return _DEFAULT_CC
-    if cache is False:
-        return _SKIP_CC
-    if isinstance(cache, CacheControl):
-        return cache
-    if isinstance(cache, Mapping):
-        try:
-            return msgspec.convert(dict(cache), CacheControl)
-        except msgspec.ValidationError as e:
-            raise InvalidRequestError(f"invalid cache: {e}", field="cache") from None
-    raise InvalidRequestError(
-        f"invalid cache={cache!r}: expected a bool or CacheControl", field="cache"
-    )
-
-
-_DEFAULT_CC = CacheControl()
-_SKIP_CC = CacheControl(skip=True)
-
-
-def model_facts(kind: str, model: str) -> ModelFacts:
-    info = capabilities(kind, model)
-    cin = info.input_price_per_mtok
-    cout = info.output_price_per_mtok
-    return ModelFacts(
-        tools=info.tools,
-        vision=info.vision,
-        json_mode=info.json_mode,
-        streaming=info.streaming,
-        context_window=info.context_window,
-        cost_per_mtok=(cin + cout) if cin is not None and cout is not None else None,
-    )
 
 
 async def send_chat(
