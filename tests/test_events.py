@@ -21,7 +21,12 @@ from llmrelay import (
     TelemetryConfig,
     _core,
 )
-from llmrelay.errors import AuthenticationError, InvalidRequestError, ProviderUnavailableError
+from llmrelay.errors import (
+    AuthenticationError,
+    InvalidRequestError,
+    LLMRelayError,
+    ProviderUnavailableError,
+)
 from llmrelay.events import (
     Attempt,
     BreakerTransition,
@@ -607,3 +612,34 @@ def test_default_service_proxy_listeners() -> None:
         assert remove() and not proxy.remove_listener(rec)
     finally:
         proxy.close()
+
+
+async def test_a_stream_cut_after_its_first_chunk_is_a_failed_attempt(
+    make_config: ConfigFactory, fakes: dict[str, FakeProvider], rec: Recorder
+) -> None:
+    """The attempt of a stream ends with the stream: one that opened and then broke off
+    is reported as failed (with its error), once, and counted as a failure."""
+    fakes["openai"].inject("cut_stream", times=1, after=2)
+    cfg = make_config(orchestrator=OrchestratorConfig(max_retries=0))
+    async with LLMService(cfg, on_event=rec) as svc:
+        got: list[str] = []
+        with pytest.raises(LLMRelayError) as e:
+            async for c in svc.astream("one two three four five six seven"):
+                got.append(c.text or "")
+        assert "".join(got)  # the head reached the caller before the cut
+        (attempt,) = rec.of(Attempt)
+        assert not attempt.ok and attempt.sent
+        assert attempt.error_type == type(e.value).__name__
+        assert attempt.duration_s > 0
+        end = rec.one(CallEnded)
+        assert not end.ok and end.attempts == 1
+        snap = svc.metrics.snapshot()
+        failures = {k: v for s in snap.series for k, v in s.counters.items() if "failures." in k}
+        assert sum(failures.values()) == 1, failures
+        assert snap.total("successes") == 0
+        rec.events.clear()
+        chunks = [c async for c in svc.astream("and now a whole one")]
+        assert chunks
+        (attempt,) = rec.of(Attempt)
+        assert attempt.ok and attempt.error_type is None
+        assert rec.one(CallEnded).ok

@@ -136,8 +136,18 @@ async def _pipeline(
     hook = eng.attempt_hook if p.trace is None else p.trace.hooked(ctx, eng.attempt_hook)
     # the budget reservation of the attempt being opened, held until the stream ends
     holds: list[Reservation] = []
+    # when the attempt being opened started: a stream's attempt ends with the stream
+    opened_at = [started]
+
+    def open_hook(cand: Candidate, err: BaseException | None, latency: float, sent: bool) -> None:
+        """An attempt that failed to open is reported now; one that opened is reported
+        when its stream ends, with how it ended (a stream cut after its first chunk is
+        a failed attempt, not a success)."""
+        if err is not None:
+            hook(cand, err, latency, sent)
 
     async def open_stream(cand: Candidate) -> tuple[list[ChatChunk], Any]:
+        opened_at[0] = time.perf_counter()
         hold = orchestrate.reserve_budgets(eng, p, cand)
         try:
             opened = await _open(cand)
@@ -219,7 +229,7 @@ async def _pipeline(
             eng.selector.usable(p.cands) or p.cands,
             ctx,
             open_stream,
-            hook,
+            open_hook,
             hold=True,
         )
     )
@@ -265,6 +275,7 @@ async def _pipeline(
         eng.open_streams.discard(token)
         await agen.aclose()
         lease.finish(err, provider_s)
+        hook(cand, err, time.perf_counter() - opened_at[0], True)
         if err is None:
             done = _finish_stream(eng, p, ctx, cand, chunks, started, ttft)
             for hold in holds:
@@ -276,7 +287,6 @@ async def _pipeline(
                     hold.settle(None)
                 else:
                     hold.refund()
-            orchestrate.record_attempt(eng, cand, err, time.perf_counter() - started, True)
 
 
 def _has_content(chunk: ChatChunk) -> bool:
