@@ -191,3 +191,18 @@ def test_the_rust_check_finds_a_cycle(tmp_path: Path) -> None:
     (tmp_path / "b" / "mod.rs").write_text("use super::a::A;\npub struct B;\nmod c;\n")
     (tmp_path / "b" / "c.rs").write_text("use super::B; // a child naming its parent\n")
     assert _sccs(rust_module_graph(tmp_path)) == [["crate::a", "crate::b"]]
+
+
+def test_the_version_has_one_owner() -> None:
+    """Cargo.toml says the version; the wheel's metadata and ``__version__`` follow it."""
+    import importlib.metadata
+    import tomllib
+
+    import llmrelay
+
+    cargo = tomllib.loads((ROOT / "Cargo.toml").read_text())["package"]["version"]
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert "version" not in project and "version" in project["dynamic"]
+    assert llmrelay.__version__ == cargo == importlib.metadata.version("llmrelay")
+    literal = re.compile(r"""__version__\s*(?::\s*str\s*)?=\s*["']""")
+    assert not [p for p in PY_ROOT.rglob("*.py") if literal.search(p.read_text())]

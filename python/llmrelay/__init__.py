@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from llmrelay import errors
+from llmrelay import _core, errors
 from llmrelay._config import (
     BudgetConfig,
     CacheConfig,
@@ -56,7 +56,7 @@ if TYPE_CHECKING:
         register_provider,
     )
 
-__version__ = "0.1.0"
+__version__: str = _core.__version__  # Cargo.toml owns the version (pyproject reads it)
 
 _LAZY = {
     "CacheControl": "llmrelay._cachekey",

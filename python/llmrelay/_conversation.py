@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from llmrelay._tokens import message_tokens
 from llmrelay._types import ChatChunk, ChatResponse, Message, ToolCall, to_messages
 from llmrelay.errors import InvalidRequestError
 from llmrelay.providers._accumulate import ChunkAccumulator
@@ -36,18 +37,6 @@ class _Saved(msgspec.Struct, kw_only=True):
     priority: int | None = None
     params: dict[str, Any] = {}
     history: list[Message] = []
-
-
-def _tokens(m: Message) -> int:
-    c = m.content
-    n = len(c) if isinstance(c, str) else len(msgspec.json.encode(c)) if c else 0
-    if m.tool_calls:
-        n += len(msgspec.json.encode(m.tool_calls))
-    if m.reasoning_blocks:  # sent back with their turn, so they take room in the window
-        n += len(msgspec.json.encode(m.reasoning_blocks))
-    elif m.reasoning:
-        n += len(m.reasoning)
-    return n // 4 + 4
 
 
 def _groups(history: list[Message]) -> list[list[Message]]:
@@ -120,10 +109,10 @@ class Conversation:
         budget = self._budget()
         groups = _groups(history)
         if budget is not None:
-            used = sum(_tokens(m) for m in head)
+            used = sum(message_tokens(m) for m in head)
             kept: list[list[Message]] = []
             for g in reversed(groups):
-                cost = sum(_tokens(m) for m in g)
+                cost = sum(message_tokens(m) for m in g)
                 if used + cost > budget and kept:
                     break
                 kept.append(g)

@@ -45,6 +45,7 @@ from llmrelay._shared_tiers import SharedCacheTier, SharedDedupTier
 from llmrelay._structured_call import structured_chat
 from llmrelay._sync import LoopThread
 from llmrelay._telemetry import Emitter
+from llmrelay._tokens import texts_tokens
 from llmrelay._types import (
     ChatChunk,
     ChatRequest,
@@ -439,7 +440,7 @@ class Engine:
             )
         name = model or self.selector.default_model
         cands = self.selector.candidates(name)
-        est = sum(len(t) for t in texts) // 4 + 1
+        est = texts_tokens(texts)
         ctx = CallContext(prio, deadline(self, timeout), est, 0)
         tr = None
         if self.events.live():

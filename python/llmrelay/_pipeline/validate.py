@@ -20,6 +20,7 @@ from llmrelay._outputspec import output_spec
 from llmrelay._pipeline.call import DEFAULT_OUTPUT_ESTIMATE, Prepared
 from llmrelay._selection import Candidate, honouring
 from llmrelay._telemetry import INFO, log_enabled
+from llmrelay._tokens import request_tokens
 from llmrelay._types import ChatRequest, build_request
 from llmrelay.errors import (
     InvalidRequestError,
@@ -29,23 +30,6 @@ if TYPE_CHECKING:
     from llmrelay._engine import Engine
 
 log = logging.getLogger("llmrelay")
-
-
-def estimate_input_tokens(req: ChatRequest) -> int:
-    chars = 0
-    for m in req.messages:
-        c = m.content
-        if isinstance(c, str):
-            chars += len(c)
-        elif c:
-            for part in c:
-                chars += len(getattr(part, "text", None) or "") + 1000 * (
-                    getattr(part, "type", "") == "image_url"
-                )
-        chars += 16
-    if req.tools:
-        chars += len(msgspec.json.encode(req.tools))
-    return chars // 4 + 1
 
 
 def needs_of(req: ChatRequest, stream: bool) -> list[str]:
@@ -116,7 +100,7 @@ def prepare(
     spec = output_spec(fmt) if fmt is not None else None
     asked = req.model or eng.selector.default_model
     name = eng.selector.canonical(asked)  # an alias and its model share cache entries
-    est_in = estimate_input_tokens(req)
+    est_in = request_tokens(req)
     est_out = req.max_tokens or DEFAULT_OUTPUT_ESTIMATE
     cands = eng.selector.candidates(
         asked, needs=needs_of(req, stream), est_tokens=est_in + (req.max_tokens or 0)
