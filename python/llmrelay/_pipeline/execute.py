@@ -23,13 +23,10 @@ from llmrelay._types import ChatRequest, ChatResponse, EmbeddingResponse
 from llmrelay._wire import HeaderPairs, WireReply, WireRequest
 from llmrelay.errors import (
     ConfigError,
-    DeadlineExceededError,
     InvalidRequestError,
-    ProviderError,
-    ProviderTimeoutError,
-    ProviderUnavailableError,
 )
 from llmrelay.providers import ProviderAdapter
+from llmrelay.providers._errors import transport_error
 from llmrelay.providers._inprocess import InProcessAdapter
 
 
@@ -114,7 +111,7 @@ async def exchange(
         try:
             pending, fut = transport.submit(wire, max(0.001, min(read_s, remaining)))
         except _core.HttpTransportError as e:
-            raise _transport_failure(error_class(e), clamped, dep, model) from None
+            raise transport_error(error_class(e), dep.name, model, deadline_cut=clamped) from None
         try:
             status, headers, body, _version, rest = cast(_CoreReply, await fut)
             if rest is not None:  # chunked, or over 1 MiB: the core streams what is left
@@ -123,33 +120,17 @@ async def exchange(
             pending.abort()
             raise
         except _core.HttpTransportError as e:
-            raise _transport_failure(error_class(e), clamped, dep, model) from None
+            raise transport_error(error_class(e), dep.name, model, deadline_cut=clamped) from None
         return WireReply(status, headers, body)
     assert client is not None
     try:
         return await httpx_exchange(client, transport, wire, dep.httpx_timeout(remaining))
     except httpx.TransportError as e:
-        raise _transport_failure(type(e), clamped, dep, model) from None
+        raise transport_error(type(e), dep.name, model, deadline_cut=clamped) from None
 
 
 #: What the core delivers for a completed request.
 _CoreReply: TypeAlias = tuple[int, HeaderPairs, bytes, str, "_core.HttpBody | None"]
-
-
-def _transport_failure(
-    cls: type[httpx.TransportError], clamped: bool, dep: Deployment, model: str
-) -> ProviderError:
-    """The typed error of a transport failure, named by its httpx exception class (the
-    core's errors are mapped to the same classes)."""
-    if issubclass(cls, httpx.TimeoutException):
-        if clamped and issubclass(cls, httpx.ReadTimeout):
-            return DeadlineExceededError(
-                "total timeout exceeded waiting for the reply", provider=dep.name, model=model
-            )
-        return ProviderTimeoutError(f"timed out: {cls.__name__}", provider=dep.name, model=model)
-    return ProviderUnavailableError(
-        f"transport error: {cls.__name__}", provider=dep.name, model=model
-    )
 
 
 def transport_factory(

@@ -19,6 +19,7 @@ from llmrelay.errors import (
     AuthenticationError,
     ContentFilterError,
     ContextLengthError,
+    DeadlineExceededError,
     ProviderError,
     ProviderResponseError,
     ProviderTimeoutError,
@@ -34,6 +35,7 @@ __all__ = [
     "error_from_transport",
     "request_id_of",
     "response_error",
+    "transport_error",
 ]
 
 _CONTEXT_WORDS = (
@@ -167,12 +169,32 @@ def error_from_transport(
     exc: Exception, provider: str, model: str | None, secret: str | None = None
 ) -> ProviderError:
     """The typed error of an httpx exception raised while sending or reading."""
-    detail = scrub(str(exc), secret)
-    name = f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
-    if isinstance(exc, httpx.TimeoutException):
-        return ProviderTimeoutError(name, provider=provider, model=model)
-    if isinstance(exc, (httpx.TransportError, httpx.StreamError)):
-        return ProviderUnavailableError(name, provider=provider, model=model)
+    return transport_error(type(exc), provider, model, scrub(str(exc), secret))
+
+
+def transport_error(
+    cls: type[Exception],
+    provider: str,
+    model: str | None,
+    detail: str = "",
+    *,
+    deadline_cut: bool = False,
+) -> ProviderError:
+    """The one conversion of a transport failure, named by its httpx exception class
+    (the core's client maps its failures to the same classes): a timeout is a
+    ProviderTimeoutError, unless the read timer was the caller's own deadline
+    (``deadline_cut``), which is the caller's DeadlineExceededError; a connection
+    failure is a ProviderUnavailableError; anything else a ProviderResponseError.
+    ``detail`` must already be scrubbed of secrets."""
+    name = f"{cls.__name__}: {detail}" if detail else cls.__name__
+    if issubclass(cls, httpx.TimeoutException):
+        if deadline_cut and issubclass(cls, httpx.ReadTimeout):
+            return DeadlineExceededError(
+                "total timeout exceeded waiting for the reply", provider=provider, model=model
+            )
+        return ProviderTimeoutError(f"timed out: {name}", provider=provider, model=model)
+    if issubclass(cls, httpx.TransportError | httpx.StreamError):
+        return ProviderUnavailableError(f"transport error: {name}", provider=provider, model=model)
     return ProviderResponseError(name, provider=provider, model=model)
 
 
