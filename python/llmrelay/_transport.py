@@ -39,6 +39,7 @@ alike.
 
 from __future__ import annotations
 
+import abc
 import asyncio
 import contextlib
 import weakref
@@ -366,7 +367,7 @@ Events: TypeAlias = list[tuple[str, bytes]]
 _EVENTS: Final = 1024
 
 
-class StreamReply:
+class StreamReply(abc.ABC):
     """A streamed reply: its status and header pairs, then batches of whole events.
 
     ``next_events`` returns the events that arrived (at least one), ``[]`` at the end;
@@ -381,14 +382,14 @@ class StreamReply:
     status: int
     headers: HeaderPairs
 
-    async def next_events(self) -> Events:
-        raise NotImplementedError  # pragma: no cover - both kinds implement it
+    @abc.abstractmethod
+    async def next_events(self) -> Events: ...
 
-    async def read(self) -> bytes:
-        raise NotImplementedError  # pragma: no cover - both kinds implement it
+    @abc.abstractmethod
+    async def read(self) -> bytes: ...
 
-    async def aclose(self) -> None:
-        raise NotImplementedError  # pragma: no cover - both kinds implement it
+    @abc.abstractmethod
+    async def aclose(self) -> None: ...
 
 
 class _CoreStream(StreamReply):
