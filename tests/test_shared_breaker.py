@@ -199,6 +199,33 @@ def test_half_open_probes_are_counted_cluster_wide(
     assert all(s["state"] == "closed" for s in snaps), snaps
 
 
+def test_a_permit_left_unused_goes_back_to_the_cluster(
+    redis: RedisServer, fake: Any, ns: str, crew: list[Agent]
+) -> None:
+    plan = AgentPlan(
+        redis.url, fake.base_url, ns, minimum_calls=4, window_size=4, open_duration_s=1.0
+    )
+    a, b = agents(plan, 2)
+    crew.extend([a, b])
+    fake.inject("server_error")
+    a.ask("calls", 2)
+    b.ask("calls", 2)
+    for x in (a, b):
+        assert x.ask("wait_state", "open", 20.0) == "open"
+    fake.clear_faults()
+    time.sleep(1.2)  # the open period has passed
+    # a's call is refused while it claims the one permit; then a calls no more
+    assert a.ask("calls", 1) == ["CircuitOpenError"]
+    assert a.ask("wait_state", "half_open", 20.0) == "half_open"
+    # b gets through once a's unused permit went back (after about a second)
+    outcomes = b.ask("until_ok", 30.0)
+    assert outcomes[-1] == "ok", outcomes
+    sa, sb = a.ask("snapshot"), b.ask("snapshot")
+    assert sa["probes"] == 1 and sa["permits_returned"] == 1, sa
+    assert sb["probes"] == 1 and sb["closes"] == 1, sb
+    assert a.ask("wait_state", "closed", 20.0) == "closed"
+
+
 def _solo_config(url: str, base_url: str, ns: str) -> LLMServiceConfig:
     return LLMServiceConfig(
         providers=[

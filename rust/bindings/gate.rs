@@ -355,6 +355,7 @@ impl PyGate {
         d.set_item("closes", s.closes)?;
         d.set_item("probes", s.probes)?;
         d.set_item("probe_denials", s.probe_denials)?;
+        d.set_item("permits_returned", s.permits_returned)?;
         d.set_item("fallbacks", s.fallbacks)?;
         d.set_item("refused", s.refused)?;
         d.set_item("notices", s.notices)?;

@@ -59,6 +59,8 @@ pub const PROBE_LEASE_MS: u64 = 30_000;
 pub const WINDOW_TTL_MS: u64 = 600_000;
 /// A state left after its open period (nobody probed) is forgotten after this long.
 pub const KEEP_AFTER_OPEN_MS: u64 = 600_000;
+/// A probe permit this process did not use within this long goes back to the cluster.
+pub const PERMIT_IDLE: Duration = Duration::from_secs(1);
 /// A process refused a probe permit asks again after this long (notices may be lost).
 pub const CLAIM_RETRY: Duration = Duration::from_millis(500);
 const LISTEN_BACKOFF: Duration = Duration::from_millis(100);
@@ -288,6 +290,16 @@ impl View {
         }
     }
 
+    /// Take back one unused permit of episode `ep` (to return it to the cluster).
+    pub fn take_unused(&mut self, ep: u64) -> bool {
+        if ep == self.ep && self.permits > 0 {
+            self.permits -= 1;
+            true
+        } else {
+            false
+        }
+    }
+
     /// In a forked child: no claim runs here and the parent's permits are not ours.
     pub fn after_fork(&mut self) {
         self.claiming = false;
@@ -327,6 +339,8 @@ pub struct BreakerStats {
     pub probes: u64,
     /// Probe claims refused (the cluster's probes were out).
     pub probe_denials: u64,
+    /// Probe permits given back unused (no call here within [`PERMIT_IDLE`]).
+    pub permits_returned: u64,
     /// Claims Redis did not answer (this process went on its local breaker alone).
     pub fallbacks: u64,
     /// Admissions refused by the cluster-wide state.
@@ -344,6 +358,7 @@ struct Counters {
     closes: AtomicU64,
     probes: AtomicU64,
     probe_denials: AtomicU64,
+    permits_returned: AtomicU64,
     fallbacks: AtomicU64,
     refused: AtomicU64,
     notices: AtomicU64,
@@ -654,7 +669,19 @@ impl SharedBreaker {
             .await;
         let report = reply.ok().as_ref().and_then(Report::from_reply);
         match report {
-            Some(r) if r.state == ClusterState::HalfOpen && r.flag => bump(&self.counters.probes),
+            Some(r) if r.state == ClusterState::HalfOpen && r.flag => {
+                bump(&self.counters.probes);
+                // nobody here used it in time: give it back to the cluster
+                let this = self.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(PERMIT_IDLE).await;
+                    let unused = this.view.lock().take_unused(r.ep);
+                    if unused {
+                        bump(&this.counters.permits_returned);
+                        this.send(4, r.ep).await;
+                    }
+                });
+            }
             Some(r) if r.state == ClusterState::HalfOpen => bump(&self.counters.probe_denials),
             Some(_) => {}
             None => bump(&self.counters.fallbacks),
@@ -760,6 +787,7 @@ impl SharedBreaker {
             closes: r(&c.closes),
             probes: r(&c.probes),
             probe_denials: r(&c.probe_denials),
+            permits_returned: r(&c.permits_returned),
             fallbacks: r(&c.fallbacks),
             refused: r(&c.refused),
             notices: r(&c.notices),
@@ -895,6 +923,16 @@ mod tests {
         assert_eq!(v.acquire(0), Verdict::Probe(7));
         v.give_back(7, 0);
         assert_eq!(v.acquire(0), Verdict::Probe(7));
+    }
+
+    #[test]
+    fn only_an_unused_permit_of_the_episode_is_taken_back() {
+        let mut v = View::default();
+        v.apply(report(10, ClusterState::HalfOpen, 7, 0, false), true, 0);
+        assert!(!v.take_unused(6));
+        assert!(v.take_unused(7));
+        assert!(!v.take_unused(7));
+        assert_eq!(v.acquire(0), Verdict::RefuseAndClaim);
     }
 
     #[test]
