@@ -279,8 +279,9 @@ def shared_state(
     many the ``on_unavailable`` fallback decided. With shared breakers, ``breakers``
     has the subscription's health (``listening``), the counts summed over deployments
     (``published``, ``publish_errors``, ``opens``, ``reopens``, ``closes``, ``probes``,
-    ``probe_denials``, ``permits_returned``, ``fallbacks``, ``refused``, ``notices``) and per deployment
-    its cluster-wide ``state`` as this process knows it, with the same counts.
+    ``probe_denials``, ``permits_returned``, ``fallbacks``, ``refused``, ``notices``)
+    and per deployment its cluster-wide ``state`` as this process knows it, with the
+    same counts.
     """
     sc = config.shared
     if sc is None:
