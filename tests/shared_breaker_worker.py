@@ -110,10 +110,16 @@ async def _call(svc: LLMService, plan: AgentPlan, text: str) -> str:
 
 
 async def _wait(svc: LLMService, key: str, want: Any, limit_s: float) -> Any:
+    """Poll ``key`` of this process's view until it is ``want`` (an int: at least
+    ``want``) or ``limit_s`` passes; the last value seen."""
     end = time.monotonic() + limit_s
     while True:
         got = breakers(svc).get(key)
-        if (got >= want if isinstance(want, int) else got == want) or time.monotonic() > end:
+        if isinstance(want, int) and not isinstance(want, bool):
+            done = got is not None and int(got) >= want
+        else:
+            done = got == want
+        if done or time.monotonic() > end:
             return got
         await asyncio.sleep(0.02)
 

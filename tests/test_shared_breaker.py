@@ -62,7 +62,7 @@ def fake() -> Iterator[Any]:
 
 @pytest.fixture
 def ns(request: pytest.FixtureRequest) -> str:
-    return request.node.name.replace("[", "-").replace("]", "")
+    return str(request.node.name).replace("[", "-").replace("]", "")
 
 
 class Agent:
@@ -280,23 +280,25 @@ def test_redis_down_leaves_the_local_breaker_working(
     assert snap["deployments"][DEPLOYMENT]["state"] == "closed"
 
 
+def _state(svc: LLMService) -> str:
+    return str(svc.metrics.snapshot().shared["breakers"]["deployments"][DEPLOYMENT]["state"])
+
+
 def test_two_services_in_one_process_count_as_two_members(redis: RedisServer, ns: str) -> None:
-    """Each service is a member of its own (its hub's nonce): the same rule holds
-    in-process, which the core's gate exercises without spawning."""
+    """Each service is a member of its own (its hub's nonce): two services of one
+    process failing once each open the deployment for both."""
 
     async def run() -> tuple[list[str], dict[str, Any], int]:
         async with FakeProvider("openai") as fake:
             fake.inject("server_error")
+            base = _solo_config(redis.url, fake.base_url, ns)
+            assert base.shared is not None
             cfg = msgspec.structs.replace(
-                _solo_config(redis.url, fake.base_url, ns),
-                circuit_breaker=CircuitBreakerConfig(minimum_calls=2, window_size=2),
-            )
-            cfg = msgspec.structs.replace(
-                cfg, shared=msgspec.structs.replace(cfg.shared, op_timeout_s=0.5)
+                base, shared=msgspec.structs.replace(base.shared, op_timeout_s=0.5)
             )
             async with LLMService(cfg) as one, LLMService(cfg) as two:
                 for svc in (one, two):
-                    for _ in range(200):
+                    for _ in range(500):
                         if svc.metrics.snapshot().shared["breakers"]["listening"]:
                             break
                         await asyncio.sleep(0.02)
@@ -304,33 +306,21 @@ def test_two_services_in_one_process_count_as_two_members(redis: RedisServer, ns
                 for svc in (one, two):
                     try:
                         await svc.achat("fail once")
-                    except Exception as e:
-                        outs.append(type(e).__name__)
+                    except Exception as exc:
+                        outs.append(type(exc).__name__)
                 for _ in range(1000):
-                    if (
-                        two.metrics.snapshot().shared["breakers"]["deployments"][DEPLOYMENT][
-                            "state"
-                        ]
-                        == "open"
-                        and one.metrics.snapshot().shared["breakers"]["deployments"][DEPLOYMENT][
-                            "state"
-                        ]
-                        == "open"
-                    ):
+                    if _state(one) == "open" and _state(two) == "open":
                         break
                     await asyncio.sleep(0.02)
                 before = len(fake.requests)
-                with pytest.raises(CircuitOpenError) as e:
+                with pytest.raises(CircuitOpenError) as refused:
                     await one.achat("refused")
-                assert e.value.retry_after is None or e.value.retry_after > 0
-                return (
-                    outs,
-                    dict(one.metrics.snapshot().shared["breakers"]),
-                    len(fake.requests) - before,
-                )
+                assert refused.value.retry_after is None or refused.value.retry_after > 0
+                sent = len(fake.requests) - before
+                return outs, dict(one.metrics.snapshot().shared["breakers"]), sent
 
     outs, snap, sent = asyncio.run(run())
-    assert "CircuitOpenError" not in outs
+    assert "CircuitOpenError" not in outs  # each local breaker saw one failure of 2
     assert sent == 0
     assert snap["deployments"][DEPLOYMENT]["state"] == "open"
 

@@ -238,6 +238,7 @@ def _breakers_state(runtimes: Mapping[str, Any]) -> dict[str, Any] | None:
         for k in (
             "published",
             "publish_errors",
+            "publish_dropped",
             "opens",
             "reopens",
             "closes",
@@ -278,10 +279,10 @@ def shared_state(
     limiter's operations; ``deployments`` the shared checks per deployment and how
     many the ``on_unavailable`` fallback decided. With shared breakers, ``breakers``
     has the subscription's health (``listening``), the counts summed over deployments
-    (``published``, ``publish_errors``, ``opens``, ``reopens``, ``closes``, ``probes``,
-    ``probe_denials``, ``permits_returned``, ``fallbacks``, ``refused``, ``notices``)
-    and per deployment its cluster-wide ``state`` as this process knows it, with the
-    same counts.
+    (``published``, ``publish_errors``, ``publish_dropped``, ``opens``, ``reopens``,
+    ``closes``, ``probes``, ``probe_denials``, ``permits_returned``, ``fallbacks``,
+    ``refused``, ``notices``) and per deployment its cluster-wide ``state`` as this
+    process knows it, with the same counts.
     """
     sc = config.shared
     if sc is None:

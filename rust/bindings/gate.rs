@@ -350,6 +350,7 @@ impl PyGate {
         d.set_item("permits", b.permits())?;
         d.set_item("published", s.published)?;
         d.set_item("publish_errors", s.publish_errors)?;
+        d.set_item("publish_dropped", s.publish_dropped)?;
         d.set_item("opens", s.opens)?;
         d.set_item("reopens", s.reopens)?;
         d.set_item("closes", s.closes)?;

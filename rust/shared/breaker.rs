@@ -59,6 +59,9 @@ pub const PROBE_LEASE_MS: u64 = 30_000;
 pub const WINDOW_TTL_MS: u64 = 600_000;
 /// A state left after its open period (nobody probed) is forgotten after this long.
 pub const KEEP_AFTER_OPEN_MS: u64 = 600_000;
+/// Publishes of one deployment in flight at most; more are dropped and counted
+/// (a probe's outcome is never dropped).
+pub const MAX_IN_FLIGHT: u64 = 1024;
 /// A probe permit this process did not use within this long goes back to the cluster.
 pub const PERMIT_IDLE: Duration = Duration::from_secs(1);
 /// A process refused a probe permit asks again after this long (notices may be lost).
@@ -329,6 +332,8 @@ pub struct BreakerStats {
     pub published: u64,
     /// Publishes Redis did not answer (timeout, no connection, error).
     pub publish_errors: u64,
+    /// Publishes dropped because [`MAX_IN_FLIGHT`] were in flight.
+    pub publish_dropped: u64,
     /// Times an outcome of this process opened the deployment cluster-wide.
     pub opens: u64,
     /// Times a probe of this process opened it again.
@@ -353,6 +358,8 @@ pub struct BreakerStats {
 struct Counters {
     published: AtomicU64,
     publish_errors: AtomicU64,
+    publish_dropped: AtomicU64,
+    in_flight: AtomicU64,
     opens: AtomicU64,
     reopens: AtomicU64,
     closes: AtomicU64,
@@ -713,11 +720,22 @@ impl SharedBreaker {
         self.hub.warm();
         let slow = clock::secs_to_ns(duration_s.max(0.0)) > self.slow_ns;
         let bits = outcome_bits(outcome, slow);
+        let in_flight = &self.counters.in_flight;
+        if in_flight.fetch_add(1, Ordering::Relaxed) >= MAX_IN_FLIGHT && probe == 0 {
+            in_flight.fetch_sub(1, Ordering::Relaxed);
+            bump(&self.counters.publish_dropped);
+            return;
+        }
         let this = self.clone();
-        spawn(async move { this.send(bits, probe).await });
+        if !spawn(async move {
+            this.send(bits, probe).await;
+            this.counters.in_flight.fetch_sub(1, Ordering::Relaxed);
+        }) {
+            in_flight.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
-    async fn send(self: Arc<Self>, bits: u8, probe: u64) {
+    async fn send(self: &Arc<Self>, bits: u8, probe: u64) {
         let c = &self.cfg;
         let open_ms = (c.open_duration_s * 1000.0).ceil();
         let max_open_ms = (c.max_open_duration_s * 1000.0).ceil();
@@ -782,6 +800,7 @@ impl SharedBreaker {
         BreakerStats {
             published: r(&c.published),
             publish_errors: r(&c.publish_errors),
+            publish_dropped: r(&c.publish_dropped),
             opens: r(&c.opens),
             reopens: r(&c.reopens),
             closes: r(&c.closes),
