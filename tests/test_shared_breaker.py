@@ -284,6 +284,47 @@ def _state(svc: LLMService) -> str:
     return str(svc.metrics.snapshot().shared["breakers"]["deployments"][DEPLOYMENT]["state"])
 
 
+def test_a_hung_redis_costs_no_call_its_time(ns: str) -> None:
+    """Redis stopped (SIGSTOP) after the service connected: publishes time out in
+    the background, counted; the local breaker opens as without Redis."""
+    server = RedisServer()
+
+    async def run() -> dict[str, Any]:
+        async with FakeProvider("openai") as fake:
+            fake.inject("server_error")
+            async with LLMService(_solo_config(server.url, fake.base_url, ns)) as svc:
+                for _ in range(500):
+                    if svc.metrics.snapshot().shared["breakers"]["listening"]:
+                        break
+                    await asyncio.sleep(0.02)
+                server.pause()
+                try:
+                    errors = []
+                    for i in range(3):
+                        try:
+                            await asyncio.wait_for(svc.achat(f"h{i}"), WAIT_S)
+                        except Exception as exc:
+                            errors.append(type(exc).__name__)
+                    assert errors[2] == "CircuitOpenError" and "CircuitOpenError" not in errors[:2]
+                    assert len(fake.requests) == 2
+                    snap = svc.metrics.snapshot().shared["breakers"]
+                    for _ in range(1000):
+                        if snap["publish_errors"] >= 2:
+                            break
+                        await asyncio.sleep(0.02)
+                        snap = svc.metrics.snapshot().shared["breakers"]
+                    return dict(snap)
+                finally:
+                    server.resume()
+
+    try:
+        snap = asyncio.run(run())
+    finally:
+        server.stop()
+    assert snap["publish_errors"] == 2 and snap["published"] == 0
+    assert snap["deployments"][DEPLOYMENT]["state"] == "closed"
+
+
 def test_two_services_in_one_process_count_as_two_members(redis: RedisServer, ns: str) -> None:
     """Each service is a member of its own (its hub's nonce): two services of one
     process failing once each open the deployment for both."""
