@@ -35,8 +35,9 @@ _SHOWN = (
     "_call",
     "achat",
     "_cached",
+    "lookup",
     "prepare",
-    "_disk_hit",
+    "disk_hit",
     "memory_hit",
     "build_request",
     "cache_key",
@@ -113,7 +114,7 @@ async def _pieces(tmp: Path, n: int) -> None:
         _timed("get_hot, memory tier empty (a miss)", lambda: [c.get_hot(k) for k in keys], n)
         raws = _timed("get_disk (sled read + promotion)", lambda: [c.get_disk(k) for k in keys], n)
         _timed("get_hot after promotion (a hit)", lambda: [c.get_hot(k) for k in keys], n)
-        dec = eng._decoder.decode
+        dec = eng.decoder.decode
         _timed("msgpack decode of the ChatResponse", lambda: [dec(r) for r in raws], n)
         inc = eng.metrics.core.incr
         _timed("metrics incr", lambda: [inc("echo", "echo", "echo", "x") for _ in range(n)], n)

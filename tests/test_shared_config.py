@@ -95,7 +95,7 @@ def test_env_url_does_not_override_the_file(tmp_path: Path) -> None:
     assert shared is not None and shared.url == "unix:///tmp/r.sock"
 
 
-def test_service_with_shared_starts_without_redis_and_says_what_stays_local(
+def test_service_with_shared_starts_without_redis_and_shares_every_switch(
     make_config: ConfigFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
     import msgspec
@@ -108,9 +108,11 @@ def test_service_with_shared_starts_without_redis_and_says_what_stays_local(
         svc = llmrelay.LLMService(cfg)
     try:
         shared = svc.metrics.snapshot().shared
-        assert shared["limits"] is True and shared["not_shared"] == ["breakers"]
+        # every switch is shared now (breakers too): nothing stays per process
+        assert shared["limits"] is True and shared["not_shared"] == []
+        assert shared["breakers"]["listening"] is False
         assert shared["pid"] == os.getpid() and "hunter2" not in str(shared)
-        assert any("stay per process" in r.getMessage() for r in caplog.records)
+        assert not any("stay per process" in r.getMessage() for r in caplog.records)
         assert "hunter2" not in caplog.text
     finally:
         svc.close()

@@ -138,6 +138,9 @@ class LLMService:
         self._engine = Engine(
             config, transport=transport, middleware=middleware, clock=clock, sleep=sleep
         )
+        from llmrelay._shared import share_breakers
+
+        share_breakers(config, self._engine.orchestrator.runtimes)
         if otel is not None:
             self._engine.events.add(otel)
         if on_event is not None:

@@ -26,7 +26,14 @@ from llmrelay import _core
 from llmrelay._config import LLMServiceConfig, SharedStateConfig, redact_url
 from llmrelay._transport import _completions
 
-__all__ = ["NOT_SHARED_YET", "Admission", "SharedLimiter", "shared_limiter", "shared_state"]
+__all__ = [
+    "NOT_SHARED_YET",
+    "Admission",
+    "SharedLimiter",
+    "share_breakers",
+    "shared_limiter",
+    "shared_state",
+]
 
 _log = logging.getLogger("llmrelay.shared")
 
@@ -188,7 +195,63 @@ class SharedLimiter:
 
 #: Switches of ``SharedStateConfig`` whose state is not shared by this version: that
 #: state stays per process (LLMService says so with a warning at start).
-NOT_SHARED_YET = ("breakers",)
+NOT_SHARED_YET: tuple[str, ...] = ()
+
+
+def share_breakers(
+    config: LLMServiceConfig, runtimes: Mapping[str, Any]
+) -> _core.SharedBreakers | None:
+    """Share every deployment's breaker through Redis when ``shared.breakers`` is on.
+
+    Each gate keeps its local breaker and publishes its outcomes (in the background);
+    the deployment opens cluster-wide when bad outcomes seen by at least two
+    processes cross its threshold, and its half-open probes are counted cluster-wide
+    (docs/scaleout.md). Nothing is opened here: the subscription starts in the
+    background, and admission never waits for Redis. The gates hold the returned hub.
+    """
+    sc = config.shared
+    if sc is None or not sc.breakers or not runtimes:
+        return None
+    if sc.url.startswith("rediss://"):
+        raise NotImplementedError(
+            "rediss:// (TLS to Redis) is not built into the core yet; use redis:// "
+            "on a trusted network or unix://"
+        )
+    hub = _core.SharedBreakers(sc.url, namespace=sc.namespace, op_timeout_s=sc.op_timeout_s)
+    for rt in runtimes.values():
+        rt.gate.share_breaker(hub)
+    hub.warm()
+    return hub
+
+
+def _breakers_state(runtimes: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The shared breakers' part of ``snapshot().shared`` (None when not shared)."""
+    deployments: dict[str, dict[str, Any]] = {}
+    for name, rt in runtimes.items():
+        st = rt.gate.shared_breaker_stats()
+        if st is not None:
+            deployments[name] = dict(st)
+    if not deployments:
+        return None
+    totals = {
+        k: sum(int(d[k]) for d in deployments.values())
+        for k in (
+            "published",
+            "publish_errors",
+            "publish_dropped",
+            "opens",
+            "reopens",
+            "closes",
+            "probes",
+            "probe_denials",
+            "permits_returned",
+            "fallbacks",
+            "refused",
+            "notices",
+        )
+    }
+    listening = any([bool(d.pop("listening")) for d in deployments.values()])
+    return {"listening": listening, **totals, "deployments": deployments}
 
 
 def shared_limiter(config: LLMServiceConfig) -> SharedLimiter | None:
@@ -214,7 +277,12 @@ def shared_state(
     ``degraded``, ``script_errors``, ``timeouts``, ``fallback_calls``... are the Redis
     connection's; ``reservations``, ``refusals``, ``refunds``, ``reconciles`` the
     limiter's operations; ``deployments`` the shared checks per deployment and how
-    many the ``on_unavailable`` fallback decided.
+    many the ``on_unavailable`` fallback decided. With shared breakers, ``breakers``
+    has the subscription's health (``listening``), the counts summed over deployments
+    (``published``, ``publish_errors``, ``publish_dropped``, ``opens``, ``reopens``,
+    ``closes``, ``probes``, ``probe_denials``, ``permits_returned``, ``fallbacks``,
+    ``refused``, ``notices``) and per deployment its cluster-wide ``state`` as this
+    process knows it, with the same counts.
     """
     sc = config.shared
     if sc is None:
@@ -228,6 +296,9 @@ def shared_state(
         "limits": lim is not None,
         "not_shared": [n for n in NOT_SHARED_YET if getattr(sc, n)],
     }
+    breakers = _breakers_state(runtimes)
+    if breakers is not None:
+        out["breakers"] = breakers
     if lim is not None:
         out.update(lim.stats())
         deployments: dict[str, dict[str, int]] = {}

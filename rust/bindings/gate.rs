@@ -14,7 +14,7 @@ use super::error::to_pyerr;
 use super::http::{Outcome as Done, PyCompletions, Waker};
 use super::limiter::PyRateLimiter;
 use super::scheduler::{count, PyPriorityScheduler};
-use super::shared::PySharedLimiter;
+use super::shared::{PySharedBreakers, PySharedLimiter};
 use crate::breaker;
 use crate::gate::{Admission, Gate, GateConfig, Outcome};
 use crate::runtime;
@@ -329,6 +329,39 @@ impl PyGate {
     #[getter]
     fn shared(&self) -> bool {
         self.inner.shared().is_some()
+    }
+
+    /// Share the deployment's breaker through `hub` (Redis), once: outcomes are
+    /// published and the deployment opens cluster-wide when bad outcomes from
+    /// at least two processes cross the threshold.
+    fn share_breaker(&self, hub: &Bound<'_, PySharedBreakers>) -> PyResult<()> {
+        Ok(self.inner.share_breaker(&hub.get().inner)?)
+    }
+
+    /// The shared breaker's state and counts, or None without one.
+    fn shared_breaker_stats<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
+        let Some(b) = self.inner.shared_breaker() else {
+            return Ok(None);
+        };
+        let s = b.stats();
+        let d = PyDict::new(py);
+        d.set_item("state", b.state().as_str())?;
+        d.set_item("open_for_s", b.open_for().unwrap_or(0.0))?;
+        d.set_item("permits", b.permits())?;
+        d.set_item("published", s.published)?;
+        d.set_item("publish_errors", s.publish_errors)?;
+        d.set_item("publish_dropped", s.publish_dropped)?;
+        d.set_item("opens", s.opens)?;
+        d.set_item("reopens", s.reopens)?;
+        d.set_item("closes", s.closes)?;
+        d.set_item("probes", s.probes)?;
+        d.set_item("probe_denials", s.probe_denials)?;
+        d.set_item("permits_returned", s.permits_returned)?;
+        d.set_item("fallbacks", s.fallbacks)?;
+        d.set_item("refused", s.refused)?;
+        d.set_item("notices", s.notices)?;
+        d.set_item("listening", b.hub().listening())?;
+        Ok(Some(d))
     }
 
     /// The scheduler, to read (admission goes through the gate).

@@ -43,6 +43,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<shared::PySharedCache>()?;
     m.add_class::<shared::PySharedDedup>()?;
     m.add_class::<shared::PySharedLease>()?;
+    m.add_class::<shared::PySharedBreakers>()?;
     m.add(
         "HttpTransportError",
         m.py().get_type::<http::HttpTransportError>(),

@@ -14,6 +14,7 @@ use pyo3::IntoPyObjectExt;
 use super::error::to_pyerr;
 use super::http::{Outcome, PyCompletions};
 use crate::runtime;
+use crate::shared::breaker::SharedBreakers;
 use crate::shared::cache::SharedCache;
 use crate::shared::dedup::{Joined, Lease, SharedDedup};
 use crate::shared::{OnUnavailable, SharedLimiter};
@@ -440,6 +441,49 @@ impl PySharedLease {
     #[getter]
     fn settled(&self) -> bool {
         self.inner.settled()
+    }
+
+    fn __repr__(&self) -> String {
+        format!("{:?}", self.inner)
+    }
+}
+
+/// Shared circuit breakers on Redis: one connection and one subscription per
+/// service; each deployment's gate gets its breaker with `Gate.share_breaker`.
+#[pyclass(name = "SharedBreakers", module = "llmrelay._core", frozen)]
+pub struct PySharedBreakers {
+    pub(super) inner: Arc<SharedBreakers>,
+}
+
+#[pymethods]
+impl PySharedBreakers {
+    #[new]
+    #[pyo3(signature = (url, *, namespace = "llmrelay", op_timeout_s = 0.025))]
+    fn new(url: &str, namespace: &str, op_timeout_s: f64) -> PyResult<Self> {
+        let inner = SharedBreakers::new(url, namespace, op_timeout_s)?;
+        Ok(Self {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// Start the subscription in the background (returns at once).
+    fn warm(&self) {
+        self.inner.warm();
+    }
+
+    /// This process's member name in the windows (`pid:nonce`).
+    #[getter]
+    fn member(&self) -> String {
+        self.inner.member()
+    }
+
+    /// `{"listening": 0/1, "connected": 0/1, "notices_received": n}`.
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        d.set_item("listening", u64::from(self.inner.listening()))?;
+        d.set_item("connected", u64::from(self.inner.connected()))?;
+        d.set_item("notices_received", self.inner.notices())?;
+        Ok(d)
     }
 
     fn __repr__(&self) -> String {

@@ -45,9 +45,17 @@
 //! Retry-After as the deployment's pause in every process. The Redis calls
 //! after admission (refund, reconcile, pause, header tightening) are spawned
 //! on the runtime: no caller waits for them.
+//!
+//! **Shared breakers.** A gate given a shared breaker ([`Gate::share_breaker`])
+//! keeps its local breaker and also publishes each settled outcome to Redis
+//! (spawned: no caller waits), where the deployment opens cluster-wide (see
+//! [`crate::shared::breaker`]). Admission reads the cluster state cached in
+//! this process, never Redis: open cluster-wide is the same
+//! [`Error::CircuitOpen`] as open locally; half-open, a call goes only as one
+//! of the cluster's probes.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use parking_lot::Mutex;
 
@@ -55,6 +63,7 @@ use crate::breaker::{self, CircuitBreaker, State as BreakerState};
 use crate::error::{Error, Result};
 use crate::limiter::RateLimiter;
 use crate::scheduler::{self, invalid_priority, PriorityScheduler, SchedulerConfig};
+use crate::shared::breaker::{SharedBreaker, SharedBreakers, Verdict};
 use crate::shared::{SharedLimiter, Source};
 
 /// The rate-limit dimensions of a deployment, in index order.
@@ -249,6 +258,8 @@ struct Entry {
     shared: bool,
     /// The shared booking is recorded under this entry's reservation id.
     recorded: bool,
+    /// The cluster probe episode this entry's permit is (0: none).
+    probe: u64,
     phase: Phase,
 }
 
@@ -317,6 +328,7 @@ pub struct Gate {
     limiter: Arc<RateLimiter>,
     shared: Option<Arc<SharedLimiter>>,
     breaker: Arc<CircuitBreaker>,
+    shared_breaker: OnceLock<Arc<SharedBreaker>>,
     clock: crate::clock::SharedClock,
     state: Mutex<State>,
 }
@@ -372,6 +384,7 @@ impl Gate {
             limiter,
             shared: None,
             breaker,
+            shared_breaker: OnceLock::new(),
             clock,
             state: Mutex::new(State {
                 scheduler,
@@ -393,6 +406,26 @@ impl Gate {
     pub fn with_shared(mut self, shared: Arc<SharedLimiter>) -> Self {
         self.shared = Some(shared);
         self
+    }
+
+    /// Share this gate's breaker through `hub` (Redis): outcomes are
+    /// published, the deployment opens cluster-wide (see the module docs).
+    /// Once per gate.
+    pub fn share_breaker(&self, hub: &Arc<SharedBreakers>) -> Result<()> {
+        let b = hub.breaker(&self.name, self.cfg.breaker.clone(), self.clock.clone())?;
+        self.shared_breaker
+            .set(b)
+            .map_err(|_| Error::InvalidArgument {
+                what: "shared_breaker",
+                detail: format!("the breaker of {:?} is shared already", self.name),
+            })?;
+        hub.warm();
+        Ok(())
+    }
+
+    /// The shared breaker, if the gate has one.
+    pub fn shared_breaker(&self) -> Option<&Arc<SharedBreaker>> {
+        self.shared_breaker.get()
     }
 
     /// The shared limiter, if the gate has one.
@@ -427,7 +460,38 @@ impl Gate {
 
     /// Whether the breaker would refuse a call now.
     pub fn is_open(&self) -> bool {
-        self.breaker.state() == BreakerState::Open
+        self.breaker.state() == BreakerState::Open || self.cluster_open().is_some()
+    }
+
+    /// Seconds left if the deployment is open cluster-wide (shared breaker).
+    fn cluster_open(&self) -> Option<f64> {
+        self.shared_breaker.get().and_then(|b| b.open_for())
+    }
+
+    /// Seconds until a refusing breaker (local or cluster-wide) may admit.
+    fn breaker_retry_after(&self) -> f64 {
+        let cluster = self.cluster_open().unwrap_or(0.0);
+        self.breaker.retry_after_s().max(cluster)
+    }
+
+    /// Permission of the breakers for entry `id`: the cluster-wide state
+    /// (a probe permit when half-open), then the local breaker.
+    fn acquire_breaker(&self, st: &mut State, id: u64) -> bool {
+        let probe = match self.shared_breaker.get().map(|b| (b, b.acquire())) {
+            None | Some((_, Verdict::Go)) => 0,
+            Some((_, Verdict::Probe(ep))) => ep,
+            Some((_, Verdict::Refuse(_) | Verdict::RefuseAndClaim)) => return false,
+        };
+        if !self.breaker.try_acquire() {
+            if let (Some(b), true) = (self.shared_breaker.get(), probe != 0) {
+                b.give_back(probe);
+            }
+            return false;
+        }
+        if let Some(e) = st.entries.get_mut(&id) {
+            e.probe = probe;
+        }
+        true
     }
 
     /// Configure the cell of `dim` (`rpm`, `tpm`, `itpm`, `otpm`) at
@@ -543,6 +607,10 @@ impl Gate {
             st.stats.refused_circuit += 1;
             return Err(self.circuit_open(self.breaker.retry_after_s()));
         }
+        if let Some(retry_after) = self.shared_breaker.get().and_then(|b| b.refuses()) {
+            st.stats.refused_circuit += 1;
+            return Err(self.circuit_open(retry_after));
+        }
         let mut entry = Entry {
             id: 0,
             priority,
@@ -552,6 +620,7 @@ impl Gate {
             booked: false,
             shared: false,
             recorded: false,
+            probe: 0,
             phase: Phase::Delayed,
         };
         let delay = self.book(&mut st, &mut entry);
@@ -757,6 +826,9 @@ impl Gate {
             st.stats.permits += 1;
         }
         self.breaker.record(outcome.breaker(), latency_s)?;
+        if let Some(b) = self.shared_breaker.get() {
+            b.publish(outcome.breaker(), latency_s, entry.probe);
+        }
         let granted = st
             .scheduler
             .release(ticket, outcome.scheduler(), latency_s)?;
@@ -798,6 +870,9 @@ impl Gate {
             Phase::Granted(t) | Phase::Permitted(t) => {
                 // a probe permit taken for it goes back
                 let _ = self.breaker.record(breaker::Outcome::Ignored, 0.0);
+                if let Some(b) = self.shared_breaker.get() {
+                    b.publish(breaker::Outcome::Ignored, 0.0, entry.probe);
+                }
                 st.scheduler.cancel(t)
             }
         };
@@ -855,6 +930,9 @@ impl Gate {
         st.by_ticket.clear();
         st.pending.clear();
         st.stats.outstanding = 0;
+        if let Some(b) = self.shared_breaker.get() {
+            b.after_fork();
+        }
         Ok(())
     }
 
@@ -1038,7 +1116,7 @@ impl Gate {
             st.by_ticket.insert(ticket, id);
             return Ok(Admission::Wait { id, delay_s: 0.0 });
         }
-        if self.breaker.try_acquire() {
+        if self.acquire_breaker(st, id) {
             return Ok(Self::permit(st, id, ticket));
         }
         let mut entry = st.entries.remove(&id).expect("entry exists");
@@ -1049,7 +1127,7 @@ impl Gate {
         let granted = st.scheduler.cancel(ticket);
         let woken = self.grant(st, granted);
         st.pending.extend(woken);
-        Err(self.circuit_open(self.breaker.retry_after_s()))
+        Err(self.circuit_open(self.breaker_retry_after()))
     }
 
     /// Queued tickets the scheduler just granted: ask the breaker for each
@@ -1066,10 +1144,10 @@ impl Gate {
                     next.extend(st.scheduler.cancel(ticket));
                     continue;
                 };
-                if self.breaker.try_acquire() {
+                if self.acquire_breaker(st, id) {
                     st.entries.get_mut(&id).expect("entry exists").phase = Phase::Granted(ticket);
                 } else {
-                    let retry_after = self.breaker.retry_after_s();
+                    let retry_after = self.breaker_retry_after();
                     let mut entry = *st.entries.get(&id).expect("entry exists");
                     self.refund(st, &mut entry);
                     entry.phase = Phase::Refused(retry_after);

@@ -15,6 +15,7 @@
 //! cells, its 429 pause and its reservations — is on one shard, and the
 //! keys of one call never cross slots.
 
+pub mod breaker;
 pub mod cache;
 pub mod client;
 pub mod dedup;

@@ -157,3 +157,146 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now_ms - ttl)
 redis.call('PEXPIRE', KEYS[1], ttl * 2)
 return redis.call('ZCARD', KEYS[1])
 "#;
+
+/// Shared breakers: one settled outcome enters the deployment's cluster-wide
+/// window (closed), or is judged as a probe (half-open), or is dropped (open,
+/// or half-open and not a probe of the episode). Replies, and notices on the
+/// channel, carry the server time, so a process applies only fresher news.
+///
+/// KEYS: window list, counts hash, state hash. ARGV: 1 member, 2 bits (1
+/// failure, 2 slow, 4 ignored: gives a probe permit back), 3 probe episode
+/// ('0': not a probe), 4 window_size, 5 calls judged, 6 failure threshold,
+/// 7 slow threshold, 8 processes needed, 9 open_ms, 10 backoff multiplier,
+/// 11 max_open_ms, 12 half_open_max_calls, 13 window_ttl_ms, 14 keep_ms,
+/// 15 channel, 16 deployment. Returns `{state (0 closed, 1 open, 2 half-open),
+/// ep, left_ms, at_us, changed (0/1)}`; a notice is `"at state ep left_ms name"`.
+pub const BREAKER_OUTCOME: &str = r#"
+local t = redis.call('TIME')
+local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local now = math.floor(now_us / 1000)
+local at = string.format('%.0f', now_us)
+local bits = tonumber(ARGV[2])
+local fail = bits % 2 == 1
+local slow = math.floor(bits / 2) % 2 == 1
+local ignored = bits >= 4
+local fth = tonumber(ARGV[6])
+local sth = tonumber(ARGV[7])
+local function hits(bad, n, th) return bad > 0 and n > 0 and bad / n >= th end
+local function open(trips)
+  local dur = tonumber(ARGV[9]) * tonumber(ARGV[10]) ^ (trips - 1)
+  local cap = tonumber(ARGV[11])
+  if dur > cap then dur = cap end
+  dur = math.ceil(dur)
+  redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+  redis.call('HSET', KEYS[3], 'until', now + dur, 'ep', at, 'trips', trips,
+    'issued', 0, 'done', 0, 'bad', 0, 'slow', 0, 'probe_at', 0)
+  redis.call('PEXPIRE', KEYS[3], dur + tonumber(ARGV[14]))
+  redis.call('PUBLISH', ARGV[15], at .. ' 1 ' .. at .. ' ' .. dur .. ' ' .. ARGV[16])
+  return {1, at, dur, at, 1}
+end
+if redis.call('EXISTS', KEYS[3]) == 1 then
+  local s = redis.call('HMGET', KEYS[3], 'until', 'ep', 'trips', 'issued', 'done', 'bad', 'slow')
+  local until_ms = tonumber(s[1])
+  local ep = s[2]
+  if now < until_ms then return {1, ep, until_ms - now, at, 0} end
+  if ARGV[3] ~= ep then return {2, ep, 0, at, 0} end
+  if ignored then
+    if tonumber(s[4]) > tonumber(s[5]) then redis.call('HINCRBY', KEYS[3], 'issued', -1) end
+    return {2, ep, 0, at, 0}
+  end
+  local done = redis.call('HINCRBY', KEYS[3], 'done', 1)
+  local bad = tonumber(s[6])
+  local sl = tonumber(s[7])
+  if fail then bad = redis.call('HINCRBY', KEYS[3], 'bad', 1) end
+  if slow then sl = redis.call('HINCRBY', KEYS[3], 'slow', 1) end
+  if done < tonumber(ARGV[12]) then return {2, ep, 0, at, 0} end
+  if hits(bad, done, fth) or hits(sl, done, sth) then
+    return open(tonumber(s[3]) + 1)
+  end
+  redis.call('DEL', KEYS[1], KEYS[2], KEYS[3])
+  redis.call('PUBLISH', ARGV[15], at .. ' 0 ' .. ep .. ' 0 ' .. ARGV[16])
+  return {0, ep, 0, at, 1}
+end
+if ignored then return {0, '0', 0, at, 0} end
+local member = ARGV[1]
+redis.call('RPUSH', KEYS[1], member .. '|' .. bits)
+local c = redis.call('HINCRBY', KEYS[2], 'c', 1)
+local f = tonumber(redis.call('HGET', KEYS[2], 'f') or '0')
+local sl = tonumber(redis.call('HGET', KEYS[2], 's') or '0')
+local procs = tonumber(redis.call('HGET', KEYS[2], 'p') or '0')
+if fail then f = redis.call('HINCRBY', KEYS[2], 'f', 1) end
+if slow then sl = redis.call('HINCRBY', KEYS[2], 's', 1) end
+if fail or slow then
+  if redis.call('HINCRBY', KEYS[2], 'b:' .. member, 1) == 1 then
+    procs = redis.call('HINCRBY', KEYS[2], 'p', 1)
+  end
+end
+local size = tonumber(ARGV[4])
+local n = redis.call('LLEN', KEYS[1])
+local k = 0
+while n > size and k < 64 do
+  local old = redis.call('LPOP', KEYS[1])
+  n = n - 1
+  k = k + 1
+  local sep = string.find(old, '|', 1, true)
+  local om = string.sub(old, 1, sep - 1)
+  local ob = tonumber(string.sub(old, sep + 1))
+  local of = ob % 2 == 1
+  local os = math.floor(ob / 2) % 2 == 1
+  c = redis.call('HINCRBY', KEYS[2], 'c', -1)
+  if of then f = redis.call('HINCRBY', KEYS[2], 'f', -1) end
+  if os then sl = redis.call('HINCRBY', KEYS[2], 's', -1) end
+  if of or os then
+    if redis.call('HINCRBY', KEYS[2], 'b:' .. om, -1) <= 0 then
+      redis.call('HDEL', KEYS[2], 'b:' .. om)
+      procs = redis.call('HINCRBY', KEYS[2], 'p', -1)
+    end
+  end
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[13])
+redis.call('PEXPIRE', KEYS[2], ARGV[13])
+if c >= tonumber(ARGV[5]) and procs >= tonumber(ARGV[8]) and (hits(f, c, fth) or hits(sl, c, sth)) then
+  return open(1)
+end
+return {0, '0', 0, at, 0}
+"#;
+
+/// Shared breakers: claim one cluster-wide probe permit once the open period
+/// has passed (at most `half_open_max_calls` out; a permit out longer than the
+/// lease with none settled since is presumed lost and handed out again).
+///
+/// KEYS: the state hash. ARGV: half_open_max_calls, lease_ms. Returns
+/// `{state, ep, left_ms, at_us, granted (0/1)}` as `BREAKER_OUTCOME`.
+pub const BREAKER_PROBE: &str = r#"
+local t = redis.call('TIME')
+local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local now = math.floor(now_us / 1000)
+local at = string.format('%.0f', now_us)
+if redis.call('EXISTS', KEYS[1]) == 0 then return {0, '0', 0, at, 0} end
+local s = redis.call('HMGET', KEYS[1], 'until', 'ep', 'issued', 'done', 'probe_at')
+local until_ms = tonumber(s[1])
+if now < until_ms then return {1, s[2], until_ms - now, at, 0} end
+local max = tonumber(ARGV[1])
+local issued = tonumber(s[3])
+local done = tonumber(s[4])
+if issued >= max and now - tonumber(s[5]) > tonumber(ARGV[2]) then issued = done end
+if issued < max then
+  redis.call('HSET', KEYS[1], 'issued', issued + 1, 'probe_at', now)
+  return {2, s[2], 0, at, 1}
+end
+return {2, s[2], 0, at, 0}
+"#;
+
+/// Shared breakers: the state of a deployment. KEYS: the state hash.
+/// Returns `{state, ep, left_ms, at_us, 0}` as `BREAKER_OUTCOME`.
+pub const BREAKER_STATE: &str = r#"
+local t = redis.call('TIME')
+local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local now = math.floor(now_us / 1000)
+local at = string.format('%.0f', now_us)
+if redis.call('EXISTS', KEYS[1]) == 0 then return {0, '0', 0, at, 0} end
+local s = redis.call('HMGET', KEYS[1], 'until', 'ep')
+local until_ms = tonumber(s[1])
+if now < until_ms then return {1, s[2], until_ms - now, at, 0} end
+return {2, s[2], 0, at, 0}
+"#;
