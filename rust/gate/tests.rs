@@ -526,3 +526,84 @@ fn a_shared_check_queues_for_the_slot_and_is_woken_by_the_settle() {
     g.settle(b, Outcome::Success, 0.0, None).unwrap();
     assert_clean(&g);
 }
+
+/// A cluster breaker's report as Redis would send it.
+fn shared_report(
+    at_us: u64,
+    state: crate::shared::breaker::ClusterState,
+    ep: u64,
+    left_ms: u64,
+    flag: bool,
+) -> crate::shared::breaker::Report {
+    crate::shared::breaker::Report {
+        at_us,
+        state,
+        ep,
+        left_ms,
+        flag,
+    }
+}
+
+/// The gate's hook, on the manual clock: a cluster-open deployment refuses
+/// with the local breaker closed; half-open, only a held permit goes, and it
+/// is the probe its settle publishes.
+#[test]
+fn the_gate_follows_the_cluster_state() {
+    let manual = ManualClock::new(0);
+    let clock: crate::clock::SharedClock = Arc::new(manual.clone());
+    let limiter = Arc::new(RateLimiter::new(f64::INFINITY, clock.clone()).unwrap());
+    let gate = Arc::new(Gate::new("dep", GateConfig::default(), limiter, clock).unwrap());
+    let hub = Arc::new(
+        crate::shared::breaker::SharedBreakers::new("redis://127.0.0.1:1", "ns", 0.02).unwrap(),
+    );
+    gate.share_breaker(&hub).unwrap();
+    assert!(gate.share_breaker(&hub).is_err());
+    let b = gate.shared_breaker().unwrap().clone();
+    let admit = || gate.admit(5, 1.0, 1.0, 100.0, 100.0, true);
+
+    b.learn(
+        shared_report(
+            10,
+            crate::shared::breaker::ClusterState::Open,
+            7,
+            2_000,
+            false,
+        ),
+        false,
+    );
+    assert!(gate.is_open());
+    match admit() {
+        Err(Error::CircuitOpen { retry_after_s, .. }) => assert_eq!(retry_after_s, 2.0),
+        other => panic!("expected CircuitOpen, got {other:?}"),
+    }
+    assert_eq!(gate.breaker().state(), breaker::State::Closed);
+    assert_eq!(b.stats().refused, 1);
+
+    manual.advance_secs(2.0); // half-open: no permit here yet
+    assert!(!gate.is_open());
+    assert!(matches!(admit(), Err(Error::CircuitOpen { .. })));
+    b.learn(
+        shared_report(
+            20,
+            crate::shared::breaker::ClusterState::HalfOpen,
+            7,
+            0,
+            false,
+        ),
+        true,
+    );
+    let id = match admit().unwrap() {
+        Admission::Permit(id) => id,
+        other => panic!("expected the probe's permit, got {other:?}"),
+    };
+    assert_eq!(b.permits(), 0);
+    assert!(matches!(admit(), Err(Error::CircuitOpen { .. })));
+    gate.settle(id, Outcome::Success, 0.1, None).unwrap();
+
+    // closed cluster-wide: calls flow again
+    b.learn(
+        shared_report(30, crate::shared::breaker::ClusterState::Closed, 0, 0, true),
+        false,
+    );
+    assert!(matches!(admit(), Ok(Admission::Permit(_))));
+}

@@ -1019,51 +1019,6 @@ mod tests {
         assert!(SharedBreakers::new("redis://x", "", 0.02).is_err());
     }
 
-    /// The gate's hook, on the manual clock: a cluster-open deployment refuses
-    /// with the local breaker closed; half-open, only a held permit goes, and it
-    /// is the probe its settle publishes.
-    #[test]
-    fn the_gate_follows_the_cluster_state() {
-        use crate::clock::ManualClock;
-        use crate::gate::{Admission, Gate, GateConfig, Outcome};
-        use crate::limiter::RateLimiter;
-
-        let manual = ManualClock::new(0);
-        let clock: SharedClock = Arc::new(manual.clone());
-        let limiter = Arc::new(RateLimiter::new(f64::INFINITY, clock.clone()).unwrap());
-        let gate = Arc::new(Gate::new("dep", GateConfig::default(), limiter, clock).unwrap());
-        let hub = Arc::new(SharedBreakers::new("redis://127.0.0.1:1", "ns", 0.02).unwrap());
-        gate.share_breaker(&hub).unwrap();
-        assert!(gate.share_breaker(&hub).is_err());
-        let b = gate.shared_breaker().unwrap().clone();
-        let admit = || gate.admit(5, 1.0, 1.0, 100.0, 100.0, true);
-
-        b.learn(report(10, ClusterState::Open, 7, 2_000, false), false);
-        assert!(gate.is_open());
-        match admit() {
-            Err(Error::CircuitOpen { retry_after_s, .. }) => assert_eq!(retry_after_s, 2.0),
-            other => panic!("expected CircuitOpen, got {other:?}"),
-        }
-        assert_eq!(gate.breaker().state(), breaker::State::Closed);
-        assert_eq!(b.stats().refused, 1);
-
-        manual.advance_secs(2.0); // half-open: no permit here yet
-        assert!(!gate.is_open());
-        assert!(matches!(admit(), Err(Error::CircuitOpen { .. })));
-        b.learn(report(20, ClusterState::HalfOpen, 7, 0, false), true);
-        let id = match admit().unwrap() {
-            Admission::Permit(id) => id,
-            other => panic!("expected the probe's permit, got {other:?}"),
-        };
-        assert_eq!(b.permits(), 0);
-        assert!(matches!(admit(), Err(Error::CircuitOpen { .. })));
-        gate.settle(id, Outcome::Success, 0.1, None).unwrap();
-
-        // closed cluster-wide: calls flow again
-        b.learn(report(30, ClusterState::Closed, 0, 0, true), false);
-        assert!(matches!(admit(), Ok(Admission::Permit(_))));
-    }
-
     #[test]
     fn redis_absent_costs_nothing_and_is_counted() {
         let rt = crate::runtime::handle().unwrap();
