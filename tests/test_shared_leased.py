@@ -326,3 +326,42 @@ def test_shared_config_lease_default_and_repr() -> None:
     sc = SharedStateConfig(url="redis://127.0.0.1:6379", mode="leased")
     assert sc.lease_ttl_s == 1.0
     assert msgspec.structs.replace(sc, lease_ttl_s=0.05).lease_ttl_s == 0.05
+
+
+async def test_an_idle_process_returns_its_slice_when_it_expires(
+    redis: RedisServer, ns: str
+) -> None:
+    lim = leased(redis.url, ns, lease_ttl_s=0.1)
+    lim.configure("d/m:tpm", 1000.0, 10_000)  # slice: 100 tokens
+    assert (await lim.reserve([("d/m:tpm", 10)])).admitted
+    assert lim.leased_units("d/m:tpm") > 50
+    # nothing more is asked: the timer spawned with the grant returns the slice
+    for _ in range(500):  # bounded: 5 s at most on a loaded machine
+        if lim.stats()["units_returned"] > 0:
+            break
+        await asyncio.sleep(0.01)
+    st = lim.stats()
+    assert st["units_returned"] > 50 and st["leases_returned"] >= 1, st
+    assert lim.leased_units("d/m:tpm") == 0.0
+
+
+def test_a_forked_child_does_not_admit_from_the_parents_slice(redis: RedisServer, ns: str) -> None:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "python"), str(ROOT / "tests")])}
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "tests" / "shared_leased_fork_child.py"), redis.url, ns],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=True,
+    )
+    rows = {r["who"]: r for r in map(json.loads, out.stdout.splitlines())}
+    assert rows["parent"]["held_before"] > 100
+    assert rows["parent"]["first_source"] == "lease"
+    assert rows["child"]["held_before"] == 0.0
+    assert rows["child"]["first_source"] == "redis"  # it leased its own
+    # both returned what they held: the cell is back to all but the three used
+    probe = exact(redis.url, ns)
+    probe.configure("f/m:rpm", 10.0, 1000.0)
+    avail, _ = asyncio.run(probe.available("f/m:rpm"))
+    assert avail >= 1000.0 - 3 - 5, avail

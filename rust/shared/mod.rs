@@ -977,9 +977,16 @@ impl SharedLimiter {
                 let admitted = value_f64(&v[0]).unwrap_or(0.0) > 0.0;
                 let wait_s = value_f64(&v[1]).unwrap_or(0.0) / 1e6;
                 if admitted {
+                    let mut any = false;
                     let mut book = l.book.lock();
                     for ((key, _, _), granted) in cells.iter().zip(&v[2..]) {
-                        book.add(key, value_f64(granted).unwrap_or(0.0));
+                        let units = value_f64(granted).unwrap_or(0.0);
+                        any |= units > 0.0;
+                        book.add(key, units);
+                    }
+                    drop(book);
+                    if any {
+                        self.expire_later();
                     }
                 }
                 Ok((admitted, wait_s))
@@ -1192,6 +1199,28 @@ impl SharedLimiter {
             let _ = this.lease_call(&refs, &extras, 0.0).await;
             if let Some(l) = &this.leasing {
                 l.refilling.lock().remove(&scope);
+            }
+        });
+    }
+
+    /// Return what is left of the slices just granted once they expire, even
+    /// if this process takes nothing more (an idle process holds nothing past
+    /// a TTL). Holds the limiter weakly: a dropped one returns on drop.
+    fn expire_later(self: &Arc<Self>) {
+        let Some(l) = &self.leasing else {
+            return;
+        };
+        let after = Duration::from_secs_f64(l.ttl_s) + Duration::from_millis(5);
+        let this = Arc::downgrade(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            if let Some(lim) = this.upgrade() {
+                if let Some(l) = &lim.leasing {
+                    let expired = l.book.lock().expire();
+                    if !expired.is_empty() {
+                        lim.spawn_give_back(expired);
+                    }
+                }
             }
         });
     }
