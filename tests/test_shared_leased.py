@@ -289,7 +289,7 @@ def test_processes_in_leased_mode_stay_within_the_bound_and_use_the_limit(
     # empty: slices come small and many calls take their own cost from Redis)
     assert all(len(o["times"]) > 0 for o in out), [len(o["times"]) for o in out]
     local = sum(o["sources"].get("lease", 0) for o in out)
-    assert local >= 0.25 * len(times), [o["sources"] for o in out]
+    assert local >= 0.1 * len(times), [o["sources"] for o in out]
     # never above the limit: in every window W, at most b + r (W + lease TTL); the
     # admission times are taken in the workers after the reply (a few ms of slack)
     for w in (0.5, 1.0, 2.0):
