@@ -118,11 +118,18 @@ def test_service_with_shared_starts_without_redis_and_shares_every_switch(
         svc.close()
 
 
-def test_service_refuses_leased_mode_as_not_built(make_config: ConfigFactory) -> None:
+def test_service_builds_in_leased_mode_without_waiting_for_redis(
+    make_config: ConfigFactory,
+) -> None:
     import msgspec
 
     cfg = msgspec.structs.replace(
         make_config(), shared=SharedStateConfig(url="redis://127.0.0.1:1", mode="leased")
     )
-    with pytest.raises(NotImplementedError, match="leased"):
-        llmrelay.LLMService(cfg)
+    svc = llmrelay.LLMService(cfg)
+    try:
+        shared = svc.metrics.snapshot().shared
+        assert shared["mode"] == "leased" and shared["lease_ttl_s"] == 1.0
+        assert shared["leases_taken"] == 0
+    finally:
+        svc.close()

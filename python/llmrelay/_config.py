@@ -554,7 +554,11 @@ class SharedStateConfig(_Config, frozen=True):
     ``url`` is ``redis://[user:password@]host[:port][/db]``, ``rediss://`` (TLS)
     or ``unix:///path/to/redis.sock``; its password never shows in ``repr``.
     ``mode="exact"`` checks every admission in Redis (one Lua script);
-    ``"leased"`` admits locally from leased slices (not built yet).
+    ``"leased"`` admits locally from slices each process leases of the cells
+    (booked in Redis first, so the cluster never admits above the limit); a
+    slice lives ``lease_ttl_s`` (0.01..60 s), which bounds the over-admission of
+    any window ``W`` by ``rate x lease_ttl_s`` (a share ``lease_ttl_s / W``), and
+    what is left of it goes back when it expires or the service closes.
     ``on_unavailable`` says what a limit check does when Redis does not answer
     within ``op_timeout_s``: ``"local_share"`` enforces the limit x 0.9 / live
     processes in each process, ``"closed"`` refuses, ``"open"`` admits. The
@@ -573,6 +577,7 @@ class SharedStateConfig(_Config, frozen=True):
     breakers: bool = True
     dedup: bool = True
     dedup_lease_s: float = 3.0
+    lease_ttl_s: float = 1.0
 
     def __repr__(self) -> str:
         fields = ", ".join(
@@ -584,6 +589,7 @@ class SharedStateConfig(_Config, frozen=True):
     def _validate(self) -> None:
         _num("op_timeout_s", self.op_timeout_s, gt=0, le=10)
         _num("dedup_lease_s", self.dedup_lease_s, ge=0.05, le=3600)
+        _num("lease_ttl_s", self.lease_ttl_s, ge=0.01, le=60)
         bad = ConfigError(
             f"invalid url={redact_url(self.url)!r}: must be a redis://, rediss:// or unix:// URL",
             field="url",

@@ -486,12 +486,18 @@ class LLMService:
         if self._is_view:
             return
         await self._engine.aclose(drain_s)
+        if self._engine.shared is not None:
+            # leased mode: what is left of this process's slices goes back to Redis
+            await self._engine.shared.aclose()
 
     def close(self, *, drain_s: float = 5.0) -> None:
         """The sync twin of :meth:`aclose`."""
         if self._is_view:
             return
+        closed = self._engine.closed
         self._engine.close_sync(drain_s)
+        if self._engine.shared is not None and not closed:
+            self._engine.shared.close()
 
     async def __aenter__(self) -> LLMService:
         return self
@@ -516,11 +522,6 @@ def _check_shared(config: LLMServiceConfig) -> None:
     sc = config.shared
     if sc is None:
         return
-    if sc.mode == "leased":
-        raise NotImplementedError(
-            "SharedStateConfig.mode='leased' is not built yet: use mode='exact' (every "
-            "admission checked in Redis). See docs/scaleout.md."
-        )
     from llmrelay._shared import NOT_SHARED_YET
 
     unshared = [n for n in NOT_SHARED_YET if getattr(sc, n)]

@@ -37,7 +37,7 @@ __all__ = [
 
 _log = logging.getLogger("llmrelay.shared")
 
-Source: TypeAlias = Literal["redis", "local_share", "open", "closed"]
+Source: TypeAlias = Literal["redis", "local_share", "open", "closed", "lease"]
 _T = TypeVar("_T")
 
 
@@ -47,24 +47,24 @@ class Admission(msgspec.Struct, frozen=True):
     admitted: bool
     #: Seconds to wait before going (admitted), or until it could go (refused).
     wait_s: float
-    #: ``"redis"`` (cluster-wide), or the fallback that decided while Redis was away.
+    #: ``"redis"`` (cluster-wide), ``"lease"`` (leased mode: from this process's
+    #: slice, booked in Redis beforehand), or the fallback that decided while Redis
+    #: was away.
     source: Source
 
 
 class SharedLimiter:
-    """Keyed GCRA limits shared by every process, on Redis (exact mode).
+    """Keyed GCRA limits shared by every process, on Redis.
 
     ``SharedLimiter(SharedStateConfig(url=...))``; no connection is opened
     until the first call, and a child process after ``fork`` opens its own.
+    With ``mode="leased"`` the process leases slices of the cells and admits
+    from them locally; :meth:`aclose` (or :meth:`close`) returns what is left.
     """
 
     def __init__(self, config: SharedStateConfig) -> None:
         if not isinstance(config, SharedStateConfig):
             raise TypeError(f"expected SharedStateConfig, got {type(config).__name__}")
-        if config.mode == "leased":
-            raise NotImplementedError(
-                "SharedStateConfig.mode='leased' is not built yet; use mode='exact'"
-            )
         if config.url.startswith("rediss://"):
             raise NotImplementedError(
                 "rediss:// (TLS to Redis) is not built into the core yet; use redis:// "
@@ -76,6 +76,7 @@ class SharedLimiter:
             namespace=config.namespace,
             on_unavailable=config.on_unavailable,
             op_timeout_s=config.op_timeout_s,
+            lease_ttl_s=config.lease_ttl_s if config.mode == "leased" else None,
         )
         self._warned = False
 
@@ -105,7 +106,7 @@ class SharedLimiter:
         return await fut
 
     def _seen(self, source: str) -> None:
-        if source == "redis":
+        if source in ("redis", "lease"):
             self._warned = False
         elif not self._warned:
             self._warned = True
@@ -186,8 +187,36 @@ class SharedLimiter:
         return None if live is None else int(live)
 
     def stats(self) -> dict[str, Any]:
-        """Health: connected, degraded, counts of timeouts, fallbacks, script loads..."""
+        """Health: connected, degraded, counts of timeouts, fallbacks, script loads...
+
+        In leased mode also ``leases_taken``, ``leases_returned``, ``units_leased``,
+        ``units_returned``, ``local_admissions`` (no Redis round trip),
+        ``local_misses``, ``lease_calls``, ``refills`` and ``lease_ttl_s``.
+        """
         return dict(self._core.stats())
+
+    @property
+    def leased(self) -> bool:
+        """Whether this limiter admits from leased slices (``mode="leased"``)."""
+        return self._core.leased
+
+    def leased_units(self, key: str) -> float:
+        """Units of ``key`` this process holds in live leased slices (0 in exact mode)."""
+        return self._core.leased_units(key)
+
+    async def aclose(self) -> float:
+        """Return every leased slice to Redis (each within ``op_timeout_s``); the
+        units returned. Nothing to do in exact mode. The limiter stays usable (it
+        leases again on the next call)."""
+        if not self._core.leased:
+            return 0.0
+        return float(await self._call(lambda q, f: self._core.release_leases(q, f)))
+
+    def close(self) -> float:
+        """The blocking twin of :meth:`aclose` (for plain code, not inside a loop)."""
+        if not self._core.leased:
+            return 0.0
+        return self._core.release_leases_blocking()
 
     def __repr__(self) -> str:
         return f"SharedLimiter({self._config!r})"

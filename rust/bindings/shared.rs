@@ -70,10 +70,19 @@ fn count_obj(py: Python<'_>, v: Option<u64>) -> PyResult<PyObject> {
 #[pymethods]
 impl PySharedLimiter {
     #[new]
-    #[pyo3(signature = (url, *, namespace = "llmrelay", on_unavailable = "local_share", op_timeout_s = 0.025))]
-    fn new(url: &str, namespace: &str, on_unavailable: &str, op_timeout_s: f64) -> PyResult<Self> {
+    #[pyo3(signature = (url, *, namespace = "llmrelay", on_unavailable = "local_share", op_timeout_s = 0.025, lease_ttl_s = None))]
+    fn new(
+        url: &str,
+        namespace: &str,
+        on_unavailable: &str,
+        op_timeout_s: f64,
+        lease_ttl_s: Option<f64>,
+    ) -> PyResult<Self> {
         let policy = OnUnavailable::parse(on_unavailable)?;
-        let inner = SharedLimiter::new(url, namespace, policy, op_timeout_s)?;
+        let mut inner = SharedLimiter::new(url, namespace, policy, op_timeout_s)?;
+        if let Some(ttl) = lease_ttl_s {
+            inner = inner.with_leases(ttl)?;
+        }
         let url_shown = match (url.find("://"), url.rfind('@')) {
             (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
             _ => url.to_string(),
@@ -242,7 +251,51 @@ impl PySharedLimiter {
         d.set_item("pauses", s.pauses)?;
         d.set_item("tightens", s.tightens)?;
         d.set_item("member", self.inner.member())?;
+        if let Some(l) = self.inner.lease_stats() {
+            d.set_item("lease_ttl_s", l.lease_ttl_s)?;
+            d.set_item("leases_taken", l.book.leases_taken)?;
+            d.set_item("units_leased", l.book.units_leased)?;
+            d.set_item("leases_returned", l.book.leases_returned)?;
+            d.set_item("units_returned", l.book.units_returned)?;
+            d.set_item("local_admissions", l.book.local_admissions)?;
+            d.set_item("local_misses", l.book.local_misses)?;
+            d.set_item("local_credits", l.book.local_credits)?;
+            d.set_item("lease_calls", l.lease_calls)?;
+            d.set_item("refills", l.refills)?;
+        }
         Ok(d)
+    }
+
+    /// Whether the limiter admits from leased slices (leased mode).
+    #[getter]
+    fn leased(&self) -> bool {
+        self.inner.is_leased()
+    }
+
+    /// Units of `key` this process holds in live leased slices.
+    fn leased_units(&self, key: &str) -> f64 {
+        self.inner.leased_units(key)
+    }
+
+    /// Leased mode: take every `(key, cost)` from this process's slices if
+    /// they cover all of them (no Redis round trip), else nothing.
+    fn take_leased(&self, items: Vec<(String, f64)>) -> PyResult<bool> {
+        Ok(self.inner.take_leased(&items)?)
+    }
+
+    /// Return every leased slice to Redis; `future` gets the units returned.
+    fn release_leases(&self, completions: &PyCompletions, future: Py<PyAny>) -> PyResult<()> {
+        let lim = self.inner.clone();
+        let job = async move { Ok(lim.release_leases().await) };
+        spawn(completions, future, job, float_obj)
+    }
+
+    /// [`Self::release_leases`] for plain code: blocks (GIL released) until
+    /// Redis took them back or each give-back's op timeout passed.
+    fn release_leases_blocking(&self, py: Python<'_>) -> PyResult<f64> {
+        let lim = self.inner.clone();
+        let rt = runtime::handle()?;
+        Ok(py.allow_threads(move || rt.block_on(async move { lim.release_leases().await })))
     }
 
     fn __repr__(&self) -> String {

@@ -260,6 +260,9 @@ struct Entry {
     recorded: bool,
     /// The cluster probe episode this entry's permit is (0: none).
     probe: u64,
+    /// Booked from (or by) this process's leased slices (leased mode):
+    /// refunds and reconciles are settled locally.
+    leased: bool,
     phase: Phase,
 }
 
@@ -621,9 +624,13 @@ impl Gate {
             shared: false,
             recorded: false,
             probe: 0,
+            leased: false,
             phase: Phase::Delayed,
         };
         let delay = self.book(&mut st, &mut entry);
+        if let Some(admission) = self.admit_leased(&mut st, &mut entry, delay) {
+            return admission;
+        }
         if self.shared.is_some() && st.shared_keys.iter().any(Option::is_some) {
             if delay >= wait_s && delay > 0.0 {
                 self.refund(&mut st, &mut entry);
@@ -673,7 +680,8 @@ impl Gate {
             let tokens = st.shared_keys[1..].iter().any(Option::is_some);
             (items, tokens)
         };
-        let res = tokens.then(|| shared.reservation_id(id));
+        // leased mode settles its bookings locally: no record in Redis
+        let res = (tokens && !shared.is_leased()).then(|| shared.reservation_id(id));
         let max_wait = if wait_s.is_finite() {
             wait_s.max(0.0)
         } else {
@@ -684,7 +692,7 @@ impl Gate {
             .await?;
         let mut st = self.state.lock();
         st.stats.shared_checks += 1;
-        if a.source != Source::Redis {
+        if !matches!(a.source, Source::Redis | Source::Lease) {
             st.stats.shared_fallbacks += 1;
         }
         let local_delay = match st.entries.get(&id).map(|e| e.phase) {
@@ -719,6 +727,7 @@ impl Gate {
         entry.booked = true;
         entry.shared = true;
         entry.recorded = res.is_some();
+        entry.leased = shared.is_leased() && matches!(a.source, Source::Redis | Source::Lease);
         let delay = local_delay.max(a.wait_s);
         if delay > 0.0 {
             entry.phase = Phase::Delayed;
@@ -838,6 +847,9 @@ impl Gate {
         }
         if let Some((used_in, used_out)) = usage {
             self.reconcile(&st, &entry, used_in, used_out);
+        }
+        if let (true, Some((used_in, used_out))) = (entry.leased, usage) {
+            self.reconcile_leased(&st, &entry, used_in, used_out);
         }
         if entry.recorded {
             // without the real usage the estimate stands; settling it by the id
@@ -1013,6 +1025,14 @@ impl Gate {
             }
         }
         if std::mem::take(&mut entry.shared) {
+            if let Some(lim) = self.shared.as_ref().filter(|l| l.is_leased()) {
+                // leased: back into a live slice (the rest to Redis); a booking
+                // the on_unavailable fallback decided is not given back there
+                if entry.leased {
+                    let _ = lim.refund_leased(&Self::shared_items(st, entry));
+                }
+                return;
+            }
             let items: Vec<(String, f64)> = st
                 .shared_keys
                 .iter()
@@ -1045,6 +1065,61 @@ impl Gate {
                 }
             }
         });
+    }
+
+    /// The entry's costs on the shared cells.
+    fn shared_items(st: &State, entry: &Entry) -> Vec<(String, f64)> {
+        st.shared_keys
+            .iter()
+            .enumerate()
+            .filter_map(|(i, k)| k.as_ref().map(|k| (k.to_string(), entry.cost(i))))
+            .collect()
+    }
+
+    /// Leased mode's fast path in `admit`: when this process's slices cover
+    /// every shared cost, book them there and go on to the slot at once (no
+    /// `Admission::Shared` round trip). `None` when it does not apply.
+    fn admit_leased(
+        &self,
+        st: &mut State,
+        entry: &mut Entry,
+        delay: f64,
+    ) -> Option<Result<Admission>> {
+        let lim = self.shared.as_ref().filter(|l| l.is_leased())?;
+        if delay > 0.0 || st.shared_keys.iter().all(Option::is_none) {
+            return None;
+        }
+        let items = Self::shared_items(st, entry);
+        if !lim.take_leased(&items).unwrap_or(false) {
+            return None;
+        }
+        if !entry.booked {
+            st.stats.outstanding += 1;
+        }
+        entry.booked = true;
+        entry.shared = true;
+        entry.leased = true;
+        let id = Self::insert(st, *entry);
+        Some(self.take_slot(st, id))
+    }
+
+    /// Settle a leased booking with the real usage, locally where it can.
+    fn reconcile_leased(&self, st: &State, entry: &Entry, used_in: f64, used_out: f64) {
+        let Some(lim) = &self.shared else {
+            return;
+        };
+        let deltas: Vec<(String, f64)> = [(1, used_in + used_out), (2, used_in), (3, used_out)]
+            .into_iter()
+            .filter_map(|(i, actual)| {
+                st.shared_keys[i]
+                    .as_ref()
+                    .map(|k| (k.to_string(), actual - entry.cost(i)))
+            })
+            .filter(|(_, d)| *d != 0.0)
+            .collect();
+        if !deltas.is_empty() {
+            let _ = lim.adjust_leased(&deltas);
+        }
     }
 
     fn reconcile_shared(&self, st: &State, id: u64, used_in: f64, used_out: f64) {
@@ -1178,3 +1253,6 @@ mod tests;
 
 #[cfg(test)]
 mod props;
+
+#[cfg(test)]
+mod lease_tests;

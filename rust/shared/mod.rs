@@ -19,6 +19,7 @@ pub mod breaker;
 pub mod cache;
 pub mod client;
 pub mod dedup;
+pub mod lease;
 pub mod scripts;
 
 use std::collections::HashMap;
@@ -81,6 +82,9 @@ pub enum Source {
     Open,
     /// Refused without a check (Redis unavailable, `closed`).
     Closed,
+    /// Admitted from a slice this process leased (leased mode): booked in
+    /// Redis beforehand, decided here without a round trip.
+    Lease,
 }
 
 impl Source {
@@ -91,6 +95,7 @@ impl Source {
             Self::LocalShare => "local_share",
             Self::Open => "open",
             Self::Closed => "closed",
+            Self::Lease => "lease",
         }
     }
 }
@@ -203,6 +208,8 @@ pub struct SharedLimiter {
     fallback_calls: AtomicU64,
     episodes: AtomicU64,
     scripts: Scripts,
+    /// Leased mode's slices (None: exact mode).
+    leasing: Option<Leasing>,
 }
 
 impl std::fmt::Debug for SharedLimiter {
@@ -297,6 +304,7 @@ impl SharedLimiter {
             degraded: AtomicBool::new(false),
             fallback_calls: AtomicU64::new(0),
             episodes: AtomicU64::new(0),
+            leasing: None,
             scripts: Scripts {
                 reserve: Script::new(scripts::RESERVE),
                 adjust: Script::new(scripts::ADJUST),
@@ -474,6 +482,9 @@ impl SharedLimiter {
                 source: Source::Redis,
             });
         };
+        if self.leasing.is_some() {
+            return self.reserve_leased(&cells, max_wait_s, reservation).await;
+        }
         let mut keys = Vec::with_capacity(cells.len() + 2);
         let mut args = Vec::with_capacity(3 + 3 * cells.len());
         args.push(cells.len().to_string());
@@ -546,6 +557,10 @@ impl SharedLimiter {
 
     /// Give back `cost` on every `(key, cost)` (an unused booking).
     pub async fn refund(self: &Arc<Self>, items: &[(String, f64)]) -> Result<Source> {
+        if self.leasing.is_some() {
+            self.refund_leased(items)?;
+            return Ok(Source::Lease);
+        }
         let cells = self.configured(items)?;
         let deltas: Vec<_> = cells.iter().map(|(k, c, cell)| (*k, -*c, *cell)).collect();
         if !deltas.is_empty() {
@@ -605,6 +620,9 @@ impl SharedLimiter {
     ) -> Result<(bool, Source)> {
         check_id(reservation)?;
         let cells = self.configured(items)?;
+        if self.leasing.is_some() {
+            return self.reconcile_leased(reservation, &cells);
+        }
         let Some((first, _)) = items.first() else {
             return Ok((false, Source::Redis));
         };
@@ -700,6 +718,11 @@ impl SharedLimiter {
         let keys = [self.scope_key(key, "pause")?];
         let args = [format!("{:.3}", retry_after_s * 1e6)];
         bump(&self.ops.pauses);
+        if let Some(l) = &self.leasing {
+            // no local admission on the scope meanwhile: its calls go to Redis,
+            // which holds them for the pause
+            l.book.lock().pause(key, retry_after_s);
+        }
         match self.conn.eval(&self.scripts.pause, &keys, &args).await {
             Ok(v) => {
                 self.note(true);
@@ -764,6 +787,471 @@ impl SharedLimiter {
     /// This process's share factor while Redis is unavailable.
     pub fn local_share(&self) -> f64 {
         LOCAL_SHARE_FACTOR / self.live.load(Ordering::Relaxed).max(1) as f64
+    }
+}
+
+/// Most reservations of leased mode remembered for `reconcile` at once.
+const LEASED_RECORDS_MAX: usize = 100_000;
+
+/// Leased mode's state (see [`lease`] and [`SharedLimiter::with_leases`]).
+struct Leasing {
+    ttl_s: f64,
+    book: Mutex<lease::LeaseBook>,
+    /// Scopes with a refill in flight (one at a time per scope).
+    refilling: Mutex<std::collections::HashSet<String>>,
+    /// Reservation id -> what it booked, for `reconcile` (local in leased mode).
+    records: Mutex<HashMap<String, LeasedRecord>>,
+    lease: Script,
+    give_back: Arc<Script>,
+    /// `LEASE` scripts sent (a miss or a refill).
+    lease_calls: AtomicU64,
+    /// Refills started at the low-water mark.
+    refills: AtomicU64,
+}
+
+/// Leased-mode counts (see [`SharedLimiter::lease_stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LeasedStats {
+    /// The slice accounting's counts.
+    pub book: lease::LeaseStats,
+    /// `LEASE` scripts sent.
+    pub lease_calls: u64,
+    /// Refills started at the low-water mark.
+    pub refills: u64,
+    /// The slices' time to live, in seconds.
+    pub lease_ttl_s: f64,
+}
+
+/// What a leased reservation booked (when, and per key) for its `reconcile`.
+type LeasedRecord = (Instant, Vec<(String, f64)>);
+
+/// One `ADJUST` per key giving `units` back: `(keys, args)` to evaluate.
+type GiveBack = Vec<(Vec<String>, Vec<String>)>;
+
+impl SharedLimiter {
+    /// This limiter in leased mode: each process leases slices of the cells
+    /// that live `lease_ttl_s` (0.01..=60 s) and admits from them locally.
+    pub fn with_leases(self, lease_ttl_s: f64) -> Result<Self> {
+        self.with_leases_on(lease_ttl_s, clock::system())
+    }
+
+    /// [`Self::with_leases`] with the slices' lifetimes read on `clock`.
+    pub fn with_leases_on(mut self, lease_ttl_s: f64, clock: clock::SharedClock) -> Result<Self> {
+        if !(lease_ttl_s.is_finite() && (0.01..=60.0).contains(&lease_ttl_s)) {
+            return Err(Error::config(
+                "lease_ttl_s",
+                lease_ttl_s,
+                "must be a number of seconds in 0.01..=60",
+            ));
+        }
+        self.leasing = Some(Leasing {
+            ttl_s: lease_ttl_s,
+            book: Mutex::new(lease::LeaseBook::new(clock, clock::secs_to_ns(lease_ttl_s))),
+            refilling: Mutex::new(std::collections::HashSet::new()),
+            records: Mutex::new(HashMap::new()),
+            lease: Script::new(scripts::LEASE),
+            give_back: Arc::new(Script::new(scripts::ADJUST)),
+            lease_calls: AtomicU64::new(0),
+            refills: AtomicU64::new(0),
+        });
+        Ok(self)
+    }
+
+    /// Whether the limiter admits from leased slices.
+    pub fn is_leased(&self) -> bool {
+        self.leasing.is_some()
+    }
+
+    /// Leased mode's counts (None in exact mode).
+    pub fn lease_stats(&self) -> Option<LeasedStats> {
+        let l = self.leasing.as_ref()?;
+        Some(LeasedStats {
+            book: l.book.lock().stats(),
+            lease_calls: l.lease_calls.load(Ordering::Relaxed),
+            refills: l.refills.load(Ordering::Relaxed),
+            lease_ttl_s: l.ttl_s,
+        })
+    }
+
+    /// Put a slice of `units` of `key` in the book as if Redis had granted it
+    /// (unit tests of the callers, with no Redis).
+    #[cfg(test)]
+    pub(crate) fn grant_for_test(&self, key: &str, units: f64) {
+        if let Some(l) = &self.leasing {
+            l.book.lock().add(key, units);
+        }
+    }
+
+    /// Units `key` holds in this process's live slices.
+    pub fn leased_units(&self, key: &str) -> f64 {
+        self.leasing
+            .as_ref()
+            .map_or(0.0, |l| l.book.lock().remaining(key))
+    }
+
+    /// The slice to lease of `cell`: the units its rate refills in a lease's
+    /// TTL (at most a burst), split among the live processes.
+    fn slice_units(&self, cell: CellConfig) -> f64 {
+        let ttl = self.leasing.as_ref().map_or(0.0, |l| l.ttl_s);
+        let live = self.live.load(Ordering::Relaxed).max(1) as f64;
+        (cell.rate * ttl).min(cell.burst) / live
+    }
+
+    /// What to lease of `key` beyond a call's `cost`: its slice less what is
+    /// held. Nothing when the slice could not cover a call like this one (a
+    /// slow cell): such a cell is booked per call, as in exact mode.
+    fn extra_units(&self, key: &str, cost: f64, cell: CellConfig) -> f64 {
+        let slice = self.slice_units(cell);
+        if slice < cost.max(1e-9) {
+            return 0.0;
+        }
+        (slice - self.leased_units(key)).max(0.0)
+    }
+
+    /// Leased mode's hot path: take every `(key, cost)` from this process's
+    /// slices if they cover all of them (no Redis round trip), else nothing.
+    /// Starts a refill in the background when a slice runs low, and returns
+    /// expired remainders. `Ok(false)` in exact mode.
+    pub fn take_leased(self: &Arc<Self>, items: &[(String, f64)]) -> Result<bool> {
+        if self.leasing.is_none() {
+            return Ok(false);
+        }
+        let cells = self.configured(items)?;
+        Ok(self.take_cells(&cells))
+    }
+
+    fn take_cells(self: &Arc<Self>, cells: &[(&str, f64, CellConfig)]) -> bool {
+        let Some(l) = &self.leasing else {
+            return false;
+        };
+        if cells.is_empty() {
+            return true;
+        }
+        let refs: Vec<(&str, f64)> = cells.iter().map(|(k, c, _)| (*k, *c)).collect();
+        let take = {
+            let mut book = l.book.lock();
+            for (key, _, cell) in cells {
+                book.set_low_water(key, self.slice_units(*cell) / 2.0);
+            }
+            book.take(&refs)
+        };
+        if !take.expired.is_empty() {
+            self.spawn_give_back(take.expired);
+        }
+        if take.covered && !take.low.is_empty() {
+            self.spawn_refill(cells, &take.low);
+        }
+        take.covered
+    }
+
+    /// Book `cells` in Redis and lease `extras` more of each (when it goes at
+    /// once); the granted slices go into the book. `Err` when Redis did not
+    /// answer.
+    async fn lease_call(
+        self: &Arc<Self>,
+        cells: &[(&str, f64, CellConfig)],
+        extras: &[f64],
+        max_wait_s: f64,
+    ) -> std::result::Result<(bool, f64), ()> {
+        let Some(l) = &self.leasing else {
+            return Err(());
+        };
+        let Some((first, _, _)) = cells.first() else {
+            return Ok((true, 0.0));
+        };
+        let mut keys = Vec::with_capacity(cells.len() + 1);
+        let mut args = Vec::with_capacity(2 + 4 * cells.len());
+        args.push(cells.len().to_string());
+        args.push(format!("{:.3}", max_wait_s.min(1e9) * 1e6));
+        for ((key, cost, cell), extra) in cells.iter().zip(extras) {
+            keys.push(self.cell_key(key).map_err(|_| ())?);
+            args.push(format!("{:.6}", cell.interval_us()));
+            args.push(cell.burst.to_string());
+            args.push(cost.to_string());
+            args.push(format!("{:.6}", extra.max(0.0)));
+        }
+        keys.push(self.scope_key(first, "pause").map_err(|_| ())?);
+        bump(&l.lease_calls);
+        match self.conn.eval(&l.lease, &keys, &args).await {
+            Ok(Value::Array(v)) if v.len() >= 2 => {
+                self.note(true);
+                let admitted = value_f64(&v[0]).unwrap_or(0.0) > 0.0;
+                let wait_s = value_f64(&v[1]).unwrap_or(0.0) / 1e6;
+                if admitted {
+                    let mut any = false;
+                    let mut book = l.book.lock();
+                    for ((key, _, _), granted) in cells.iter().zip(&v[2..]) {
+                        let units = value_f64(granted).unwrap_or(0.0);
+                        any |= units > 0.0;
+                        book.add(key, units);
+                    }
+                    drop(book);
+                    if any {
+                        self.expire_later();
+                    }
+                }
+                Ok((admitted, wait_s))
+            }
+            Ok(_) | Err(_) => {
+                self.note(false);
+                Err(())
+            }
+        }
+    }
+
+    /// Leased `reserve_many`: from the slices when they cover it, else one
+    /// `LEASE` call booking the costs and a fresh slice of every cell.
+    async fn reserve_leased(
+        self: &Arc<Self>,
+        cells: &[(&str, f64, CellConfig)],
+        max_wait_s: f64,
+        reservation: Option<&str>,
+    ) -> Result<Admission> {
+        if self.take_cells(cells) {
+            bump(&self.ops.reservations);
+            self.record_leased(reservation, cells);
+            return Ok(Admission {
+                admitted: true,
+                wait_s: 0.0,
+                source: Source::Lease,
+            });
+        }
+        let extras: Vec<f64> = cells
+            .iter()
+            .map(|(key, cost, cell)| self.extra_units(key, *cost, *cell))
+            .collect();
+        match self.lease_call(cells, &extras, max_wait_s).await {
+            Ok((admitted, wait_s)) => {
+                bump(if admitted {
+                    &self.ops.reservations
+                } else {
+                    &self.ops.refusals
+                });
+                if admitted {
+                    self.record_leased(reservation, cells);
+                }
+                Ok(Admission {
+                    admitted,
+                    wait_s,
+                    source: Source::Redis,
+                })
+            }
+            Err(()) => Ok(self.fallback_reserve(cells, max_wait_s)),
+        }
+    }
+
+    fn record_leased(&self, reservation: Option<&str>, cells: &[(&str, f64, CellConfig)]) {
+        let (Some(l), Some(id)) = (&self.leasing, reservation) else {
+            return;
+        };
+        let mut records = l.records.lock();
+        if records.len() >= LEASED_RECORDS_MAX {
+            let ttl = Duration::from_millis(RESERVATION_TTL_MS);
+            records.retain(|_, (t, _)| t.elapsed() < ttl);
+            if records.len() >= LEASED_RECORDS_MAX {
+                return; // full of live ones: its reconcile will be a no-op
+            }
+        }
+        let booked = cells.iter().map(|(k, c, _)| (k.to_string(), *c)).collect();
+        records.insert(id.to_string(), (Instant::now(), booked));
+    }
+
+    fn reconcile_leased(
+        self: &Arc<Self>,
+        reservation: &str,
+        cells: &[(&str, f64, CellConfig)],
+    ) -> Result<(bool, Source)> {
+        let booked = self
+            .leasing
+            .as_ref()
+            .and_then(|l| l.records.lock().remove(reservation));
+        let Some((_, booked)) = booked else {
+            bump(&self.ops.reconcile_noops);
+            return Ok((false, Source::Lease));
+        };
+        let deltas: Vec<(String, f64)> = cells
+            .iter()
+            .filter_map(|(key, actual, _)| {
+                booked
+                    .iter()
+                    .find(|(k, _)| k == key)
+                    .map(|(k, b)| (k.clone(), actual - b))
+            })
+            .collect();
+        bump(&self.ops.reconciles);
+        self.adjust_leased(&deltas)?;
+        Ok((true, Source::Lease))
+    }
+
+    /// Give back `(key, cost)`s booked in leased mode: into a live slice,
+    /// the rest refunded in Redis in the background.
+    pub fn refund_leased(self: &Arc<Self>, items: &[(String, f64)]) -> Result<()> {
+        let deltas: Vec<(String, f64)> = items.iter().map(|(k, c)| (k.clone(), -c)).collect();
+        if !deltas.is_empty() {
+            bump(&self.ops.refunds);
+        }
+        self.adjust_leased(&deltas)
+    }
+
+    /// Apply `(key, delta)`s to what leased mode booked: a charge (`delta >
+    /// 0`) comes from the slices as far as they go, a give-back (`< 0`) goes
+    /// into a live slice; what the slices cannot settle is sent to Redis in
+    /// the background (a charge may put the cell in debt, as in exact mode).
+    pub fn adjust_leased(self: &Arc<Self>, deltas: &[(String, f64)]) -> Result<()> {
+        let Some(l) = &self.leasing else {
+            return Ok(());
+        };
+        let mut rest: Vec<(String, f64)> = Vec::new();
+        {
+            let mut book = l.book.lock();
+            for (key, delta) in deltas {
+                check_cost("delta", delta.abs())?;
+                if !self.is_configured(key) {
+                    continue;
+                }
+                let left = if *delta > 0.0 {
+                    book.debit(key, *delta)
+                } else {
+                    -book.credit(key, -delta)
+                };
+                if left != 0.0 {
+                    rest.push((key.clone(), left));
+                }
+            }
+        }
+        if !rest.is_empty() {
+            let jobs = self.adjust_jobs(&rest);
+            self.spawn_jobs(jobs);
+        }
+        Ok(())
+    }
+
+    /// `ADJUST` calls applying `(key, delta)` (negative: give back).
+    fn adjust_jobs(&self, deltas: &[(String, f64)]) -> GiveBack {
+        deltas
+            .iter()
+            .filter_map(|(key, delta)| {
+                let cell = self.cell(key)?;
+                let k = self.cell_key(key).ok()?;
+                let args = vec![
+                    "1".to_string(),
+                    format!("{:.6}", cell.interval_us()),
+                    delta.to_string(),
+                ];
+                Some((vec![k], args))
+            })
+            .collect()
+    }
+
+    fn spawn_jobs(&self, jobs: GiveBack) {
+        let (Some(l), Ok(rt)) = (&self.leasing, crate::runtime::handle()) else {
+            return;
+        };
+        if jobs.is_empty() {
+            return;
+        }
+        let conn = self.conn.clone();
+        let script = l.give_back.clone();
+        rt.spawn(async move {
+            for (keys, args) in jobs {
+                // a give-back Redis misses is lost: the cell refills by itself
+                let _ = conn.eval(&script, &keys, &args).await;
+            }
+        });
+    }
+
+    fn spawn_give_back(&self, units: Vec<(String, f64)>) {
+        let deltas: Vec<(String, f64)> = units.into_iter().map(|(k, u)| (k, -u)).collect();
+        let jobs = self.adjust_jobs(&deltas);
+        self.spawn_jobs(jobs);
+    }
+
+    /// Lease fresh slices of `low` keys (of `cells`' scope) in the background,
+    /// one refill per scope at a time.
+    fn spawn_refill(self: &Arc<Self>, cells: &[(&str, f64, CellConfig)], low: &[String]) {
+        let Some(l) = &self.leasing else {
+            return;
+        };
+        let Some(scope) = cells.first().and_then(|(k, _, _)| split_key(k).ok()) else {
+            return;
+        };
+        if !l.refilling.lock().insert(scope.0.to_string()) {
+            return;
+        }
+        let Ok(rt) = crate::runtime::handle() else {
+            l.refilling.lock().remove(scope.0);
+            return;
+        };
+        bump(&l.refills);
+        let scope = scope.0.to_string();
+        let todo: Vec<(String, f64, CellConfig)> = cells
+            .iter()
+            .filter(|(k, _, _)| low.iter().any(|l| l == k))
+            .map(|(k, cost, c)| (k.to_string(), *cost, *c))
+            .collect();
+        let this = self.clone();
+        rt.spawn(async move {
+            let refs: Vec<(&str, f64, CellConfig)> =
+                todo.iter().map(|(k, _, c)| (k.as_str(), 0.0, *c)).collect();
+            let extras: Vec<f64> = todo
+                .iter()
+                .map(|(k, cost, c)| this.extra_units(k, *cost, *c))
+                .collect();
+            let _ = this.lease_call(&refs, &extras, 0.0).await;
+            if let Some(l) = &this.leasing {
+                l.refilling.lock().remove(&scope);
+            }
+        });
+    }
+
+    /// Return what is left of the slices just granted once they expire, even
+    /// if this process takes nothing more (an idle process holds nothing past
+    /// a TTL). Holds the limiter weakly: a dropped one returns on drop.
+    fn expire_later(self: &Arc<Self>) {
+        let Some(l) = &self.leasing else {
+            return;
+        };
+        let after = Duration::from_secs_f64(l.ttl_s) + Duration::from_millis(5);
+        let this = Arc::downgrade(self);
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            if let Some(lim) = this.upgrade() {
+                if let Some(l) = &lim.leasing {
+                    let expired = l.book.lock().expire();
+                    if !expired.is_empty() {
+                        lim.spawn_give_back(expired);
+                    }
+                }
+            }
+        });
+    }
+
+    /// Return every slice this process holds (closing); the units returned.
+    /// Waits for Redis (each give-back within the op timeout).
+    pub async fn release_leases(self: &Arc<Self>) -> f64 {
+        let Some(l) = &self.leasing else {
+            return 0.0;
+        };
+        let units = l.book.lock().drain();
+        let total = units.iter().map(|(_, u)| u).sum();
+        let deltas: Vec<(String, f64)> = units.into_iter().map(|(k, u)| (k, -u)).collect();
+        for (keys, args) in self.adjust_jobs(&deltas) {
+            let _ = self.conn.eval(&l.give_back, &keys, &args).await;
+        }
+        total
+    }
+}
+
+impl Drop for SharedLimiter {
+    fn drop(&mut self) {
+        // leased mode: slices not returned by `release_leases` go back now
+        let Some(l) = &self.leasing else {
+            return;
+        };
+        let units = l.book.lock().drain();
+        if !units.is_empty() {
+            self.spawn_give_back(units);
+        }
     }
 }
 

@@ -300,3 +300,58 @@ local until_ms = tonumber(s[1])
 if now < until_ms then return {1, s[2], until_ms - now, at, 0} end
 return {2, s[2], 0, at, 0}
 "#;
+
+/// Leased mode: book a call's costs as [`RESERVE`] does (all-or-nothing,
+/// within the wait, the pause respected), and, when it goes at once, lease up
+/// to `extra` more units of each cell from the room left now (booked in the
+/// cell like any reservation, so the cluster never admits above the limit).
+///
+/// KEYS: cells 1..n, then the pause key. ARGV: n, max_wait_us, then per cell
+/// interval_us, burst, cost, extra. Returns `{admitted (0/1), wait_us, granted
+/// units per cell...}` (strings); nothing is written on refusal.
+pub const LEASE: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local n = tonumber(ARGV[1])
+local max_wait = tonumber(ARGV[2])
+local wait = 0
+local pause = tonumber(redis.call('GET', KEYS[n + 1]) or '0')
+if pause > now then wait = pause - now end
+local tats = {}
+for i = 1, n do
+  local b = 2 + 4 * (i - 1)
+  local interval = tonumber(ARGV[b + 1])
+  local burst = tonumber(ARGV[b + 2])
+  local cost = tonumber(ARGV[b + 3])
+  local tat = tonumber(redis.call('GET', KEYS[i]) or '0')
+  if tat < now then tat = now end
+  local new_tat = tat + cost * interval
+  local go = new_tat - burst * interval
+  if go - now > wait then wait = go - now end
+  tats[i] = new_tat
+end
+if wait > max_wait + 0.001 then
+  return {0, string.format('%.3f', wait)}
+end
+local out = {1, string.format('%.3f', wait)}
+for i = 1, n do
+  local b = 2 + 4 * (i - 1)
+  local interval = tonumber(ARGV[b + 1])
+  local burst = tonumber(ARGV[b + 2])
+  local extra = tonumber(ARGV[b + 4])
+  local new_tat = tats[i]
+  local granted = 0
+  if wait <= 0 and extra > 0 then
+    local room = (burst * interval - (new_tat - now)) / interval
+    if room > 0 then
+      granted = math.min(extra, room)
+      new_tat = new_tat + granted * interval
+    end
+  end
+  if new_tat > now then
+    redis.call('SET', KEYS[i], string.format('%.3f', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1)
+  end
+  out[2 + i] = string.format('%.6f', granted)
+end
+return out
+"#;
