@@ -8,6 +8,7 @@ library needed) to look at or poke the server.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -120,3 +121,143 @@ def _read(f: Any) -> Any:
         n = int(rest)
         return None if n < 0 else [_read(f) for _ in range(n)]
     raise ValueError(f"unexpected reply {line!r}")
+
+
+def free_cluster_port(taken: set[int]) -> int:
+    """A port P on 127.0.0.1 with P and its cluster bus port P + 10000 both free a
+    moment ago (so P is below 55536, which an ephemeral port may not be)."""
+    rng = random.Random()
+    for _ in range(1000):
+        port = rng.randrange(20_000, 40_000)
+        if port in taken or port + 10_000 in taken:
+            continue
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 10_000))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
+class RedisCluster:
+    """A three-master Redis Cluster on 127.0.0.1 (no replicas, no persistence).
+
+    Each master is a ``redis-server --cluster-enabled yes`` on a free port (and bus
+    port + 10000) with its
+    nodes file in a temp dir; ``redis-cli --cluster create`` assigns the slots and
+    the cluster is ready when every node says ``cluster_state:ok``. Stopped by PID.
+    ``url`` lists the seeds (for ``SharedStateConfig(url=..., cluster=True)``).
+    """
+
+    def __init__(self, masters: int = 3, within_s: float = 30.0) -> None:
+        server, cli = shutil.which("redis-server"), shutil.which("redis-cli")
+        if server is None or cli is None:
+            raise FileNotFoundError(
+                "redis-server and redis-cli are not installed (apt-get install redis-server)"
+            )
+        self._dir = tempfile.TemporaryDirectory(prefix="llmrelay-rcluster-")
+        self.ports: list[int] = []
+        self.procs: list[subprocess.Popen[bytes]] = []
+        try:
+            for _ in range(masters):
+                port = free_cluster_port(set(self.ports))
+                self.ports.append(port)
+                self.procs.append(self._start(server, port))
+            for port in self.ports:
+                self._wait(lambda port=port: self.resp(port, "PING") == "PONG", within_s)
+            created = subprocess.run(
+                [cli, "--cluster", "create"]
+                + [f"127.0.0.1:{p}" for p in self.ports]
+                + ["--cluster-replicas", "0", "--cluster-yes"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                timeout=within_s,
+                check=False,
+            )
+            if created.returncode != 0:
+                raise RuntimeError(f"redis-cli --cluster create failed: {created.stdout[-500:]!r}")
+            for port in self.ports:
+                self._wait(
+                    lambda port=port: "cluster_state:ok" in self.resp(port, "CLUSTER", "INFO"),
+                    within_s,
+                )
+        except BaseException:
+            self.stop()
+            raise
+        self.urls = [f"redis://127.0.0.1:{p}" for p in self.ports]
+        self.url = ",".join(self.urls)
+
+    def _start(self, binary: str, port: int) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [
+                binary,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                f"{self._dir.name}/nodes-{port}.conf",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "no",
+                "--dir",
+                self._dir.name,
+                "--loglevel",
+                "warning",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def _wait(self, ready: Any, within_s: float) -> None:
+        deadline = time.monotonic() + within_s
+        while True:
+            try:
+                if ready():
+                    return
+            except (OSError, RuntimeError):
+                pass
+            if any(p.poll() is not None for p in self.procs) or time.monotonic() > deadline:
+                raise RuntimeError("the Redis Cluster did not come up")
+            time.sleep(0.02)
+
+    @staticmethod
+    def resp(port: int, *args: str | int | float, timeout_s: float = 2.0) -> Any:
+        """Send one command to the node on ``port``; the decoded reply."""
+        parts = [str(a).encode() for a in args]
+        out = b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout_s) as s:
+            s.sendall(out)
+            return _read(s.makefile("rb"))
+
+    def keys(self, port: int, pattern: str = "*") -> list[str]:
+        """Every key matching ``pattern`` on the node on ``port`` (a bounded SCAN)."""
+        found: list[str] = []
+        cursor = "0"
+        for _ in range(10_000):
+            cursor, batch = self.resp(port, "SCAN", cursor, "MATCH", pattern, "COUNT", 1000)
+            found.extend(batch)
+            if cursor == "0":
+                return found
+        raise RuntimeError("SCAN did not finish")
+
+    def stop(self) -> None:
+        """Stop every node by its PID and wait for it."""
+        for proc in self.procs:
+            if proc.poll() is None:
+                os.kill(proc.pid, signal.SIGCONT)
+                proc.terminate()
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self._dir.cleanup()

@@ -23,15 +23,37 @@ from typing import Any, Literal, TypeAlias, TypeVar, cast
 import msgspec
 
 from llmrelay import _core
-from llmrelay._config import LLMServiceConfig, SharedStateConfig, redact_url
+from llmrelay._config import LLMServiceConfig, SharedStateConfig, cluster_seeds, redact_url
 from llmrelay._transport import _completions
 
-__all__ = ["NOT_SHARED_YET", "Admission", "SharedLimiter", "shared_limiter", "shared_state"]
+__all__ = [
+    "NOT_SHARED_YET",
+    "Admission",
+    "SharedLimiter",
+    "core_url",
+    "shared_limiter",
+    "shared_state",
+]
 
 _log = logging.getLogger("llmrelay.shared")
 
 Source: TypeAlias = Literal["redis", "local_share", "open", "closed"]
 _T = TypeVar("_T")
+
+
+def core_url(config: SharedStateConfig) -> str:
+    """The core's URL spec of ``config``: its ``url`` for one node, or ``cluster:`` and
+    the comma-separated seed URLs for a Redis Cluster (``cluster=True``).
+
+    NotImplementedError for ``rediss://`` (TLS is not built into the core yet).
+    """
+    seeds = cluster_seeds(config.url) if config.cluster else [config.url]
+    if any(s.strip().startswith("rediss://") for s in seeds):
+        raise NotImplementedError(
+            "rediss:// (TLS to Redis) is not built into the core yet; use redis:// "
+            "on a trusted network or unix://"
+        )
+    return "cluster:" + ",".join(seeds) if config.cluster else config.url
 
 
 class Admission(msgspec.Struct, frozen=True):
@@ -58,14 +80,9 @@ class SharedLimiter:
             raise NotImplementedError(
                 "SharedStateConfig.mode='leased' is not built yet; use mode='exact'"
             )
-        if config.url.startswith("rediss://"):
-            raise NotImplementedError(
-                "rediss:// (TLS to Redis) is not built into the core yet; use redis:// "
-                "on a trusted network or unix://"
-            )
         self._config = config
         self._core = _core.SharedLimiter(
-            config.url,
+            core_url(config),
             namespace=config.namespace,
             on_unavailable=config.on_unavailable,
             op_timeout_s=config.op_timeout_s,
@@ -222,6 +239,7 @@ def shared_state(
     out: dict[str, Any] = {
         "pid": os.getpid(),
         "url": redact_url(sc.url),
+        "cluster": sc.cluster,
         "namespace": sc.namespace,
         "mode": sc.mode,
         "on_unavailable": sc.on_unavailable,
