@@ -12,6 +12,7 @@ import random
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -25,21 +26,60 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class RedisServer:
-    """One ``redis-server`` process; ``url`` points at it."""
+def make_tls_certs(into: str) -> tuple[str, str, str]:
+    """A throwaway CA and a server certificate for 127.0.0.1 signed by it (openssl);
+    the paths of the CA cert, the server cert and the server key."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        raise FileNotFoundError("openssl is not installed")
+    ca, ca_key = f"{into}/ca.crt", f"{into}/ca.key"
+    crt, key, csr, ext = (f"{into}/server.{x}" for x in ("crt", "key", "csr", "ext"))
+    with open(ext, "w") as f:
+        f.write("subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n")
+    quiet: dict[str, Any] = {"check": True, "capture_output": True, "timeout": 60}
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", ca_key]
+        + ["-out", ca, "-subj", "/CN=llmrelay-test-ca", "-days", "2"],
+        **quiet,
+    )
+    subprocess.run(
+        [openssl, "req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr]
+        + ["-subj", "/CN=127.0.0.1"],
+        **quiet,
+    )
+    subprocess.run(
+        [openssl, "x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial"]
+        + ["-out", crt, "-days", "2", "-extfile", ext],
+        **quiet,
+    )
+    return ca, crt, key
 
-    def __init__(self, port: int | None = None) -> None:
+
+class RedisServer:
+    """One ``redis-server`` process; ``url`` points at it.
+
+    With ``tls=True`` it serves TLS only (``rediss://``), with a certificate for
+    127.0.0.1 signed by a throwaway CA whose cert is at ``ca_file``.
+    """
+
+    def __init__(self, port: int | None = None, *, tls: bool = False) -> None:
         binary = shutil.which("redis-server")
         if binary is None:
             raise FileNotFoundError("redis-server is not installed (apt-get install redis-server)")
         self.port = port or free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.url = f"{'rediss' if tls else 'redis'}://127.0.0.1:{self.port}/0"
         self._dir = tempfile.TemporaryDirectory(prefix="llmrelay-redis-")
+        self.ca_file: str | None = None
+        listen = ["--port", str(self.port)]
+        if tls:
+            self.ca_file, crt, key = make_tls_certs(self._dir.name)
+            listen = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", crt]
+            listen += ["--tls-key-file", key, "--tls-ca-cert-file", self.ca_file]
+            listen += ["--tls-auth-clients", "no"]
         self.proc = subprocess.Popen(
             [
                 binary,
-                "--port",
-                str(self.port),
+                *listen,
                 "--bind",
                 "127.0.0.1",
                 "--save",
@@ -75,7 +115,12 @@ class RedisServer:
         """Send one command; the decoded reply (str, int, list, None)."""
         parts = [str(a).encode() for a in args]
         out = b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
-        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout_s) as s:
+        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout_s) as raw:
+            s = raw
+            if self.ca_file is not None:
+                s = ssl.create_default_context(cafile=self.ca_file).wrap_socket(
+                    raw, server_hostname="127.0.0.1"
+                )
             s.sendall(out)
             return _read(s.makefile("rb"))
 
