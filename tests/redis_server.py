@@ -36,22 +36,15 @@ def make_tls_certs(into: str) -> tuple[str, str, str]:
     crt, key, csr, ext = (f"{into}/server.{x}" for x in ("crt", "key", "csr", "ext"))
     with open(ext, "w") as f:
         f.write("subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n")
-    quiet: dict[str, Any] = {"check": True, "capture_output": True, "timeout": 60}
-    subprocess.run(
-        [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", ca_key]
-        + ["-out", ca, "-subj", "/CN=llmrelay-test-ca", "-days", "2"],
-        **quiet,
-    )
-    subprocess.run(
-        [openssl, "req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr]
-        + ["-subj", "/CN=127.0.0.1"],
-        **quiet,
-    )
-    subprocess.run(
-        [openssl, "x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial"]
-        + ["-out", crt, "-days", "2", "-extfile", ext],
-        **quiet,
-    )
+    rsa = ["-newkey", "rsa:2048", "-nodes", "-keyout"]
+    steps = [
+        ["req", "-x509", *rsa, ca_key, "-out", ca, "-subj", "/CN=llmrelay-ca", "-days", "2"],
+        ["req", *rsa, key, "-out", csr, "-subj", "/CN=127.0.0.1"],
+        ["x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial"],
+    ]
+    steps[2] += ["-out", crt, "-extfile", ext, "-days", "2"]
+    for step in steps:
+        subprocess.run([openssl, *step], check=True, capture_output=True, timeout=60)
     return ca, crt, key
 
 
