@@ -109,13 +109,13 @@ class RedisServer:
         parts = [str(a).encode() for a in args]
         out = b"*%d\r\n" % len(parts) + b"".join(b"$%d\r\n%s\r\n" % (len(p), p) for p in parts)
         with socket.create_connection(("127.0.0.1", self.port), timeout=timeout_s) as raw:
-            s = raw
-            if self.ca_file is not None:
-                s = ssl.create_default_context(cafile=self.ca_file).wrap_socket(
-                    raw, server_hostname="127.0.0.1"
-                )
-            s.sendall(out)
-            return _read(s.makefile("rb"))
+            if self.ca_file is None:
+                raw.sendall(out)
+                return _read(raw.makefile("rb"))
+            ctx = ssl.create_default_context(cafile=self.ca_file)
+            with ctx.wrap_socket(raw, server_hostname="127.0.0.1") as s, s.makefile("rb") as f:
+                s.sendall(out)
+                return _read(f)
 
     def pause(self) -> None:
         """SIGSTOP the server (it stops answering; connections stay open)."""

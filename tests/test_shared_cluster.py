@@ -110,10 +110,10 @@ def test_the_core_refuses_a_bad_seed_list() -> None:
             _core.SharedDedup(spec)
 
 
-def test_tls_seeds_are_not_built_yet() -> None:
-    sc = SharedStateConfig(url="rediss://h:7000,h:7001", cluster=True)
-    with pytest.raises(NotImplementedError, match="rediss://"):
-        SharedLimiter(sc)
+def test_tls_seeds_keep_their_scheme() -> None:
+    sc = SharedStateConfig(url="rediss://:pw@h:7000,h:7001", cluster=True)
+    assert core_url(sc) == "cluster:rediss://:pw@h:7000,rediss://:pw@h:7001"
+    assert "pw" not in repr(SharedLimiter(sc).core)  # nothing opened until a call
 
 
 # ---- the limiter -----------------------------------------------------------------------------

@@ -551,8 +551,10 @@ _REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+unix")
 class SharedStateConfig(_Config, frozen=True):
     """State shared by every process of a deployment, on Redis (or Valkey).
 
-    ``url`` is ``redis://[user:password@]host[:port][/db]``, ``rediss://`` (TLS)
-    or ``unix:///path/to/redis.sock``; its password never shows in ``repr``.
+    ``url`` is ``redis://[user:password@]host[:port][/db]``, ``rediss://`` (TLS: the
+    server's certificate is checked against the system's roots, or the CA bundle named
+    by ``SSL_CERT_FILE``) or ``unix:///path/to/redis.sock``; its password never shows
+    in ``repr``.
     ``mode="exact"`` checks every admission in Redis (one Lua script);
     ``"leased"`` admits locally from leased slices (not built yet).
     ``on_unavailable`` says what a limit check does when Redis does not answer

@@ -44,16 +44,8 @@ _T = TypeVar("_T")
 def core_url(config: SharedStateConfig) -> str:
     """The core's URL spec of ``config``: its ``url`` for one node, or ``cluster:`` and
     the comma-separated seed URLs for a Redis Cluster (``cluster=True``).
-
-    NotImplementedError for ``rediss://`` (TLS is not built into the core yet).
     """
-    seeds = cluster_seeds(config.url) if config.cluster else [config.url]
-    if any(s.strip().startswith("rediss://") for s in seeds):
-        raise NotImplementedError(
-            "rediss:// (TLS to Redis) is not built into the core yet; use redis:// "
-            "on a trusted network or unix://"
-        )
-    return "cluster:" + ",".join(seeds) if config.cluster else config.url
+    return "cluster:" + ",".join(cluster_seeds(config.url)) if config.cluster else config.url
 
 
 class Admission(msgspec.Struct, frozen=True):
