@@ -14,11 +14,12 @@ import asyncio
 import multiprocessing
 import queue
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from llmrelay import SharedStateConfig, _core
+from llmrelay import LLMServiceConfig, SharedStateConfig, _core
 from llmrelay._shared import SharedLimiter, core_url
 from llmrelay._shared_tiers import SharedCacheTier, SharedDedupTier
 from llmrelay.errors import ConfigError
@@ -82,6 +83,18 @@ def test_a_bad_cluster_seed_is_a_config_error_naming_url(url: str, why: str) -> 
     with pytest.raises(ConfigError, match=why) as e:
         SharedStateConfig(url=url, cluster=True)
     assert e.value.field == "url"
+
+
+def test_a_cluster_from_toml(tmp_path: Path) -> None:
+    path = tmp_path / "llmrelay.toml"
+    path.write_text('[shared]\nurl = "redis://10.0.0.1:7000,10.0.0.2:7000"\ncluster = true\n')
+    shared = LLMServiceConfig.from_toml(path).shared
+    assert shared is not None and shared.cluster
+    assert core_url(shared) == "cluster:redis://10.0.0.1:7000,redis://10.0.0.2:7000"
+    path.write_text('[shared]\nurl = "redis://10.0.0.1:7000,10.0.0.2:7000"\n')
+    with pytest.raises(ConfigError, match="cluster=True") as e:
+        LLMServiceConfig.from_toml(path)
+    assert (e.value.field or "").endswith("url")
 
 
 def test_several_seeds_need_cluster_true() -> None:
