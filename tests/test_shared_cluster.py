@@ -17,12 +17,22 @@ import time
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
-from llmrelay import LLMServiceConfig, SharedStateConfig, _core
+from llmrelay import (
+    CacheConfig,
+    DedupConfig,
+    LLMService,
+    LLMServiceConfig,
+    OrchestratorConfig,
+    RateLimitConfig,
+    SharedStateConfig,
+    _core,
+)
 from llmrelay._shared import SharedLimiter, core_url
 from llmrelay._shared_tiers import SharedCacheTier, SharedDedupTier
-from llmrelay.errors import ConfigError
+from llmrelay.errors import ConfigError, RateLimitError
 from llmrelay.testing import FakeProvider
 from redis_server import RedisCluster, RedisServer, free_port
 from shared_tier_worker import ask
@@ -363,3 +373,33 @@ def test_n_processes_asking_at_once_cause_one_provider_call_on_the_cluster(
     assert sum(a["dedup"]["shared_leads"] for a in answers) == 1
     assert sum(a["dedup"]["shared_joins"] for a in answers) == 2
     assert sum(a["dedup"].get("shared_unavailable", 0) for a in answers) == 0
+
+
+# ---- through the service ---------------------------------------------------------------------
+
+
+async def test_a_service_on_the_cluster_checks_its_limits_there(
+    redis_cluster: RedisCluster, make_config: Any, fakes: dict[str, Any], ns: str
+) -> None:
+    limit = RateLimitConfig(requests_per_minute=2, burst=2)
+    cfg = make_config(
+        cache=CacheConfig(enabled=False),
+        dedup=DedupConfig(enabled=False),
+        orchestrator=OrchestratorConfig(max_retries=0),
+        provider_kw={"openai": {"rate_limit": limit}},
+    )
+    shared = SharedStateConfig(
+        url=redis_cluster.url, cluster=True, namespace=ns, op_timeout_s=0.5, breakers=False
+    )
+    cfg = msgspec.structs.replace(cfg, shared=shared)
+    async with LLMService(cfg) as a, LLMService(cfg) as b:
+        assert (await a.achat("one", max_tokens=5)).text
+        assert (await b.achat("two", max_tokens=5)).text
+        with pytest.raises(RateLimitError):  # the burst of 2 is spent across both
+            await a.achat("three", max_tokens=5, timeout=0.5)
+        snap = b.metrics.snapshot().shared
+    assert snap["cluster"] is True and snap["script_errors"] == 0
+    assert snap["url"] == redis_cluster.url
+    assert snap["deployments"]["openai"]["shared_checks"] >= 1
+    assert snap["deployments"]["openai"]["shared_fallbacks"] == 0
+    assert fakes["openai"].request_count == 2
