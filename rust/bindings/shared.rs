@@ -73,10 +73,7 @@ impl PySharedLimiter {
     fn new(url: &str, namespace: &str, on_unavailable: &str, op_timeout_s: f64) -> PyResult<Self> {
         let policy = OnUnavailable::parse(on_unavailable)?;
         let inner = SharedLimiter::new(url, namespace, policy, op_timeout_s)?;
-        let url_shown = match (url.find("://"), url.rfind('@')) {
-            (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
-            _ => url.to_string(),
-        };
+        let url_shown = crate::shared::client::redact(url);
         Ok(Self {
             inner: Arc::new(inner),
             url_shown,
