@@ -189,7 +189,10 @@ class RedisCluster:
     ``url`` lists the seeds (for ``SharedStateConfig(url=..., cluster=True)``).
     """
 
-    def __init__(self, masters: int = 3, within_s: float = 30.0) -> None:
+    def __init__(
+        self, masters: int = 3, within_s: float = 30.0, extra_args: tuple[str, ...] = ()
+    ) -> None:
+        self._extra = list(extra_args)
         server, cli = shutil.which("redis-server"), shutil.which("redis-cli")
         if server is None or cli is None:
             raise FileNotFoundError(
@@ -249,6 +252,7 @@ class RedisCluster:
                 self._dir.name,
                 "--loglevel",
                 "warning",
+                *self._extra,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

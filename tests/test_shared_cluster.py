@@ -219,6 +219,39 @@ async def test_a_node_not_in_cluster_mode_follows_on_unavailable(ns: str) -> Non
     assert got.admitted and got.source == "local_share"
 
 
+async def test_a_dead_master_takes_only_its_deployments_to_the_fallback(ns: str) -> None:
+    # a cluster of its own (one master is killed); live slots keep being served
+    cluster = RedisCluster(extra_args=("--cluster-require-full-coverage", "no"))
+    try:
+        lim = limiter(cluster.url, ns, op_timeout_s=0.5)
+        scopes = [f"dep{i}/m" for i in range(12)]
+        for s in scopes:
+            lim.configure(f"{s}:rpm", 0.01, 100)  # cells live 100 s: found by the SCAN
+            assert (await lim.reserve([(f"{s}:rpm", 1.0)])).source == "redis"
+        owner = {
+            s: port
+            for port in cluster.ports
+            for s in scopes
+            if any(f"{{{s}}}" in k for k in cluster.keys(port, f"{ns}:{{*"))
+        }
+        assert len(owner) == len(scopes)
+        dead = next(p for p in cluster.ports if p in owner.values())
+        i = cluster.ports.index(dead)
+        cluster.procs[i].terminate()
+        cluster.procs[i].wait(30)
+        for _ in range(2):
+            for s in scopes:
+                got = await lim.reserve([(f"{s}:rpm", 1.0)])
+                assert got.admitted, (s, got)
+                assert got.source == ("local_share" if owner[s] == dead else "redis"), (s, got)
+        st = lim.stats()
+        on_dead = sum(1 for s in scopes if owner[s] == dead)
+        assert st["unavailable"] == 2 * on_dead and st["script_errors"] == 0, st
+        assert st["connects"] == 1  # the other masters' connections were kept
+    finally:
+        cluster.stop()
+
+
 # ---- the shared cache tier -------------------------------------------------------------------
 
 

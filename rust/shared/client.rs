@@ -423,6 +423,27 @@ impl Connection {
     }
 
     fn classify(&self, e: &redis::RedisError) -> Failure {
+        use redis::ErrorKind as K;
+        if matches!(
+            e.kind(),
+            K::Moved
+                | K::Ask
+                | K::TryAgain
+                | K::ClusterDown
+                | K::MasterDown
+                | K::ReadOnly
+                | K::ClusterConnectionNotFound
+        ) {
+            // A cluster whose slot is not served now (a master down, a slot
+            // moving): unavailable for this slot only. The cluster client keeps
+            // its own per-node connections and slot map, so the connection stays.
+            // One node answering READONLY (a master turned replica): open again,
+            // which finds the new master if the name now points at it.
+            if !self.target.is_cluster() {
+                self.drop_conn(false);
+            }
+            return Failure::Unavailable;
+        }
         if e.is_io_error()
             || e.is_connection_dropped()
             || e.is_connection_refusal()
