@@ -290,6 +290,28 @@ class RedisCluster:
                 return found
         raise RuntimeError("SCAN did not finish")
 
+    def owner(self, slot: int) -> int:
+        """The port of the master that serves ``slot`` (from ``CLUSTER SLOTS``)."""
+        for start, end, master, *_ in self.resp(self.ports[0], "CLUSTER", "SLOTS"):
+            if int(start) <= slot <= int(end):
+                return int(master[1])
+        raise RuntimeError(f"slot {slot} is not served")
+
+    def move_slot(self, slot: int, to_port: int) -> None:
+        """Move ``slot`` and its keys to the master on ``to_port`` (the steps of a
+        resharding: IMPORTING, MIGRATING, MIGRATE the keys, then SETSLOT NODE)."""
+        src = self.owner(slot)
+        src_id, dst_id = (self.resp(p, "CLUSTER", "MYID") for p in (src, to_port))
+        self.resp(to_port, "CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
+        self.resp(src, "CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
+        for _ in range(10_000):
+            keys = self.resp(src, "CLUSTER", "GETKEYSINSLOT", slot, 100)
+            if not keys:
+                break
+            self.resp(src, "MIGRATE", "127.0.0.1", to_port, "", 0, 5000, "KEYS", *keys)
+        for port in self.ports:
+            self.resp(port, "CLUSTER", "SETSLOT", slot, "NODE", dst_id)
+
     def stop(self) -> None:
         """Stop every node by its PID and wait for it."""
         for proc in self.procs:

@@ -252,6 +252,27 @@ async def test_a_dead_master_takes_only_its_deployments_to_the_fallback(ns: str)
         cluster.stop()
 
 
+async def test_a_slot_moved_to_another_master_is_followed_with_its_state(
+    redis_cluster: RedisCluster, ns: str
+) -> None:
+    lim = limiter(redis_cluster.url, ns)
+    lim.configure("moving/m:rpm", 0.01, 2)
+    got = [await lim.reserve([("moving/m:rpm", 1.0)]) for _ in range(2)]
+    assert all(g.admitted and g.source == "redis" for g in got)
+    slot = RedisCluster.resp(redis_cluster.ports[0], "CLUSTER", "KEYSLOT", "{moving/m}")
+    before = redis_cluster.owner(slot)
+    after = next(p for p in redis_cluster.ports if p != before)
+    redis_cluster.move_slot(slot, after)  # the client's slot map is stale now
+    assert redis_cluster.owner(slot) == after
+    refused = await lim.reserve([("moving/m:rpm", 1.0)])
+    assert not refused.admitted and refused.source == "redis"  # the cell moved with its slot
+    assert refused.wait_s > 50
+    assert redis_cluster.keys(after, f"{ns}:{{moving/m}}:*")
+    assert not redis_cluster.keys(before, f"{ns}:{{moving/m}}:*")
+    st = lim.stats()
+    assert st["unavailable"] == 0 and st["script_errors"] == 0, st
+
+
 # ---- the shared cache tier -------------------------------------------------------------------
 
 
@@ -373,16 +394,8 @@ async def test_dedup_notices_are_heard_from_every_shard(
         RedisCluster.resp(redis_cluster.ports[0], "CLUSTER", "KEYSLOT", f"{{d:{k.hex()}}}")
         for k in keys
     ]
-    owners = {owner_of(redis_cluster, s) for s in slots}
+    owners = {redis_cluster.owner(s) for s in slots}
     assert len(owners) >= 2, owners
-
-
-def owner_of(cluster: RedisCluster, slot: int) -> int:
-    """The port of the master that serves ``slot``."""
-    for start, end, master, *_ in RedisCluster.resp(cluster.ports[0], "CLUSTER", "SLOTS"):
-        if int(start) <= slot <= int(end):
-            return int(master[1])
-    raise AssertionError(f"slot {slot} is not served")
 
 
 def test_n_processes_asking_at_once_cause_one_provider_call_on_the_cluster(
