@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from typing import Any
 
@@ -12,6 +13,7 @@ from llmrelay import (
     ProviderConfig,
 )
 from llmrelay.testing import FakeProvider
+from redis_server import RedisCluster
 from service_helpers import ConfigFactory, RecordingSleep
 
 
@@ -64,3 +66,17 @@ def make_config(fakes: dict[str, FakeProvider]) -> ConfigFactory:
         return LLMServiceConfig(providers=providers, **kw)
 
     return make
+
+
+@pytest.fixture(scope="module")
+def redis_cluster() -> Iterator[RedisCluster]:
+    """A three-master Redis Cluster on 127.0.0.1 for the module (stopped by PID);
+    skipped when redis-server or redis-cli is not installed."""
+    missing = [b for b in ("redis-server", "redis-cli") if shutil.which(b) is None]
+    if missing:
+        pytest.skip(f"{' and '.join(missing)} not installed (.ci/run installs redis-server)")
+    cluster = RedisCluster()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

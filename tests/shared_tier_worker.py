@@ -25,6 +25,7 @@ def service_config(
     cache: bool = True,
     dedup: bool = True,
     lease_s: float = 3.0,
+    cluster: bool = False,
 ) -> LLMServiceConfig:
     """One fake OpenAI deployment, the shared cache tier and cross-process dedup."""
     return LLMServiceConfig(
@@ -41,6 +42,7 @@ def service_config(
         cache=CacheConfig(disk_path=disk_path),
         shared=SharedStateConfig(
             url=redis_url,
+            cluster=cluster,
             namespace=namespace,
             op_timeout_s=0.5,  # a loaded 2-core CI machine: generous, still bounded
             limits=False,

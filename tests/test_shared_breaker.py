@@ -226,7 +226,7 @@ def test_a_permit_left_unused_goes_back_to_the_cluster(
     assert a.ask("wait_state", "closed", 20.0) == "closed"
 
 
-def _solo_config(url: str, base_url: str, ns: str) -> LLMServiceConfig:
+def _solo_config(url: str, base_url: str, ns: str, *, cluster: bool = False) -> LLMServiceConfig:
     return LLMServiceConfig(
         providers=[
             ProviderConfig(
@@ -243,7 +243,13 @@ def _solo_config(url: str, base_url: str, ns: str) -> LLMServiceConfig:
         orchestrator=OrchestratorConfig(max_retries=0),
         circuit_breaker=CircuitBreakerConfig(minimum_calls=2, window_size=2),
         shared=SharedStateConfig(
-            url=url, namespace=ns, op_timeout_s=0.05, limits=False, cache=False, dedup=False
+            url=url,
+            cluster=cluster,
+            namespace=ns,
+            op_timeout_s=0.05,
+            limits=False,
+            cache=False,
+            dedup=False,
         ),
     )
 
@@ -325,14 +331,20 @@ def test_a_hung_redis_costs_no_call_its_time(ns: str) -> None:
     assert snap["deployments"][DEPLOYMENT]["state"] == "closed"
 
 
-def test_two_services_in_one_process_count_as_two_members(redis: RedisServer, ns: str) -> None:
+@pytest.mark.parametrize("topology", ["node", "cluster"])
+def test_two_services_in_one_process_count_as_two_members(
+    request: pytest.FixtureRequest, topology: str, ns: str
+) -> None:
     """Each service is a member of its own (its hub's nonce): two services of one
-    process failing once each open the deployment for both."""
+    process failing once each open the deployment for both; on one node and on a
+    three-master Redis Cluster (the breaker's keys on one slot, its notices
+    broadcast)."""
+    server = request.getfixturevalue("redis" if topology == "node" else "redis_cluster")
 
     async def run() -> tuple[list[str], dict[str, Any], int]:
         async with FakeProvider("openai") as fake:
             fake.inject("server_error")
-            base = _solo_config(redis.url, fake.base_url, ns)
+            base = _solo_config(server.url, fake.base_url, ns, cluster=topology == "cluster")
             assert base.shared is not None
             cfg = msgspec.structs.replace(
                 base, shared=msgspec.structs.replace(base.shared, op_timeout_s=0.5)

@@ -551,8 +551,10 @@ _REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+unix")
 class SharedStateConfig(_Config, frozen=True):
     """State shared by every process of a deployment, on Redis (or Valkey).
 
-    ``url`` is ``redis://[user:password@]host[:port][/db]``, ``rediss://`` (TLS)
-    or ``unix:///path/to/redis.sock``; its password never shows in ``repr``.
+    ``url`` is ``redis://[user:password@]host[:port][/db]``, ``rediss://`` (TLS: the
+    server's certificate is checked against the system's roots, or the CA bundle named
+    by ``SSL_CERT_FILE``) or ``unix:///path/to/redis.sock``; its password never shows
+    in ``repr``.
     ``mode="exact"`` checks every admission in Redis (one Lua script);
     ``"leased"`` admits locally from slices each process leases of the cells
     (booked in Redis first, so the cluster never admits above the limit); a
@@ -565,9 +567,16 @@ class SharedStateConfig(_Config, frozen=True):
     switches pick which state is shared. ``dedup_lease_s`` is the TTL of a
     cross-process dedup leader's lease (renewed every third of it while its call
     runs): a leader that dies is taken over within about that long.
+
+    ``cluster=True`` says ``url`` is a Redis Cluster: one seed or several, comma
+    separated (``"redis://10.0.0.1:7000,10.0.0.2:7000"``; a seed after the first may
+    be a bare ``host:port``, which takes the first's scheme and credentials). Seeds
+    are TCP (``redis://`` or ``rediss://``), on db 0; the client finds the other
+    masters from any seed that answers.
     """
 
     url: str
+    cluster: bool = False
     namespace: str = "llmrelay"
     mode: Literal["exact", "leased"] = "exact"
     on_unavailable: Literal["local_share", "closed", "open"] = "local_share"
@@ -584,18 +593,27 @@ class SharedStateConfig(_Config, frozen=True):
             f"{f}={getattr(self, f)!r}"
             for f in ("namespace", "mode", "on_unavailable", "op_timeout_s")
         )
-        return f"SharedStateConfig(url={redact_url(self.url)!r}, {fields})"
+        cluster = "cluster=True, " if self.cluster else ""
+        return f"SharedStateConfig(url={redact_url(self.url)!r}, {cluster}{fields})"
 
     def _validate(self) -> None:
         _num("op_timeout_s", self.op_timeout_s, gt=0, le=10)
         _num("dedup_lease_s", self.dedup_lease_s, ge=0.05, le=3600)
         _num("lease_ttl_s", self.lease_ttl_s, ge=0.01, le=60)
+        url = self.url
+        if self.cluster:
+            url = cluster_seeds(self.url)[0]
+        elif "," in self.url:
+            raise ConfigError(
+                f"invalid url={redact_url(self.url)!r}: several seeds need cluster=True",
+                field="url",
+            )
         bad = ConfigError(
             f"invalid url={redact_url(self.url)!r}: must be a redis://, rediss:// or unix:// URL",
             field="url",
         )
         try:
-            parts = urlsplit(self.url.strip())
+            parts = urlsplit(url.strip())
             parts.port  # noqa: B018 - raises ValueError on a port that is not a number
         except ValueError:
             raise bad from None
@@ -617,8 +635,59 @@ class SharedStateConfig(_Config, frozen=True):
             )
 
 
+def cluster_seeds(url: str) -> list[str]:
+    """The seed URLs of a Redis Cluster ``url`` (comma separated; a seed after the
+    first may be ``host:port``, taking the first's scheme and credentials).
+
+    ConfigError (field ``url``, password hidden) when a seed is not a TCP Redis URL
+    on db 0, or the seeds differ in scheme or credentials.
+    """
+    items = [item.strip() for item in url.split(",")]
+    first = items[0]
+    seeds: list[str] = []
+    base: tuple[str, str | None, str | None] | None = None
+    for i, item in enumerate(items):
+
+        def bad(why: str, item: str = item, i: int = i) -> ConfigError:
+            return ConfigError(
+                f"invalid url={redact_url(url)!r}: cluster seed {i} ({redact_url(item)!r}) {why}",
+                field="url",
+            )
+
+        if not item:
+            raise bad("is empty")
+        if "://" not in item:
+            if i == 0:
+                raise bad("must be a redis:// or rediss:// URL")
+            scheme, _, rest = first.partition("://")
+            creds, at, _ = rest.split("/", 1)[0].rpartition("@")
+            item = f"{scheme}://{creds}{at}{item}"
+        try:
+            parts = urlsplit(item)
+            parts.port  # noqa: B018 - raises ValueError on a port that is not a number
+        except ValueError:
+            raise bad("has a port that is not a number") from None
+        if parts.scheme not in ("redis", "rediss"):
+            raise bad("must be TCP: redis:// or rediss:// (a cluster has no unix sockets)")
+        if not parts.hostname:
+            raise bad("has no host")
+        if parts.path.strip("/") not in ("", "0"):
+            raise bad("names a db other than 0 (a Redis Cluster has only db 0)")
+        if parts.query or parts.fragment:
+            raise bad("has a query or fragment")
+        this = (parts.scheme, parts.username, parts.password)
+        if base is None:
+            base = this
+        elif this != base:
+            raise bad("differs from seed 0 in scheme, user or password")
+        seeds.append(item)
+    return seeds
+
+
 def redact_url(url: str) -> str:
-    """``url`` with any password replaced by ``***``."""
+    """``url`` with any password replaced by ``***`` (each seed of a list on its own)."""
+    if "," in url:
+        return ",".join(redact_url(part) for part in url.split(","))
     scheme, sep, rest = url.partition("://")
     creds, at, host = rest.rpartition("@")
     if not sep or not at:

@@ -494,7 +494,10 @@ class SharedLimiter:
     """Keyed GCRA limiter whose cells live in Redis, shared by every process.
 
     Each method that talks to Redis returns at once; its result settles
-    ``future`` through ``completions``.
+    ``future`` through ``completions``. ``url`` (here and for ``SharedCache`` and
+    ``SharedDedup``) is one ``redis://``, ``rediss://`` or ``unix://`` URL, or
+    ``cluster:`` and comma-separated seed URLs for a Redis Cluster
+    (``llmrelay._shared.core_url`` writes it from ``SharedStateConfig``).
     """
 
     def __new__(

@@ -23,13 +23,14 @@ from typing import Any, Literal, TypeAlias, TypeVar, cast
 import msgspec
 
 from llmrelay import _core
-from llmrelay._config import LLMServiceConfig, SharedStateConfig, redact_url
+from llmrelay._config import LLMServiceConfig, SharedStateConfig, cluster_seeds, redact_url
 from llmrelay._transport import _completions
 
 __all__ = [
     "NOT_SHARED_YET",
     "Admission",
     "SharedLimiter",
+    "core_url",
     "share_breakers",
     "shared_limiter",
     "shared_state",
@@ -39,6 +40,13 @@ _log = logging.getLogger("llmrelay.shared")
 
 Source: TypeAlias = Literal["redis", "local_share", "open", "closed", "lease"]
 _T = TypeVar("_T")
+
+
+def core_url(config: SharedStateConfig) -> str:
+    """The core's URL spec of ``config``: its ``url`` for one node, or ``cluster:`` and
+    the comma-separated seed URLs for a Redis Cluster (``cluster=True``).
+    """
+    return "cluster:" + ",".join(cluster_seeds(config.url)) if config.cluster else config.url
 
 
 class Admission(msgspec.Struct, frozen=True):
@@ -65,14 +73,9 @@ class SharedLimiter:
     def __init__(self, config: SharedStateConfig) -> None:
         if not isinstance(config, SharedStateConfig):
             raise TypeError(f"expected SharedStateConfig, got {type(config).__name__}")
-        if config.url.startswith("rediss://"):
-            raise NotImplementedError(
-                "rediss:// (TLS to Redis) is not built into the core yet; use redis:// "
-                "on a trusted network or unix://"
-            )
         self._config = config
         self._core = _core.SharedLimiter(
-            config.url,
+            core_url(config),
             namespace=config.namespace,
             on_unavailable=config.on_unavailable,
             op_timeout_s=config.op_timeout_s,
@@ -241,12 +244,7 @@ def share_breakers(
     sc = config.shared
     if sc is None or not sc.breakers or not runtimes:
         return None
-    if sc.url.startswith("rediss://"):
-        raise NotImplementedError(
-            "rediss:// (TLS to Redis) is not built into the core yet; use redis:// "
-            "on a trusted network or unix://"
-        )
-    hub = _core.SharedBreakers(sc.url, namespace=sc.namespace, op_timeout_s=sc.op_timeout_s)
+    hub = _core.SharedBreakers(core_url(sc), namespace=sc.namespace, op_timeout_s=sc.op_timeout_s)
     for rt in runtimes.values():
         rt.gate.share_breaker(hub)
     hub.warm()
@@ -319,6 +317,7 @@ def shared_state(
     out: dict[str, Any] = {
         "pid": os.getpid(),
         "url": redact_url(sc.url),
+        "cluster": sc.cluster,
         "namespace": sc.namespace,
         "mode": sc.mode,
         "on_unavailable": sc.on_unavailable,

@@ -17,6 +17,7 @@ from typing import Any, Literal, TypeAlias
 
 from llmrelay import _core
 from llmrelay._config import SharedStateConfig
+from llmrelay._shared import core_url
 from llmrelay._transport import _completions
 
 __all__ = ["DEFAULT_SHARED_TTL_S", "SharedCacheTier", "SharedDedupTier"]
@@ -44,7 +45,7 @@ class SharedCacheTier:
 
     def __init__(self, config: SharedStateConfig, default_ttl_s: float | None = None) -> None:
         self._core = _core.SharedCache(
-            config.url,
+            core_url(config),
             namespace=config.namespace,
             op_timeout_s=config.op_timeout_s,
             default_ttl_s=default_ttl_s or DEFAULT_SHARED_TTL_S,
@@ -81,7 +82,7 @@ class SharedDedupTier:
 
     def __init__(self, config: SharedStateConfig) -> None:
         self._core = _core.SharedDedup(
-            config.url,
+            core_url(config),
             namespace=config.namespace,
             op_timeout_s=config.op_timeout_s,
             lease_s=config.dedup_lease_s,

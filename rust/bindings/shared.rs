@@ -83,10 +83,7 @@ impl PySharedLimiter {
         if let Some(ttl) = lease_ttl_s {
             inner = inner.with_leases(ttl)?;
         }
-        let url_shown = match (url.find("://"), url.rfind('@')) {
-            (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
-            _ => url.to_string(),
-        };
+        let url_shown = crate::shared::client::redact(url);
         Ok(Self {
             inner: Arc::new(inner),
             url_shown,

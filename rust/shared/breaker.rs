@@ -390,7 +390,6 @@ struct Registry {
 /// The shared breakers of one service: one connection, one subscription.
 pub struct SharedBreakers {
     conn: Arc<Connection>,
-    client: redis::Client,
     namespace: String,
     channel: String,
     nonce: u64,
@@ -420,10 +419,9 @@ impl SharedBreakers {
     pub fn new(url: &str, namespace: &str, op_timeout_s: f64) -> Result<Self> {
         let op_timeout = Duration::from_secs_f64(positive("op_timeout_s", op_timeout_s)?);
         check_namespace(namespace)?;
-        let client = open_client(url)?;
+        let target = open_client(url)?;
         Ok(Self {
-            conn: Connection::new(client.clone(), op_timeout),
-            client,
+            conn: Connection::new(target, op_timeout),
             namespace: namespace.to_string(),
             channel: format!("{namespace}:bk"),
             nonce: nonce(),
@@ -546,12 +544,15 @@ impl SharedBreakers {
 /// The process's one subscription to `<ns>:bk`: on every (re)connect it
 /// refreshes the state of each registered deployment, then applies notices.
 async fn listen(hub: Weak<SharedBreakers>, stop: Arc<Notify>, pid: u32) {
+    // on a cluster, each (re)connect tries the next seed (PUBLISH is broadcast)
+    let mut attempt = 0usize;
     loop {
         let Some(h) = hub.upgrade() else { return };
         if h.registry.lock().listener_pid != pid {
             return;
         }
-        let client = h.client.clone();
+        let client = h.conn.target().pubsub_client(attempt);
+        attempt = attempt.wrapping_add(1);
         let channel = h.channel.clone();
         drop(h);
         let opened = tokio::time::timeout(LISTEN_CONNECT_TIMEOUT, async {

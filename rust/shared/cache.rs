@@ -163,25 +163,15 @@ pub fn jittered_ttl_ms(ttl_ms: u64, u: f64) -> u64 {
     ttl_ms.saturating_sub(cut).max(1)
 }
 
-/// Open a Redis client for `url`, with a message that hides its password.
-pub(crate) fn open_client(url: &str) -> Result<redis::Client> {
-    redis::Client::open(url).map_err(|_| Error::Config {
-        param: "url",
-        value: redact(url),
-        reason: if url.starts_with("rediss://") {
-            "TLS (rediss://) is not built into the core yet"
-        } else {
-            "not a Redis URL the client can open"
-        },
-    })
+/// Open the target of `url` (one node or a cluster, see
+/// [`super::client::Target::open`]), with a message that hides its password.
+pub(crate) fn open_client(url: &str) -> Result<super::client::Target> {
+    super::client::Target::open(url)
 }
 
 /// `url` with the password of `redis://user:pass@host` replaced by `***`.
 pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
-        _ => url.to_string(),
-    }
+    super::client::redact(url)
 }
 
 /// Check a shared-state namespace: non-empty, no hash-tag braces.

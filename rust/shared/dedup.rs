@@ -184,7 +184,6 @@ struct Waiters {
 /// Cross-process dedup on Redis (see the module docs).
 pub struct SharedDedup {
     conn: Arc<Connection>,
-    client: redis::Client,
     namespace: String,
     lease_ms: u64,
     scripts: Scripts,
@@ -226,10 +225,9 @@ impl SharedDedup {
         let op_timeout = Duration::from_secs_f64(positive("op_timeout_s", op_timeout_s)?);
         check_namespace(namespace)?;
         let lease_ms = ((positive("lease_s", lease_s)? * 1000.0).ceil() as u64).max(30);
-        let client = open_client(url)?;
+        let target = open_client(url)?;
         Ok(Self {
-            conn: Connection::new(client.clone(), op_timeout),
-            client,
+            conn: Connection::new(target, op_timeout),
             namespace: namespace.to_string(),
             lease_ms,
             scripts: Scripts {
@@ -466,6 +464,9 @@ async fn renew_loop(dedup: Weak<SharedDedup>, lease: String, token: String, ever
 /// connecting again after a failure, until the dedup is dropped or the
 /// process forks (the child starts its own).
 async fn listen(dedup: Weak<SharedDedup>, stop: Arc<Notify>, pid: u32) {
+    // On a cluster, the seed to subscribe on: the next one after a failure
+    // (every node hears every PUBLISH).
+    let mut attempt = 0usize;
     loop {
         let Some(d) = dedup.upgrade() else {
             return;
@@ -473,7 +474,8 @@ async fn listen(dedup: Weak<SharedDedup>, stop: Arc<Notify>, pid: u32) {
         if d.waiters.lock().listener_pid != pid {
             return;
         }
-        let client = d.client.clone();
+        let client = d.conn.target().pubsub_client(attempt);
+        attempt = attempt.wrapping_add(1);
         let pattern = format!("{}:dn:*", d.namespace);
         let prefix_len = pattern.len() - 1;
         drop(d);

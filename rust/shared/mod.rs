@@ -254,13 +254,8 @@ fn value_f64(v: &Value) -> Option<f64> {
     }
 }
 
-/// Redact the password of a `redis://user:pass@host` URL for messages.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
-        _ => url.to_string(),
-    }
-}
+#[cfg(test)]
+use client::redact;
 
 impl SharedLimiter {
     /// A limiter on the Redis at `url` (`redis://`, `unix://`); no connection
@@ -279,20 +274,12 @@ impl SharedLimiter {
                 "must be non-empty without '{' or '}'",
             ));
         }
-        let client = redis::Client::open(url).map_err(|_| Error::Config {
-            param: "url",
-            value: redact(url),
-            reason: if url.starts_with("rediss://") {
-                "TLS (rediss://) is not built into the core yet"
-            } else {
-                "not a Redis URL the client can open"
-            },
-        })?;
+        let target = client::Target::open(url)?;
         let nonce = xxhash_rust::xxh3::xxh3_64(
             format!("{:?}{}", Instant::now(), std::process::id()).as_bytes(),
         );
         Ok(Self {
-            conn: Connection::new(client, op_timeout),
+            conn: Connection::new(target, op_timeout),
             namespace: namespace.to_string(),
             on_unavailable,
             cells: RwLock::new(HashMap::new()),
