@@ -13,7 +13,7 @@ from llmrelay import (
     ProviderConfig,
 )
 from llmrelay.testing import FakeProvider
-from redis_server import RedisCluster
+from redis_server import RedisCluster, RedisServer
 from service_helpers import ConfigFactory, RecordingSleep
 
 
@@ -80,3 +80,14 @@ def redis_cluster() -> Iterator[RedisCluster]:
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def redis() -> Iterator[RedisServer]:
+    """A redis-server on a free 127.0.0.1 port for the module (no persistence), stopped
+    by PID; tests that use it mark their module with ``redis_server.needs_redis``."""
+    server = RedisServer()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -18,6 +18,8 @@ import tempfile
 import time
 from typing import Any
 
+import pytest
+
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that was free a moment ago."""
@@ -325,3 +327,10 @@ class RedisCluster:
                 proc.kill()
                 proc.wait()
         self._dir.cleanup()
+
+
+#: Skips a module's tests where redis-server is not installed (.ci/run installs it).
+needs_redis = pytest.mark.skipif(
+    shutil.which("redis-server") is None,
+    reason="redis-server is not installed (.ci/run installs it)",
+)

@@ -33,25 +33,13 @@ from llmrelay import (
 from llmrelay._shared import NOT_SHARED_YET
 from llmrelay.errors import CircuitOpenError
 from llmrelay.testing import FakeProvider
-from redis_server import RedisServer, free_port
+from redis_server import RedisServer, free_port, needs_redis
 from shared_breaker_worker import DEPLOYMENT, MODEL, AgentPlan, agent
 
-pytestmark = pytest.mark.skipif(
-    not any(os.access(os.path.join(d, "redis-server"), os.X_OK) for d in os.get_exec_path()),
-    reason="redis-server is not installed (.ci/run installs it)",
-)
+pytestmark = needs_redis
 
 SPAWN = mp.get_context("spawn")
 WAIT_S = 60.0  # the longest any one answer of an agent may take (a loaded machine)
-
-
-@pytest.fixture(scope="module")
-def redis() -> Iterator[RedisServer]:
-    server = RedisServer()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,23 +30,11 @@ from llmrelay import (
 )
 from llmrelay._shared import SharedLimiter
 from llmrelay.errors import ConfigError
-from redis_server import RedisServer
+from redis_server import RedisServer, needs_redis
 
-pytestmark = pytest.mark.skipif(
-    not any(os.access(os.path.join(d, "redis-server"), os.X_OK) for d in os.get_exec_path()),
-    reason="redis-server is not installed (.ci/run installs it)",
-)
+pytestmark = needs_redis
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def redis() -> Iterator[RedisServer]:
-    server = RedisServer()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
@@ -76,7 +63,11 @@ async def test_admits_the_burst_from_leases_then_refuses(redis: RedisServer, ns:
     assert got[0].source == "redis"
     st = lim.stats()
     assert st["local_admissions"] >= 5 and st["leases_taken"] >= 1
-    assert st["lease_calls"] < 10  # fewer round trips than admissions
+    # a local admission costs no round trip: the calls are the admissions that went to
+    # Redis plus the background refills (at most one in flight, whose count may lag);
+    # how many refills the accrual (5/s) allows depends on the test's speed
+    went_to_redis = len(got) - st["local_admissions"]
+    assert st["lease_calls"] <= went_to_redis + st["refills"] + 1, st
     # another process (exact) sees the cell booked by the slices
     other = exact(redis.url, ns)
     other.configure("d/m:rpm", 5.0, 10)

@@ -12,7 +12,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,23 +19,11 @@ import pytest
 from llmrelay import SharedStateConfig
 from llmrelay._shared import SharedLimiter
 from llmrelay.errors import ConfigError, InvalidRequestError
-from redis_server import RedisServer, free_port
+from redis_server import RedisServer, free_port, needs_redis
 
-pytestmark = pytest.mark.skipif(
-    not any(os.access(os.path.join(d, "redis-server"), os.X_OK) for d in os.get_exec_path()),
-    reason="redis-server is not installed (.ci/run installs it)",
-)
+pytestmark = needs_redis
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def redis() -> Iterator[RedisServer]:
-    server = RedisServer()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

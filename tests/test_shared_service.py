@@ -37,25 +37,13 @@ from llmrelay import (
 from llmrelay._shared import SharedLimiter
 from llmrelay.errors import ClientThrottledError, DeadlineExceededError, LLMRelayError
 from llmrelay.testing import FakeProvider
-from redis_server import RedisServer, free_port
+from redis_server import RedisServer, free_port, needs_redis
 from service_helpers import ConfigFactory
 
-pytestmark = pytest.mark.skipif(
-    not any(os.access(os.path.join(d, "redis-server"), os.X_OK) for d in os.get_exec_path()),
-    reason="redis-server is not installed (.ci/run installs it)",
-)
+pytestmark = needs_redis
 
 ROOT = Path(__file__).resolve().parent.parent
 SPAWN = mp.get_context("spawn")
-
-
-@pytest.fixture(scope="module")
-def redis() -> Iterator[RedisServer]:
-    server = RedisServer()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")

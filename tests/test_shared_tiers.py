@@ -27,25 +27,13 @@ import pytest
 from llmrelay import LLMService, SharedStateConfig
 from llmrelay.errors import AuthenticationError, ConfigError, DeadlineExceededError
 from llmrelay.testing import FakeProvider
-from redis_server import RedisServer, free_port
+from redis_server import RedisServer, free_port, needs_redis
 from shared_tier_worker import QUESTION_KW, ask, service_config
 
-pytestmark = pytest.mark.skipif(
-    not any(os.access(os.path.join(d, "redis-server"), os.X_OK) for d in os.get_exec_path()),
-    reason="redis-server is not installed (.ci/run installs it)",
-)
+pytestmark = needs_redis
 
 SPAWN = multiprocessing.get_context("spawn")
 WAIT_S = 90.0  # the longest any step may take before the test fails
-
-
-@pytest.fixture(scope="module")
-def redis() -> Iterator[RedisServer]:
-    server = RedisServer()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture(scope="module")
