@@ -10,7 +10,15 @@
 //!
 //! A process forked while a worker runs gets a fresh worker on its next
 //! write (the parent's thread does not exist in the child).
+//!
+//! Reads see the queue: the latest queued write or delete of each key is kept
+//! in a pending map ([`WriteBehind::pending`]) until the worker has applied
+//! it, so a read that misses memory never gets an older value from the disk
+//! while a newer one (or a delete) is still queued, and a value the worker is
+//! writing just after a delete removed it from the disk is not served (and
+//! promoted back into memory) before the queued delete lands.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -31,8 +39,23 @@ pub(crate) enum Op {
     Barrier(oneshot::Sender<()>),
 }
 
+/// What a key's latest queued operation will leave on the disk.
+#[derive(Clone)]
+pub(crate) enum Pending {
+    /// This value, until the disk clock's `expires_at_ns`.
+    Value(Arc<[u8]>, u64),
+    /// Nothing (a delete).
+    Deleted,
+}
+
+/// The latest queued operation of each key, with its sequence number.
+type PendingMap = Arc<Mutex<HashMap<Box<[u8]>, (u64, Pending)>>>;
+
+/// An operation as queued: its sequence number (0 for a barrier) and the op.
+type Queued = (u64, Op);
+
 struct Worker {
-    tx: mpsc::Sender<Op>,
+    tx: mpsc::Sender<Queued>,
     thread: Option<JoinHandle<()>>,
     pid: u32,
 }
@@ -61,16 +84,27 @@ pub(crate) struct WriteBehind {
     worker: Mutex<Option<Worker>>,
     closed: AtomicBool,
     counters: Counters,
+    pending: PendingMap,
+    seq: AtomicU64,
 }
 
 const BATCH: usize = 256;
+
+/// Forget `key`'s pending entry if operation `seq` is still its latest.
+fn settled(pending: &PendingMap, key: &[u8], seq: u64) {
+    let mut map = pending.lock();
+    if map.get(key).is_some_and(|(s, _)| *s == seq) {
+        map.remove(key);
+    }
+}
 
 fn start(
     disk: Arc<DiskCache>,
     capacity: usize,
     written: Arc<AtomicU64>,
+    pending: PendingMap,
 ) -> std::io::Result<Worker> {
-    let (tx, mut rx) = mpsc::channel::<Op>(capacity);
+    let (tx, mut rx) = mpsc::channel::<Queued>(capacity);
     let runtime = tokio::runtime::Builder::new_current_thread().build()?;
     let thread = std::thread::Builder::new()
         .name("llmrelay-cache-wb".into())
@@ -78,7 +112,7 @@ fn start(
             runtime.block_on(async move {
                 let mut batch = Vec::with_capacity(BATCH);
                 while rx.recv_many(&mut batch, BATCH).await > 0 {
-                    for op in batch.drain(..) {
+                    for (seq, op) in batch.drain(..) {
                         match op {
                             Op::Set {
                                 key,
@@ -87,9 +121,11 @@ fn start(
                             } => {
                                 disk.set(&key, &value, expires_at_ns);
                                 written.fetch_add(1, Relaxed);
+                                settled(&pending, &key, seq);
                             }
                             Op::Delete(key) => {
                                 disk.delete(&key);
+                                settled(&pending, &key, seq);
                             }
                             Op::Barrier(done) => {
                                 let _ = done.send(());
@@ -115,24 +151,35 @@ impl WriteBehind {
             worker: Mutex::new(None),
             closed: AtomicBool::new(false),
             counters: Counters::default(),
+            pending: Arc::default(),
+            seq: AtomicU64::new(0),
         }
+    }
+
+    /// What `key`'s queued operations will leave on the disk, if any is still
+    /// queued (reads consult this before the disk).
+    pub(crate) fn pending(&self, key: &[u8]) -> Option<Pending> {
+        self.pending.lock().get(key).map(|(_, p)| p.clone())
     }
 
     /// A sender to the running worker, starting one if there is none (or
     /// the process forked since). `None` once closed or if no thread starts.
-    fn sender(&self) -> Option<mpsc::Sender<Op>> {
+    fn sender(&self) -> Option<mpsc::Sender<Queued>> {
         if self.closed.load(Relaxed) {
             return None;
         }
         let mut guard = self.worker.lock();
         let pid = std::process::id();
         if guard.as_ref().is_some_and(|w| w.pid != pid) {
-            // forked: the worker thread is not in this process; leak it
+            // forked: the worker thread is not in this process; leak it, and
+            // forget what it had queued (it never reaches the disk from here)
             std::mem::forget(guard.take());
+            self.pending.lock().clear();
         }
         if guard.is_none() {
             let written = Arc::clone(&self.counters.written);
-            *guard = start(Arc::clone(&self.disk), self.capacity, written).ok();
+            let pending = Arc::clone(&self.pending);
+            *guard = start(Arc::clone(&self.disk), self.capacity, written, pending).ok();
         }
         guard.as_ref().map(|w| w.tx.clone())
     }
@@ -146,15 +193,40 @@ impl WriteBehind {
             }
             return false;
         };
-        let sent = match tx.try_send(op) {
+        let seq = self.seq.fetch_add(1, Relaxed) + 1;
+        // recorded before it is queued, so the worker's settle always finds it
+        let key = match &op {
+            Op::Set {
+                key,
+                value,
+                expires_at_ns,
+            } => {
+                let p = Pending::Value(Arc::clone(value), *expires_at_ns);
+                self.pending.lock().insert(key.clone(), (seq, p));
+                Some(key.clone())
+            }
+            Op::Delete(key) => {
+                self.pending
+                    .lock()
+                    .insert(key.clone(), (seq, Pending::Deleted));
+                Some(key.clone())
+            }
+            Op::Barrier(_) => None,
+        };
+        let sent = match tx.try_send((seq, op)) {
             Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(op)) => {
+            Err(mpsc::error::TrySendError::Full(queued)) => {
                 self.counters.waits.fetch_add(1, Relaxed);
                 // blocking_send panics inside a runtime; never wait there
-                tokio::runtime::Handle::try_current().is_err() && tx.blocking_send(op).is_ok()
+                tokio::runtime::Handle::try_current().is_err() && tx.blocking_send(queued).is_ok()
             }
             Err(mpsc::error::TrySendError::Closed(_)) => false,
         };
+        if !sent {
+            if let Some(key) = key {
+                settled(&self.pending, &key, seq);
+            }
+        }
         let counter = if sent {
             &self.counters.queued
         } else {
@@ -170,7 +242,7 @@ impl WriteBehind {
         let Some(tx) = running else { return };
         let (done, wait) = oneshot::channel();
         if tokio::runtime::Handle::try_current().is_err()
-            && tx.blocking_send(Op::Barrier(done)).is_ok()
+            && tx.blocking_send((0, Op::Barrier(done))).is_ok()
         {
             let _ = wait.blocking_recv();
         }

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use super::disk::{DiskCache, DiskConfig};
 use super::memory::{MemoryCache, MemoryConfig};
-use super::write_behind::{Op, WriteBehind};
+use super::write_behind::{Op, Pending, WriteBehind};
 use crate::clock::SharedClock;
 use crate::error::{Error, Result};
 
@@ -247,15 +247,26 @@ impl HybridCache {
     /// The second half of [`Self::get`], for a key that just missed memory:
     /// the disk lookup and promotion. May block on I/O.
     pub fn get_disk(&self, key: &[u8]) -> Option<Arc<[u8]>> {
-        let hit = self.disk.as_ref().and_then(|d| d.get(key).map(|h| (d, h)));
-        let Some((disk, hit)) = hit else {
+        let Some(disk) = self.disk.as_ref() else {
+            self.count(false);
+            return None;
+        };
+        // a write or delete still queued (write-behind) is what the disk will hold
+        let queued = self.write_behind.as_ref().and_then(|wb| wb.pending(key));
+        let found = match queued {
+            Some(Pending::Deleted) => None,
+            Some(Pending::Value(v, at)) => Some((v, at)).filter(|_| at > disk.now_ns()),
+            None => disk
+                .get(key)
+                .map(|h| (Arc::from(h.payload()), h.expires_at_ns)),
+        };
+        let Some((value, expires_at_ns)) = found else {
             self.count(false);
             return None;
         };
         self.count(true);
-        let value: Arc<[u8]> = Arc::from(hit.payload());
         if self.should_promote(key) {
-            let expires = match hit.expires_at_ns {
+            let expires = match expires_at_ns {
                 u64::MAX => u64::MAX,
                 at => self
                     .memory

@@ -223,3 +223,41 @@ fn config_errors_name_parameter_and_value() {
         "{e}"
     );
 }
+
+/// With write-behind, a read that misses memory sees the queue, whatever the
+/// worker has written yet: the newest queued value, and nothing after a
+/// delete (never an older value from the disk, never one promoted back).
+#[test]
+fn write_behind_reads_see_the_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let (c, _) = open(HybridOptions {
+        write_mode: "write_behind",
+        ..with_disk(dir.path())
+    });
+    for round in 0..200u8 {
+        c.set(b"k", v(&[round, 1]), None);
+        c.flush(); // on the disk
+        c.set(b"k", v(&[round, 2]), None); // queued (or written by now)
+        c.memory().clear();
+        assert_eq!(
+            c.get(b"k").as_deref(),
+            Some(&[round, 2][..]),
+            "round {round}"
+        );
+        c.set(b"k", v(&[round, 3]), None);
+        assert!(c.delete(b"k"));
+        c.memory().clear();
+        assert_eq!(
+            c.get(b"k"),
+            None,
+            "round {round}: a deleted key stays deleted"
+        );
+        c.flush();
+        assert_eq!(
+            c.get(b"k"),
+            None,
+            "round {round}: nothing was promoted back"
+        );
+    }
+    c.close();
+}
