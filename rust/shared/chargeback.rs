@@ -3,14 +3,17 @@
 //!
 //! [`ChargeBook`] is plain bookkeeping (no I/O): the limiter adds what the
 //! local share admitted (and takes off what it refunded there), then, on the
-//! first Redis reply after an outage, [`ChargeBook::take`] hands out one
-//! [`Batch`] per (deployment, model) scope to charge with the `CHARGE` script.
+//! first Redis reply for a (deployment, model) scope after an outage,
+//! [`ChargeBook::take`] hands out that scope's [`Batch`]es to charge with the
+//! `CHARGE` script. Per scope, since a scope's keys live on one shard: on a
+//! Redis Cluster with a master down, a reply from another master says nothing
+//! about this scope's.
 //! A batch that Redis did not confirm goes back with [`ChargeBook::failed`]
 //! and is sent again, under the same id, at the next recovery: the script
 //! applies an id once, so a batch whose reply was lost is not charged twice.
 //! What the fallback admits meanwhile starts a new batch (a new id).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 /// Units below this are not worth a charge (float dust of add/refund pairs).
 const DUST: f64 = 1e-9;
@@ -44,8 +47,8 @@ pub struct ChargeBook {
     owed: HashMap<String, BTreeMap<String, f64>>,
     /// Batches sent and not confirmed: sent again with the same id.
     retry: Vec<Batch>,
-    /// A charge is running (one at a time).
-    in_flight: bool,
+    /// Scopes with a charge running (one at a time per scope).
+    in_flight: HashSet<String>,
     next: u64,
 }
 
@@ -62,7 +65,7 @@ impl ChargeBook {
             pid: std::process::id(),
             owed: HashMap::new(),
             retry: Vec::new(),
-            in_flight: false,
+            in_flight: HashSet::new(),
             next: 0,
         }
     }
@@ -114,10 +117,12 @@ impl ChargeBook {
         self.pid == std::process::id() && (!self.owed.is_empty() || !self.retry.is_empty())
     }
 
-    /// Whether a charge could start now: something is owed and no charge
-    /// is running.
-    pub fn ready(&self) -> bool {
-        !self.in_flight && self.has_work()
+    /// Whether a charge of `scope` could start now: something of it is owed
+    /// and no charge of it is running.
+    pub fn ready(&self, scope: &str) -> bool {
+        self.pid == std::process::id()
+            && !self.in_flight.contains(scope)
+            && (self.owed.contains_key(scope) || self.retry.iter().any(|b| b.scope == scope))
     }
 
     /// Units owed in all (owed and unconfirmed batches).
@@ -129,29 +134,30 @@ impl ChargeBook {
         owed + self.retry.iter().map(Batch::total).sum::<f64>()
     }
 
-    /// Start a charge: the batches to send (the unconfirmed ones first, with
-    /// their ids, then one new batch per scope owed), or nothing when a charge
-    /// is running already or nothing is owed. `member` names this process.
-    pub fn take(&mut self, member: &str) -> Vec<Batch> {
+    /// Start a charge of `scope`: its batches to send (the unconfirmed ones
+    /// first, with their ids, then one new batch of what is owed), or nothing
+    /// when a charge of it is running already or nothing of it is owed.
+    /// `member` names this process. End it with [`Self::finish`].
+    pub fn take(&mut self, member: &str, scope: &str) -> Vec<Batch> {
         self.own();
-        if self.in_flight || !self.has_work() {
+        if !self.ready(scope) {
             return Vec::new();
         }
-        self.in_flight = true;
-        let mut out = std::mem::take(&mut self.retry);
-        let mut scopes: Vec<_> = self.owed.drain().collect();
-        scopes.sort_by(|a, b| a.0.cmp(&b.0));
-        for (scope, keys) in scopes {
+        self.in_flight.insert(scope.to_string());
+        let (mut out, rest): (Vec<Batch>, Vec<Batch>) = std::mem::take(&mut self.retry)
+            .into_iter()
+            .partition(|b| b.scope == scope);
+        self.retry = rest;
+        if let Some(keys) = self.owed.remove(scope) {
             let units: Vec<(String, f64)> = keys.into_iter().filter(|(_, u)| *u > DUST).collect();
-            if units.is_empty() {
-                continue;
+            if !units.is_empty() {
+                self.next += 1;
+                out.push(Batch {
+                    id: format!("{member}:cb{}", self.next),
+                    scope: scope.to_string(),
+                    units,
+                });
             }
-            self.next += 1;
-            out.push(Batch {
-                id: format!("{member}:cb{}", self.next),
-                scope,
-                units,
-            });
         }
         out
     }
@@ -163,10 +169,10 @@ impl ChargeBook {
         }
     }
 
-    /// The charge started by [`Self::take`] is over (each batch confirmed or
-    /// handed back with [`Self::failed`]).
-    pub fn finish(&mut self) {
-        self.in_flight = false;
+    /// The charge of `scope` started by [`Self::take`] is over (each batch
+    /// confirmed or handed back with [`Self::failed`]).
+    pub fn finish(&mut self, scope: &str) {
+        self.in_flight.remove(scope);
     }
 }
 
@@ -177,7 +183,7 @@ mod tests {
     #[test]
     fn owed_units_become_one_batch_per_scope_and_are_cleared() {
         let mut book = ChargeBook::new();
-        assert!(!book.has_work() && book.take("m").is_empty());
+        assert!(!book.has_work() && book.take("m", "d/a").is_empty());
         book.add("d/a", "d/a:rpm", 1.0);
         book.add("d/a", "d/a:rpm", 2.0);
         book.add("d/a", "d/a:tpm_in", 300.0);
@@ -185,29 +191,34 @@ mod tests {
         book.add("d/b", "d/b:rpm", f64::NAN); // ignored
         book.add("d/b", "d/b:rpm", -4.0); // ignored
         assert_eq!(book.units_owed(), 304.0);
-        let batches = book.take("m");
-        assert_eq!(batches.len(), 2);
-        assert_eq!(batches[0].scope, "d/a");
+        assert!(book.ready("d/a") && book.ready("d/b") && !book.ready("d/c"));
+        let a = book.take("m", "d/a");
+        assert_eq!(a.len(), 1);
+        assert_eq!(a[0].scope, "d/a");
         assert_eq!(
-            batches[0].units,
+            a[0].units,
             vec![
                 ("d/a:rpm".to_string(), 3.0),
                 ("d/a:tpm_in".to_string(), 300.0)
             ]
         );
-        assert_eq!(batches[1].units, vec![("d/b:rpm".to_string(), 1.0)]);
-        assert_ne!(batches[0].id, batches[1].id);
-        // One charge at a time: a second take while it runs hands out nothing.
+        // Another scope is charged on its own (its shard answered).
+        assert_eq!(book.units_owed(), 1.0);
+        let b = book.take("m", "d/b");
+        assert_eq!(b[0].units, vec![("d/b:rpm".to_string(), 1.0)]);
+        assert_ne!(a[0].id, b[0].id);
+        book.finish("d/b");
+        // One charge at a time per scope: a second take while it runs hands out nothing.
         book.add("d/a", "d/a:rpm", 1.0);
-        assert!(book.has_work() && !book.ready());
-        assert!(book.take("m").is_empty());
-        book.finish();
+        assert!(book.has_work() && !book.ready("d/a"));
+        assert!(book.take("m", "d/a").is_empty());
+        book.finish("d/a");
         // Confirmed batches are gone; what came meanwhile is a new batch.
-        let next = book.take("m");
+        let next = book.take("m", "d/a");
         assert_eq!(next.len(), 1);
         assert_eq!(next[0].units, vec![("d/a:rpm".to_string(), 1.0)]);
-        assert!(![&batches[0].id, &batches[1].id].contains(&&next[0].id));
-        book.finish();
+        assert!(![&a[0].id, &b[0].id].contains(&&next[0].id));
+        book.finish("d/a");
         assert!(!book.has_work() && book.units_owed() == 0.0);
     }
 
@@ -215,18 +226,20 @@ mod tests {
     fn a_failed_batch_is_sent_again_with_its_id() {
         let mut book = ChargeBook::new();
         book.add("d/a", "d/a:rpm", 5.0);
-        let first = book.take("m").pop().unwrap();
+        book.add("d/b", "d/b:rpm", 1.0);
+        let first = book.take("m", "d/a").pop().unwrap();
         book.failed(first.clone());
-        book.finish();
-        assert_eq!(book.units_owed(), 5.0);
+        book.finish("d/a");
+        assert_eq!(book.units_owed(), 6.0);
         book.add("d/a", "d/a:rpm", 2.0); // admitted in the next outage
-        let again = book.take("m");
+        let again = book.take("m", "d/a");
         assert_eq!(again.len(), 2);
         assert_eq!(again[0], first); // same id: Redis applies it at most once
         assert_eq!(again[1].units, vec![("d/a:rpm".to_string(), 2.0)]);
         assert_ne!(again[1].id, first.id);
-        book.finish();
-        assert!(!book.has_work());
+        book.finish("d/a");
+        assert!(!book.ready("d/a") && book.ready("d/b"));
+        assert_eq!(book.units_owed(), 1.0);
     }
 
     #[test]
@@ -238,13 +251,13 @@ mod tests {
         book.give_back("d/a", "d/a:tpm_in", 500.0);
         book.give_back("d/x", "d/x:rpm", 1.0); // nothing owed there
         assert!(!book.has_work() && book.units_owed() == 0.0);
-        assert!(book.take("m").is_empty());
+        assert!(book.take("m", "d/a").is_empty());
         // Units already in a batch stay owed (the batch may be applied).
         book.add("d/a", "d/a:rpm", 3.0);
-        let b = book.take("m");
+        let b = book.take("m", "d/a");
         book.give_back("d/a", "d/a:rpm", 3.0);
         book.failed(b[0].clone());
-        book.finish();
+        book.finish("d/a");
         assert_eq!(book.units_owed(), 3.0);
     }
 }
