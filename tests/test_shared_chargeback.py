@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ import pytest
 
 from llmrelay import SharedStateConfig
 from llmrelay._shared import SharedLimiter
-from redis_server import RedisServer, needs_redis
+from redis_server import RedisCluster, RedisServer, needs_redis
 
 pytestmark = needs_redis
 
@@ -200,3 +201,42 @@ async def test_redis_killed_and_restarted_on_the_same_port(mode: str) -> None:
         server.stop()
         if restarted is not None:
             restarted.stop()
+
+
+async def test_on_a_cluster_a_dead_masters_debt_waits_for_its_own_shard() -> None:
+    """A charge starts with a reply for its own (deployment, model): replies from the
+    live masters do not send the dead one's batch (it would only fail)."""
+    if shutil.which("redis-cli") is None:
+        pytest.skip("redis-cli not installed (.ci/run installs redis-server)")
+    cluster = RedisCluster(extra_args=("--cluster-require-full-coverage", "no"))
+    try:
+        cfg = SharedStateConfig(url=cluster.url, cluster=True, namespace="cb-cl", op_timeout_s=0.5)
+        lim = SharedLimiter(cfg)
+        scopes = [f"dep{i}/m" for i in range(12)]
+        for s in scopes:
+            lim.configure(f"{s}:rpm", 0.01, 100)
+            assert (await lim.reserve([(f"{s}:rpm", 1.0)])).source == "redis"
+        owner = {
+            s: port
+            for port in cluster.ports
+            for s in scopes
+            if any(f"{{{s}}}" in k for k in cluster.keys(port, "cb-cl:{*"))
+        }
+        assert len(owner) == len(scopes)
+        dead = next(p for p in cluster.ports if p in owner.values())
+        i = cluster.ports.index(dead)
+        cluster.procs[i].terminate()
+        cluster.procs[i].wait(30)
+        on_dead = [s for s in scopes if owner[s] == dead]
+        for s in on_dead:
+            assert (await lim.reserve([(f"{s}:rpm", 1.0)])).source == "local_share"
+        for _ in range(2):
+            for s in scopes:
+                if owner[s] != dead:
+                    assert (await lim.reserve([(f"{s}:rpm", 1.0)])).source == "redis"
+        await asyncio.sleep(0.1)  # a charge would have been spawned by now
+        stats = lim.stats()
+        assert stats["units_owed"] == len(on_dead), stats
+        assert stats["chargebacks"] == 0 and stats["chargeback_failures"] == 0, stats
+    finally:
+        cluster.stop()
