@@ -247,6 +247,10 @@ impl PySharedLimiter {
         d.set_item("reconcile_noops", s.reconcile_noops)?;
         d.set_item("pauses", s.pauses)?;
         d.set_item("tightens", s.tightens)?;
+        d.set_item("chargebacks", s.chargebacks)?;
+        d.set_item("units_charged_back", s.units_charged_back)?;
+        d.set_item("chargeback_failures", s.chargeback_failures)?;
+        d.set_item("units_owed", s.units_owed)?;
         d.set_item("member", self.inner.member())?;
         if let Some(l) = self.inner.lease_stats() {
             d.set_item("lease_ttl_s", l.lease_ttl_s)?;

@@ -7,7 +7,8 @@
 //! a deployment can use either. Every Redis call is one Lua script (see
 //! [`scripts`]) on the server's clock, bounded by the op timeout and never
 //! retried; when Redis does not answer in time the call follows
-//! [`OnUnavailable`].
+//! [`OnUnavailable`], and what `local_share` admitted meanwhile is charged
+//! back on the first reply for its (deployment, model) ([`chargeback`]).
 //!
 //! Keys: a limiter key `"<deployment>/<model>:<dimension>"` lives at
 //! `"<namespace>:{<deployment>/<model>}:c:<dimension>"`; the braces are a
@@ -17,6 +18,7 @@
 
 pub mod breaker;
 pub mod cache;
+pub mod chargeback;
 pub mod client;
 pub mod dedup;
 pub mod lease;
@@ -47,7 +49,9 @@ const RESERVATION_TTL_MS: u64 = 600_000;
 /// What a call does when Redis does not answer within the op timeout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OnUnavailable {
-    /// Enforce `limit * 0.9 / live processes` in this process.
+    /// Enforce `limit * 0.9 / live processes` in this process; what it admits
+    /// is charged back into the cluster-wide cells on recovery (see
+    /// [`chargeback`]).
     LocalShare,
     /// Refuse.
     Closed,
@@ -152,6 +156,15 @@ pub struct Stats {
     pub pauses: u64,
     /// Header observations sent to Redis (one that could not tighten is not sent).
     pub tightens: u64,
+    /// Charge-back batches Redis applied (what `local_share` admitted during
+    /// an outage, charged into the cluster-wide cells on recovery).
+    pub chargebacks: u64,
+    /// Units those batches charged (summed over keys; after the debt cap).
+    pub units_charged_back: f64,
+    /// Charge-back batches Redis did not confirm (kept for the next recovery).
+    pub chargeback_failures: u64,
+    /// Units admitted by `local_share` not yet charged back.
+    pub units_owed: f64,
 }
 
 /// Counts of the limiter's operations (read by `stats`).
@@ -164,6 +177,10 @@ struct OpCounters {
     reconcile_noops: AtomicU64,
     pauses: AtomicU64,
     tightens: AtomicU64,
+    chargebacks: AtomicU64,
+    chargeback_failures: AtomicU64,
+    /// Units charged back, in millionths (an atomic f64 would need a CAS loop).
+    micro_units_charged_back: AtomicU64,
 }
 
 fn bump(c: &AtomicU64) {
@@ -191,6 +208,7 @@ struct Scripts {
     pause: Script,
     booked: Script,
     heartbeat: Script,
+    charge: Script,
 }
 
 /// A keyed GCRA limiter whose cells live in Redis (see the module docs).
@@ -210,6 +228,8 @@ pub struct SharedLimiter {
     scripts: Scripts,
     /// Leased mode's slices (None: exact mode).
     leasing: Option<Leasing>,
+    /// What `local_share` admitted while Redis was away, to charge back.
+    owed: Mutex<chargeback::ChargeBook>,
 }
 
 impl std::fmt::Debug for SharedLimiter {
@@ -292,6 +312,7 @@ impl SharedLimiter {
             fallback_calls: AtomicU64::new(0),
             episodes: AtomicU64::new(0),
             leasing: None,
+            owed: Mutex::new(chargeback::ChargeBook::new()),
             scripts: Scripts {
                 reserve: Script::new(scripts::RESERVE),
                 adjust: Script::new(scripts::ADJUST),
@@ -300,6 +321,7 @@ impl SharedLimiter {
                 pause: Script::new(scripts::PAUSE),
                 booked: Script::new(scripts::BOOKED),
                 heartbeat: Script::new(scripts::HEARTBEAT),
+                charge: Script::new(scripts::CHARGE),
             },
         })
     }
@@ -410,6 +432,15 @@ impl SharedLimiter {
         }
     }
 
+    /// Note a Redis reply for `key`'s (deployment, model): as [`Self::note`],
+    /// and charge back what the local share admitted on it meanwhile.
+    fn note_ok(self: &Arc<Self>, key: &str) {
+        self.note(true);
+        if let Ok((scope, _)) = split_key(key) {
+            self.maybe_charge_back(scope);
+        }
+    }
+
     fn maybe_heartbeat(self: &Arc<Self>) {
         let pid = std::process::id();
         {
@@ -491,7 +522,7 @@ impl SharedLimiter {
         keys.push(self.scope_key(first, &format!("r:{}", reservation.unwrap_or("-")))?);
         match self.conn.eval(&self.scripts.reserve, &keys, &args).await {
             Ok(Value::Array(v)) if v.len() == 2 => {
-                self.note(true);
+                self.note_ok(first);
                 let admitted = value_f64(&v[0]).unwrap_or(0.0) > 0.0;
                 let wait_s = value_f64(&v[1]).unwrap_or(0.0) / 1e6;
                 bump(if admitted {
@@ -528,7 +559,9 @@ impl SharedLimiter {
                 let items = cells.iter().map(|(k, c, _)| (*k, *c));
                 let wait_s = self.local.reserve_many(items.clone()).unwrap_or(0.0);
                 let admitted = wait_s <= max_wait_s + 1e-9;
-                if !admitted {
+                if admitted {
+                    self.owe(cells);
+                } else {
                     for (key, cost) in items {
                         let _ = self.local.refund(key, cost);
                     }
@@ -569,7 +602,7 @@ impl SharedLimiter {
         }
         match self.conn.eval(&self.scripts.adjust, &keys, &args).await {
             Ok(_) => {
-                self.note(true);
+                self.note_ok(deltas[0].0);
                 Ok(Source::Redis)
             }
             Err(_) => {
@@ -586,6 +619,9 @@ impl SharedLimiter {
             OnUnavailable::LocalShare => {
                 for (key, delta, _) in deltas {
                     let _ = if *delta < 0.0 {
+                        if let Ok((scope, _)) = split_key(key) {
+                            self.owed.lock().give_back(scope, key, -delta);
+                        }
                         self.local.refund(key, -delta)
                     } else {
                         self.local.reconcile(key, 0.0, *delta)
@@ -623,7 +659,7 @@ impl SharedLimiter {
         keys.push(self.scope_key(first, &format!("r:{reservation}"))?);
         match self.conn.eval(&self.scripts.reconcile, &keys, &args).await {
             Ok(v) => {
-                self.note(true);
+                self.note_ok(first);
                 let applied = value_f64(&v).unwrap_or(0.0) > 0.0;
                 bump(if applied {
                     &self.ops.reconciles
@@ -681,7 +717,7 @@ impl SharedLimiter {
             .await
         {
             Ok(_) => {
-                self.note(true);
+                self.note_ok(key);
                 Ok(Source::Redis)
             }
             Err(_) => {
@@ -712,7 +748,7 @@ impl SharedLimiter {
         }
         match self.conn.eval(&self.scripts.pause, &keys, &args).await {
             Ok(v) => {
-                self.note(true);
+                self.note_ok(key);
                 Ok(value_f64(&v).unwrap_or(0.0) / 1e6)
             }
             Err(_) => {
@@ -730,7 +766,7 @@ impl SharedLimiter {
         };
         match self.conn.eval(&self.scripts.booked, &[cell_key], &[]).await {
             Ok(v) => {
-                self.note(true);
+                self.note_ok(key);
                 let booked = value_f64(&v).unwrap_or(0.0) / cell.interval_us();
                 Ok(((cell.burst - booked).max(0.0), Source::Redis))
             }
@@ -768,12 +804,117 @@ impl SharedLimiter {
             reconcile_noops: self.ops.reconcile_noops.load(Ordering::Relaxed),
             pauses: self.ops.pauses.load(Ordering::Relaxed),
             tightens: self.ops.tightens.load(Ordering::Relaxed),
+            chargebacks: self.ops.chargebacks.load(Ordering::Relaxed),
+            units_charged_back: self.ops.micro_units_charged_back.load(Ordering::Relaxed) as f64
+                / 1e6,
+            chargeback_failures: self.ops.chargeback_failures.load(Ordering::Relaxed),
+            units_owed: self.owed.lock().units_owed(),
         }
     }
 
     /// This process's share factor while Redis is unavailable.
     pub fn local_share(&self) -> f64 {
         LOCAL_SHARE_FACTOR / self.live.load(Ordering::Relaxed).max(1) as f64
+    }
+}
+
+impl SharedLimiter {
+    /// Note what the local share admitted, to charge it back on recovery.
+    fn owe(&self, cells: &[(&str, f64, CellConfig)]) {
+        let mut book = self.owed.lock();
+        for (key, cost, _) in cells {
+            if let Ok((scope, _)) = split_key(key) {
+                book.add(scope, key, *cost);
+            }
+        }
+    }
+
+    /// Redis answered: if the local share admitted anything while it was
+    /// away, charge it back in the background (on the core's runtime, one
+    /// charge at a time; the caller does not wait).
+    fn maybe_charge_back(self: &Arc<Self>, scope: &str) {
+        if !self.owed.lock().ready(scope) {
+            return;
+        }
+        let Ok(rt) = crate::runtime::handle() else {
+            return;
+        };
+        let this = self.clone();
+        let scope = scope.to_string();
+        rt.spawn(async move { this.charge_back_owed(&scope).await });
+    }
+
+    /// Charge what is owed on `scope` (`<deployment>/<model>`) into the
+    /// cluster-wide cells now: one `CHARGE` script per batch, each applied
+    /// once by Redis. A batch Redis does not confirm (and every one after it)
+    /// is kept, with its id, for the next recovery. Returns (batches applied,
+    /// kept); (0, 0) when nothing is owed or a charge of it is running.
+    pub async fn charge_back_owed(self: &Arc<Self>, scope: &str) -> (usize, usize) {
+        let batches = self.owed.lock().take(&self.member(), scope);
+        if batches.is_empty() {
+            return (0, 0); // nothing owed, or a charge is running
+        }
+        let (mut applied, mut kept) = (0, 0);
+        let mut gone = false;
+        for batch in batches {
+            let charged = if gone {
+                None
+            } else {
+                self.charge(&batch).await
+            };
+            match charged {
+                Some(units) => {
+                    applied += 1;
+                    bump(&self.ops.chargebacks);
+                    self.ops
+                        .micro_units_charged_back
+                        .fetch_add((units * 1e6).round() as u64, Ordering::Relaxed);
+                }
+                None => {
+                    gone = true;
+                    kept += 1;
+                    bump(&self.ops.chargeback_failures);
+                    self.owed.lock().failed(batch);
+                }
+            }
+        }
+        self.owed.lock().finish(scope);
+        (applied, kept)
+    }
+
+    /// One batch's `CHARGE`: the units charged (0 for a batch Redis applied
+    /// before), or None when Redis did not confirm it.
+    async fn charge(&self, batch: &chargeback::Batch) -> Option<f64> {
+        let mut keys = Vec::with_capacity(batch.units.len() + 1);
+        let mut args = vec![String::new(), RESERVATION_TTL_MS.to_string()];
+        for (key, units) in &batch.units {
+            // a key no longer configured here is not charged
+            let (Some(cell), Ok(k)) = (self.cell(key), self.cell_key(key)) else {
+                continue;
+            };
+            keys.push(k);
+            args.push(format!("{:.6}", cell.interval_us()));
+            args.push(cell.burst.to_string());
+            args.push(units.to_string());
+        }
+        let Some((first, _)) = batch.units.first() else {
+            return Some(0.0);
+        };
+        if keys.is_empty() {
+            return Some(0.0);
+        }
+        args[0] = keys.len().to_string();
+        keys.push(self.scope_key(first, &format!("cb:{}", batch.id)).ok()?);
+        match self.conn.eval(&self.scripts.charge, &keys, &args).await {
+            Ok(Value::Array(v)) if !v.is_empty() => {
+                if value_f64(&v[0]).unwrap_or(0.0) > 0.0 {
+                    Some(v[1..].iter().filter_map(value_f64).sum())
+                } else {
+                    Some(0.0)
+                }
+            }
+            Ok(_) | Err(_) => None,
+        }
     }
 }
 
@@ -961,7 +1102,7 @@ impl SharedLimiter {
         bump(&l.lease_calls);
         match self.conn.eval(&l.lease, &keys, &args).await {
             Ok(Value::Array(v)) if v.len() >= 2 => {
-                self.note(true);
+                self.note_ok(first);
                 let admitted = value_f64(&v[0]).unwrap_or(0.0) > 0.0;
                 let wait_s = value_f64(&v[1]).unwrap_or(0.0) / 1e6;
                 if admitted {
@@ -1337,5 +1478,63 @@ mod tests {
             }
         });
         assert_eq!(admitted, 18); // 20 * 0.9 / 1 live process
+                                  // What the local share admitted is owed to the cluster-wide cell.
+        assert_eq!(lim.stats().units_owed, 18.0);
+    }
+
+    #[test]
+    fn local_share_admissions_are_owed_and_kept_while_redis_is_away() {
+        let rt = crate::runtime::handle().unwrap();
+        for (policy, owed) in [
+            (OnUnavailable::LocalShare, 6.0), // 2 * (1 + 2) + 1 - 1
+            (OnUnavailable::Open, 0.0),
+            (OnUnavailable::Closed, 0.0),
+        ] {
+            let lim =
+                Arc::new(SharedLimiter::new("redis://127.0.0.1:1", "ns", policy, 0.02).unwrap());
+            lim.configure("d/m:rpm", 0.001, 10.0).unwrap();
+            lim.configure("d/m:tpm_in", 0.001, 1000.0).unwrap();
+            lim.configure("e/m:rpm", 0.001, 10.0).unwrap();
+            let stats = rt.block_on({
+                let lim = lim.clone();
+                async move {
+                    let call = vec![
+                        ("d/m:rpm".to_string(), 1.0),
+                        ("d/m:tpm_in".to_string(), 2.0),
+                    ];
+                    for _ in 0..2 {
+                        let a = lim.reserve_many(&call, 0.0, None).await.unwrap();
+                        assert_eq!(a.admitted, policy != OnUnavailable::Closed);
+                    }
+                    // refused by the local share: nothing owed for it
+                    let big = vec![("d/m:tpm_in".to_string(), 5000.0)];
+                    let refused = lim.reserve_many(&big, 0.0, None).await.unwrap();
+                    assert_eq!(refused.admitted, policy == OnUnavailable::Open);
+                    let other = vec![("e/m:rpm".to_string(), 1.0)];
+                    lim.reserve_many(&other, 0.0, None).await.unwrap();
+                    // a refund of a local booking owes less
+                    lim.refund(&[("d/m:tpm_in".to_string(), 1.0)])
+                        .await
+                        .unwrap();
+                    // Redis still away: the charge fails, everything stays owed
+                    let first = lim.charge_back_owed("d/m").await;
+                    let second = lim.charge_back_owed("d/m").await;
+                    (first, second, lim.stats())
+                }
+            });
+            let (first, second, stats) = stats;
+            assert_eq!(stats.units_owed, owed, "{policy:?}");
+            assert_eq!(stats.chargebacks, 0);
+            if owed > 0.0 {
+                // the batch fails; the second time it is sent again (same id)
+                assert_eq!(first, (0, 1));
+                assert_eq!(second, (0, 1));
+                assert_eq!(stats.chargeback_failures, 2);
+                let book = lim.owed.lock();
+                assert!(book.ready("d/m") && book.ready("e/m"));
+            } else {
+                assert_eq!((first, second), ((0, 0), (0, 0)));
+            }
+        }
     }
 }

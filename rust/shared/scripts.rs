@@ -355,3 +355,39 @@ for i = 1, n do
 end
 return out
 "#;
+
+/// Charge back what a process admitted from its local share while Redis was
+/// away: advance each cell as a booking of `units` would, but never refuse
+/// (it is debt), capped so a cell is at most one burst in debt (`tat` at most
+/// `now + 2 * burst * interval`; a cell further booked is not moved). Applied
+/// once per batch id: the marker key is set with the charge, so a batch sent
+/// again (its reply lost) is a no-op.
+///
+/// KEYS: cells 1..n, then the batch's marker key. ARGV: n, marker_ttl_ms,
+/// then per cell interval_us, burst, units. Returns `{1, charged units per
+/// cell...}` (strings) when applied, `{0}` when this batch was applied before.
+pub const CHARGE: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local n = tonumber(ARGV[1])
+local mark = KEYS[n + 1]
+if redis.call('EXISTS', mark) == 1 then return {0} end
+local out = {1}
+for i = 1, n do
+  local interval = tonumber(ARGV[3 * i])
+  local burst = tonumber(ARGV[1 + 3 * i])
+  local units = tonumber(ARGV[2 + 3 * i])
+  local tat = tonumber(redis.call('GET', KEYS[i]) or '0')
+  if tat < now then tat = now end
+  local new_tat = tat + units * interval
+  local cap = now + 2 * burst * interval
+  if new_tat > cap then new_tat = cap end
+  if new_tat < tat then new_tat = tat end
+  if new_tat > now then
+    redis.call('SET', KEYS[i], string.format('%.3f', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1)
+  end
+  out[1 + i] = string.format('%.6f', (new_tat - tat) / interval)
+end
+redis.call('SET', mark, '1', 'PX', tonumber(ARGV[2]))
+return out
+"#;
