@@ -398,3 +398,6 @@ async def test_metrics_are_labelled_with_the_process_id(
     ][:5]
     assert f'llmrelay_shared_connected{{pid="{os.getpid()}"}} 1.0' in samples
     assert f'llmrelay_shared_reservations_total{{pid="{os.getpid()}"}} 1.0' in samples
+    # nothing owed: Redis answered throughout
+    assert f'llmrelay_shared_units_owed{{pid="{os.getpid()}"}} 0.0' in samples
+    assert f'llmrelay_shared_chargebacks_total{{pid="{os.getpid()}"}} 0.0' in samples

@@ -563,8 +563,9 @@ class SharedStateConfig(_Config, frozen=True):
     what is left of it goes back when it expires or the service closes.
     ``on_unavailable`` says what a limit check does when Redis does not answer
     within ``op_timeout_s``: ``"local_share"`` enforces the limit x 0.9 / live
-    processes in each process, ``"closed"`` refuses, ``"open"`` admits. The
-    switches pick which state is shared. ``dedup_lease_s`` is the TTL of a
+    processes in each process (and charges what it admitted back into the
+    cluster's cells when Redis answers again), ``"closed"`` refuses, ``"open"``
+    admits. The switches pick which state is shared. ``dedup_lease_s`` is the TTL of a
     cross-process dedup leader's lease (renewed every third of it while its call
     runs): a leader that dies is taken over within about that long.
 

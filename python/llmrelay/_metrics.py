@@ -273,6 +273,16 @@ _SHARED_STATS = (
     ("refunds", "counter"),
     ("reconciles", "counter"),
     ("pauses", "counter"),
+    # local usage charged back after a local_share episode (docs/scaleout.md)
+    ("chargebacks", "counter"),
+    ("units_charged_back", "counter"),
+    ("chargeback_failures", "counter"),
+    ("units_owed", "gauge"),
+    # leased mode
+    ("leases_taken", "counter"),
+    ("leases_returned", "counter"),
+    ("local_admissions", "counter"),
+    ("lease_calls", "counter"),
 )
 
 

@@ -131,7 +131,13 @@ impl ChargeBook {
             return 0.0;
         }
         let owed: f64 = self.owed.values().flat_map(|k| k.values()).sum();
-        owed + self.retry.iter().map(Batch::total).sum::<f64>()
+        let total = owed + self.retry.iter().map(Batch::total).sum::<f64>();
+        // an empty f64 sum is -0.0: report a plain 0 when nothing is owed
+        if total > 0.0 {
+            total
+        } else {
+            0.0
+        }
     }
 
     /// Start a charge of `scope`: its batches to send (the unconfirmed ones
