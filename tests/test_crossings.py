@@ -87,6 +87,41 @@ async def test_crossings_per_uncached_provider_call(
         total = sum(seen.values()) / calls
         print(f"\ncore crossings per uncached call ({limited=}): {total:g} {per_call}")
         assert gate_crossings(seen) / calls == GATE_CROSSINGS_PER_CALL, per_call
+        # issue 11's bound for a whole provider call (the gate's three, the HTTP
+        # exchange, the metrics record)
+        assert total <= MAX_CROSSINGS_PER_PROVIDER_CALL, per_call
+
+
+#: Issue 11's bounds on the crossings of one call.
+MAX_CROSSINGS_PER_PROVIDER_CALL = 6
+MAX_CROSSINGS_PER_MEMORY_HIT = 2
+
+
+@pytest.mark.parametrize("disk", [False, True], ids=["memory_only", "with_disk_tier"])
+@pytest.mark.parametrize(("name", "kind"), [("openai", "openai"), ("claude", "anthropic")])
+async def test_crossings_per_memory_cache_hit(
+    make_config: ConfigFactory,
+    fakes: dict[str, FakeProvider],
+    name: str,
+    kind: str,
+    disk: bool,
+    tmp_path: Any,
+) -> None:
+    """A memory-cache hit through ``achat`` crosses twice: the cache key, and the lookup
+    (which counts the hit in the same call), for any provider kind."""
+    cache = CacheConfig(disk_path=str(tmp_path / "cache")) if disk else CacheConfig()
+    async with LLMService(make_config(cache=cache, default_model=f"{name}/m")) as svc:
+        first = await svc.achat("the same question", temperature=0)
+        calls = 5
+        with counting() as seen:
+            for _ in range(calls):
+                hit = await svc.achat("the same question", temperature=0)
+        assert hit.cached and hit.text == first.text
+        assert fakes[kind].request_count == 1
+        per_call = {k: v / calls for k, v in sorted(seen.items())}
+        assert sum(seen.values()) / calls <= MAX_CROSSINGS_PER_MEMORY_HIT, per_call
+        snap = svc.metrics.snapshot()
+        assert snap.total("cache_hits.memory") == calls
 
 
 #: Dedup's crossings with the followers' futures held in the core: a leader joins and

@@ -7,6 +7,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
 use super::cache::{disk_clock, stats_dict};
+use super::metrics::PyMetrics;
 use super::clock::{pick, PyManualClock};
 use crate::cache::{self, HybridCache, HybridConfig, HybridOptions};
 
@@ -81,6 +82,30 @@ impl PyHybridCache {
     /// `get_disk`, so a lookup that reaches the disk is counted once.
     fn get_hot<'py>(&self, py: Python<'py>, key: &[u8]) -> Option<Bound<'py, PyBytes>> {
         self.inner.get_hot(key).map(|v| PyBytes::new(py, &v))
+    }
+
+    /// The memory tier (`get_hot` when `hot`, else `get_memory`), with a hit also
+    /// counted in `metrics` as counter `name` of the series: a memory-cache hit
+    /// through the service is then one crossing, not two.
+    #[allow(clippy::too_many_arguments)]
+    fn get_counted<'py>(
+        &self,
+        py: Python<'py>,
+        key: &[u8],
+        hot: bool,
+        metrics: &PyMetrics,
+        provider: &str,
+        model: &str,
+        deployment: &str,
+        name: &str,
+    ) -> Option<Bound<'py, PyBytes>> {
+        let v = if hot {
+            self.inner.get_hot(key)
+        } else {
+            self.inner.get_memory(key)
+        }?;
+        metrics.inner.incr(provider, model, deployment, name, 1);
+        Some(PyBytes::new(py, &v))
     }
 
     /// The disk half of `get`, for a key that just missed memory (counts the hit

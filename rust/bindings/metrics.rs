@@ -11,7 +11,7 @@ use crate::metrics::{LatencySummary, Metrics, SeriesSnapshot};
 /// Counters, gauges and latency histograms keyed by series; thread-safe.
 #[pyclass(name = "Metrics", module = "llmrelay._core", frozen)]
 pub struct PyMetrics {
-    inner: Metrics,
+    pub(super) inner: Metrics,
 }
 
 fn count(what: &'static str, name: &str, n: i64) -> Result<u64, Error> {

@@ -76,14 +76,27 @@ def memory_hit(eng: Engine, p: Prepared) -> ChatResponse | None:
     if cache is None or p.key is None or p.cc.refresh or p.mode == "write_only":
         return None
     # with a disk tier the lookup goes on there: count its miss once, at the disk
-    raw = (cache.get_hot if eng.disk_configured else cache.get_memory)(p.key)
-    if raw is None:
-        return None
-    resp: ChatResponse | None = decoded_hit(eng, p, raw)
-    if resp is not None:
-        eng.metrics.core.incr(*series(p), "cache_hits.memory")
-        if p.trace is not None:
-            p.trace.cache_hit("memory", resp)
+    hot = eng.disk_configured
+    if p.structured is None:
+        # the common case: the core counts the hit with the lookup (one crossing)
+        c = p.cands[0]
+        dep = c.deployment
+        raw = cache.get_counted(
+            p.key, hot, eng.metrics.core, dep.kind, c.model, dep.name, "cache_hits.memory"
+        )
+        if raw is None:
+            return None
+        resp: ChatResponse | None = decoded_hit(eng, p, raw)
+    else:
+        # a structured call's hit counts only if it validates into the call's model
+        raw = (cache.get_hot if hot else cache.get_memory)(p.key)
+        if raw is None:
+            return None
+        resp = decoded_hit(eng, p, raw)
+        if resp is not None:
+            eng.metrics.core.incr(*series(p), "cache_hits.memory")
+    if resp is not None and p.trace is not None:
+        p.trace.cache_hit("memory", resp)
     return resp
 
 
