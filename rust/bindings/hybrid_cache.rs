@@ -7,8 +7,8 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
 use super::cache::{disk_clock, stats_dict};
-use super::metrics::PyMetrics;
 use super::clock::{pick, PyManualClock};
+use super::metrics::PyMetrics;
 use crate::cache::{self, HybridCache, HybridConfig, HybridOptions};
 
 /// Memory over disk, with promotion and write-through or write-behind.
