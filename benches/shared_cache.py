@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import msgspec
 
 from llmrelay import LLMService, SharedStateConfig
+from llmrelay._pipeline import cache as cache_stage
 from llmrelay._shared_tiers import SharedCacheTier
 from llmrelay._types import ChatResponse, Message, Usage
 from redis_server import RedisServer
@@ -146,7 +147,7 @@ async def main() -> None:
 
                 async def hit(p: object = p) -> None:
                     # the shared lookup itself (the call had missed memory and disk)
-                    assert await eng.shared_hit(p) is not None  # type: ignore[arg-type]
+                    assert await cache_stage.shared_hit(eng, p) is not None
 
                 results[f"engine {label}"] = await timed(f"engine shared hit ({label})", hit)
         print()
