@@ -7,6 +7,7 @@ library needed) to look at or poke the server.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
@@ -16,6 +17,7 @@ import ssl
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -50,6 +52,32 @@ def make_tls_certs(into: str) -> tuple[str, str, str]:
     return ca, crt, key
 
 
+def _start_server(binary: str, directory: str, args: list[str]) -> subprocess.Popen[bytes]:
+    """A redis-server on 127.0.0.1 with no persistence, in the foreground, in
+    ``directory``, with ``args`` (its ports, cluster or TLS settings)."""
+    common = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--daemonize", "no"]
+    return subprocess.Popen(
+        [binary, *args, *common, "--dir", directory, "--loglevel", "warning"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+def _poll_until(
+    ready: Callable[[], bool], procs: list[subprocess.Popen[bytes]], within_s: float
+) -> None:
+    """Poll ``ready`` (a connection refused counts as not yet) until it holds;
+    RuntimeError when a process exits or ``within_s`` passes first."""
+    deadline = time.monotonic() + within_s
+    while True:
+        with contextlib.suppress(OSError, RuntimeError):
+            if ready():
+                return
+        if any(p.poll() is not None for p in procs) or time.monotonic() > deadline:
+            raise RuntimeError("not ready in time")
+        time.sleep(0.01)
+
+
 class RedisServer:
     """One ``redis-server`` process; ``url`` points at it.
 
@@ -71,40 +99,15 @@ class RedisServer:
             listen = ["--port", "0", "--tls-port", str(self.port), "--tls-cert-file", crt]
             listen += ["--tls-key-file", key, "--tls-ca-cert-file", self.ca_file]
             listen += ["--tls-auth-clients", "no"]
-        self.proc = subprocess.Popen(
-            [
-                binary,
-                *listen,
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--daemonize",
-                "no",
-                "--dir",
-                self._dir.name,
-                "--loglevel",
-                "warning",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        self.proc = _start_server(binary, self._dir.name, listen)
         self._wait_ready()
 
     def _wait_ready(self, within_s: float = 10.0) -> None:
-        deadline = time.monotonic() + within_s
-        while True:
-            try:
-                if self.resp("PING") == "PONG":
-                    return
-            except OSError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"redis-server on port {self.port} did not start")
-            time.sleep(0.01)
+        try:
+            _poll_until(lambda: self.resp("PING") == "PONG", [self.proc], within_s)
+        except RuntimeError:
+            self.stop()
+            raise RuntimeError(f"redis-server on port {self.port} did not start") from None
 
     def resp(self, *args: str | int | float, timeout_s: float = 2.0) -> Any:
         """Send one command; the decoded reply (str, int, list, None)."""
@@ -233,44 +236,15 @@ class RedisCluster:
         self.url = ",".join(self.urls)
 
     def _start(self, binary: str, port: int) -> subprocess.Popen[bytes]:
-        return subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(port),
-                "--bind",
-                "127.0.0.1",
-                "--cluster-enabled",
-                "yes",
-                "--cluster-config-file",
-                f"{self._dir.name}/nodes-{port}.conf",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--daemonize",
-                "no",
-                "--dir",
-                self._dir.name,
-                "--loglevel",
-                "warning",
-                *self._extra,
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        cluster = ["--cluster-enabled", "yes"]
+        cluster += ["--cluster-config-file", f"{self._dir.name}/nodes-{port}.conf"]
+        return _start_server(binary, self._dir.name, ["--port", str(port), *cluster, *self._extra])
 
     def _wait(self, ready: Any, within_s: float) -> None:
-        deadline = time.monotonic() + within_s
-        while True:
-            try:
-                if ready():
-                    return
-            except (OSError, RuntimeError):
-                pass
-            if any(p.poll() is not None for p in self.procs) or time.monotonic() > deadline:
-                raise RuntimeError("the Redis Cluster did not come up")
-            time.sleep(0.02)
+        try:
+            _poll_until(ready, self.procs, within_s)
+        except RuntimeError:
+            raise RuntimeError("the Redis Cluster did not come up") from None
 
     @staticmethod
     def resp(port: int, *args: str | int | float, timeout_s: float = 2.0) -> Any:

@@ -207,8 +207,8 @@ def test_unknown_kind_triggers_discovery(monkeypatch: pytest.MonkeyPatch) -> Non
 
 def test_a_factory_that_builds_no_adapter_is_a_config_error() -> None:
     class NotAnAdapter:
-        def __init__(self, **_: Any) -> None:
-            pass
+        def __init__(self, **kw: Any) -> None:
+            self.kw = kw
 
     register_provider(
         ProviderRegistration(

@@ -160,12 +160,20 @@ async def test_noscript_falls_back_to_eval(redis: RedisServer, ns: str) -> None:
     lim = limiter(redis.url, ns)
     lim.configure("d/m:rpm", 1, 5)
     await lim.reserve([("d/m:rpm", 1)])
+    # the first reply also spawns the heartbeat (its own script, loaded in the
+    # background): let it land, so the count below is the reserve script's
+    deadline = time.monotonic() + 10
+    while True:
+        if lim.stats()["live_processes"] >= 1 or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.01)
     loads = lim.stats()["script_loads"]
     redis.resp("SCRIPT", "FLUSH")
-    assert (await lim.reserve([("d/m:rpm", 1)])).source == "redis"
-    assert lim.stats()["script_loads"] == loads + 1
-    assert (await lim.reserve([("d/m:rpm", 1)])).source == "redis"
-    assert lim.stats()["script_loads"] == loads + 1  # cached again by EVAL
+    for _ in range(6):
+        assert (await lim.reserve([("d/m:rpm", 1)])).source == "redis"
+    # reloaded once by the EVAL fallback and cached again, not once per call (a
+    # heartbeat due meanwhile, once a second, may reload its own script too)
+    assert 1 <= lim.stats()["script_loads"] - loads <= 3, (loads, lim.stats())
 
 
 async def test_heartbeat_counts_live_processes(redis: RedisServer, ns: str) -> None:
